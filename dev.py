@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""One-step developer set-up for apr_async.
+
+    python3 dev.py demo     set everything up, then run ``apr-async demo``
+    python3 dev.py test     set everything up, then run ruff, mypy --strict and the test suite
+
+Works on a fresh machine that has nothing but ``python3``: it creates ``.venv`` (installing
+Debian's ``python3-venv`` first when the interpreter lacks ``ensurepip``), installs the project
+with its ``dev`` extra into it, and, when running as root on Debian, installs the system tools
+the network lab needs (iproute2, nftables, iptables, dnsmasq-base, haproxy, curl, openssl).
+Only the standard library is used here, on purpose: this file runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".apr-async-installed"
+
+# command the lab needs -> Debian package providing it
+DEBIAN_TOOLS = {
+    "ip": "iproute2",
+    "nft": "nftables",
+    "iptables": "iptables",
+    "ip6tables": "iptables",
+    "dnsmasq": "dnsmasq-base",
+    "haproxy": "haproxy",
+    "curl": "curl",
+    "openssl": "openssl",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[dev.py] {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw: object) -> None:
+    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
+
+
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def apt_install(packages: list[str]) -> None:
+    if not packages:
+        return
+    if not (is_root() and shutil.which("apt-get")):
+        log(f"missing system packages {packages}; not root or no apt-get, lab tests will skip")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log(f"installing Debian packages: {' '.join(packages)}")
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
+        stdout=subprocess.DEVNULL)
+
+
+def ensure_system_tools() -> None:
+    missing = sorted({pkg for cmd, pkg in DEBIAN_TOOLS.items()
+                      if shutil.which(cmd) is None
+                      and not Path("/usr/sbin", cmd).exists() and not Path("/sbin", cmd).exists()})
+    apt_install(missing)
+
+
+def ensure_venv() -> None:
+    python = VENV_BIN / "python"
+    if not python.exists():
+        probe = subprocess.run([sys.executable, "-c", "import ensurepip, venv"],
+                               capture_output=True)
+        if probe.returncode != 0:
+            ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+            apt_install([f"python{ver}-venv"])
+        log(f"creating {VENV}")
+        run([sys.executable, "-m", "venv", str(VENV)])
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    log("installing apr_async[dev] into .venv (first run takes a minute)")
+    run([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    run([str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"])
+    STAMP.write_text(digest)
+
+
+def tool(name: str) -> str:
+    return str(VENV_BIN / name)
+
+
+def cmd_test(args: list[str]) -> int:
+    os.chdir(ROOT)
+    steps = [
+        ["ruff", [tool("ruff"), "check", "src", "tests", "examples", "benchmarks", "dev.py"]],
+        ["mypy --strict", [tool("mypy"), "--strict"]],
+        ["pytest", [tool("python"), "-m", "pytest", *args]],
+    ]
+    for label, cmd in steps:
+        log(f"running {label}")
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:
+            log(f"{label} failed (exit {rc})")
+            return rc
+    return 0
+
+
+def cmd_demo(args: list[str]) -> int:
+    return subprocess.run([tool("apr-async"), "demo", *args]).returncode
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in {"test", "demo"}:
+        print(__doc__)
+        return 2
+    ensure_system_tools()
+    ensure_venv()
+    command, rest = sys.argv[1], sys.argv[2:]
+    return cmd_test(rest) if command == "test" else cmd_demo(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""``python -m apr_async`` runs the command-line interface."""
+
+from apr_async.cli import main
+
+raise SystemExit(main())
