@@ -131,8 +131,8 @@ def kind_of(ip: IPAddress) -> AddressKind:
 
     A zone (``scope_id``) on an IPv6 address is ignored.
     """
-    value = int(ip)
     if isinstance(ip, ipaddress.IPv6Address):
+        value = int(ip)
         if value == 0:
             return AddressKind.UNSPECIFIED
         if value == 1:
@@ -143,6 +143,7 @@ def kind_of(ip: IPAddress) -> AddressKind:
         return AddressKind.RESERVED
     if not isinstance(ip, ipaddress.IPv4Address):
         raise TypeError(f"expected an IPv4Address or IPv6Address, got {type(ip).__name__}")
+    value = int(ip)
     if value == 0:
         return AddressKind.UNSPECIFIED
     for network, plen, kind in _V4_RULES:
