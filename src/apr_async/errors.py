@@ -1,0 +1,257 @@
+"""Exception types, input checks and the mapping of DNS failures to ``socket.gaierror``.
+
+Everything here is pure (no I/O): callers check their input with these helpers before they
+open a socket or send a query, so bad input fails fast with a clear ``ValueError`` or
+``TypeError``, and name resolution failures surface as the ``socket.gaierror`` codes and
+messages the stdlib's ``getaddrinfo`` uses, so existing ``except socket.gaierror`` handlers and
+``e.errno == socket.EAI_NONAME`` checks keep working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from typing import NamedTuple
+
+__all__ = [
+    "EAI_NODATA",
+    "HostSpec",
+    "ResolutionError",
+    "gaierror",
+    "gaierror_from_ares",
+    "parse_host",
+    "validate_port",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: ``EAI_NODATA`` where the platform has it; glibc dropped it from the POSIX set, so fall back
+#: to ``EAI_NONAME`` like ``getaddrinfo`` itself does on such systems.
+EAI_NODATA: int = getattr(socket, "EAI_NODATA", socket.EAI_NONAME)
+
+# glibc's gai_strerror() texts: what ``socket.gaierror`` shows on Linux.
+_MESSAGES: dict[str, str] = {
+    "EAI_BADFLAGS": "Bad value for ai_flags",
+    "EAI_NONAME": "Name or service not known",
+    "EAI_AGAIN": "Temporary failure in name resolution",
+    "EAI_FAIL": "Non-recoverable failure in name resolution",
+    "EAI_NODATA": "No address associated with hostname",
+    "EAI_FAMILY": "ai_family not supported",
+    "EAI_SOCKTYPE": "ai_socktype not supported",
+    "EAI_SERVICE": "Servname not supported for ai_socktype",
+    "EAI_ADDRFAMILY": "Address family for hostname not supported",
+    "EAI_MEMORY": "Memory allocation failure",
+}
+_MESSAGE_BY_CODE: dict[int, str] = {}
+for _name, _text in _MESSAGES.items():
+    _code = getattr(socket, _name, None)
+    if isinstance(_code, int):
+        _MESSAGE_BY_CODE.setdefault(_code, _text)
+
+
+class ResolutionError(socket.gaierror):
+    """A ``socket.gaierror`` that also remembers the host and, for DNS, the c-ares status.
+
+    ``str()`` and ``args`` are exactly the stdlib's (``[Errno -2] Name or service not known``).
+    """
+
+    host: str | None
+    detail: str | None
+
+    def __init__(self, code: int, message: str, *, host: str | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__(code, message)
+        self.host = host
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (self.errno, self.strerror, self.host, self.detail))
+
+
+def _rebuild(code: int, message: str, host: str | None, detail: str | None) -> ResolutionError:
+    return ResolutionError(code, message, host=host, detail=detail)
+
+
+def gaierror(code: int, *, host: str | None = None, detail: str | None = None) -> ResolutionError:
+    """A ``socket.gaierror`` for an ``EAI_*`` code with the stdlib's message."""
+    return ResolutionError(code, _MESSAGE_BY_CODE.get(code, "Unknown error"), host=host,
+                           detail=detail)
+
+
+# c-ares status names -> EAI code. NXDOMAIN and malformed names mean "no such name"; a name
+# that exists without records of the type is NODATA; anything a retry may fix is EAI_AGAIN.
+_ARES_TO_EAI: dict[str, int] = {
+    "ARES_ENOTFOUND": socket.EAI_NONAME,
+    "ARES_EBADNAME": socket.EAI_NONAME,
+    "ARES_ENONAME": socket.EAI_NONAME,
+    "ARES_ENODATA": EAI_NODATA,
+    "ARES_ESERVFAIL": socket.EAI_AGAIN,
+    "ARES_ETIMEOUT": socket.EAI_AGAIN,
+    "ARES_EREFUSED": socket.EAI_AGAIN,
+    "ARES_ECONNREFUSED": socket.EAI_AGAIN,
+    "ARES_ECANCELLED": socket.EAI_AGAIN,
+    "ARES_EDESTRUCTION": socket.EAI_AGAIN,
+    "ARES_EOF": socket.EAI_AGAIN,
+    "ARES_ENOMEM": getattr(socket, "EAI_MEMORY", socket.EAI_FAIL),
+    "ARES_EBADFAMILY": socket.EAI_FAMILY,
+}
+
+
+def gaierror_from_ares(status_name: str, *, host: str | None = None) -> ResolutionError:
+    """Map a c-ares status name (``"ARES_ENOTFOUND"``...) to the stdlib's gaierror."""
+    code = _ARES_TO_EAI.get(status_name, socket.EAI_FAIL)
+    return gaierror(code, host=host, detail=status_name)
+
+
+# --------------------------------------------------------------------------- input checks
+
+MAX_NAME_LENGTH = 253
+MAX_LABEL_LENGTH = 63
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f/\\]")
+_NUMERIC_V4 = re.compile(r"^(0[xX][0-9a-fA-F]*|[0-9]+)(\.(0[xX][0-9a-fA-F]*|[0-9]+)){0,3}$")
+
+
+class HostSpec(NamedTuple):
+    """A checked host: a literal address (``ip``, ``zone``) or a DNS ``name``.
+
+    ``name`` is the lower-case ASCII (IDNA) form without a trailing dot, ready for a query and
+    usable as a cache key; ``text`` is what the caller passed (for messages and canonname).
+    """
+
+    text: str
+    ip: IPAddress | None
+    zone: str | None
+    name: str | None
+
+    @property
+    def is_literal(self) -> bool:
+        """Whether the host is a numeric address (no DNS needed)."""
+        return self.ip is not None
+
+
+def parse_host(host: object) -> HostSpec:
+    """Check ``host`` and split it into a literal address (with zone) or an IDNA DNS name.
+
+    Raises ``TypeError`` for a non-string and ``ValueError`` for an empty or over-long name,
+    a label longer than 63 octets, an empty label, NUL or other control characters, or a zone
+    on anything but an IPv6 address.
+    """
+    if isinstance(host, (bytes, bytearray)):
+        try:
+            text = bytes(host).decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"host {host!r}: bytes must be ASCII") from None
+    elif isinstance(host, str):
+        text = host
+    else:
+        raise TypeError(f"host must be str or bytes, not {type(host).__name__}")
+    if not text:
+        raise ValueError("host must not be empty")
+    if "\0" in text:
+        raise ValueError(f"host {text!r} contains a NUL byte")
+    literal = _parse_literal(text)
+    if literal is not None:
+        return literal
+    if _BAD_CHARS.search(text):
+        raise ValueError(f"host {text!r} contains whitespace, a control character or a slash")
+    return HostSpec(text, None, None, idna_name(text))
+
+
+def _parse_literal(text: str) -> HostSpec | None:
+    address, sep, zone = text.partition("%")
+    if sep:
+        if ":" not in address:
+            raise ValueError(f"host {text!r}: a %zone is only valid on an IPv6 address")
+        if not zone or _BAD_CHARS.search(zone):
+            raise ValueError(f"host {text!r}: empty or malformed zone")
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        if sep:
+            raise ValueError(f"host {text!r} is not a valid IPv6 address with a zone") from None
+        if _NUMERIC_V4.match(text):
+            # inet_aton forms like "127.1" or "0x7f.1": getaddrinfo treats them as numeric.
+            try:
+                return HostSpec(text, ipaddress.IPv4Address(socket.inet_aton(text)), None, None)
+            except OSError:
+                raise ValueError(f"host {text!r} is not a valid IPv4 address") from None
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        # Python keeps a zone inside IPv6Address, which makes equal addresses unequal.
+        zone = ip.scope_id
+        ip = ipaddress.IPv6Address(ip.packed)
+    return HostSpec(text, ip, zone or None, None)
+
+
+def idna_name(text: str) -> str:
+    """The ASCII (IDNA 2003, as the stdlib's ``socket`` uses) lower-case form of a DNS name."""
+    name = text[:-1] if text.endswith(".") else text
+    if not name:
+        raise ValueError(f"host {text!r} is not a valid name")
+    if name.isascii():
+        ascii_name = name.lower()
+    else:
+        try:
+            ascii_name = name.encode("idna").decode("ascii").lower()
+        except UnicodeError as exc:
+            raise ValueError(f"host {text!r} is not a valid internationalised name: {exc}") \
+                from None
+    if len(ascii_name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"host name is {len(ascii_name)} octets long; the DNS limit is {MAX_NAME_LENGTH}"
+        )
+    for label in ascii_name.split("."):
+        if not label:
+            raise ValueError(f"host {text!r} has an empty label")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise ValueError(
+                f"host {text!r} has a label of {len(label)} octets; the limit is "
+                f"{MAX_LABEL_LENGTH}"
+            )
+    return ascii_name
+
+
+def validate_port(port: object) -> int | str:
+    """Check a port: ``None`` -> 0, an int 0-65535, or a numeric or service-name string.
+
+    Returns an ``int``, or a ``str`` service name for the caller to look up (``getservbyname``).
+    """
+    if port is None:
+        return 0
+    if isinstance(port, bool):
+        raise TypeError("port must be an int or a str, not bool")
+    if isinstance(port, int):
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0-65535")
+        return port
+    if isinstance(port, (bytes, bytearray)):
+        try:
+            port = bytes(port).decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"port {port!r}: bytes must be ASCII") from None
+    if isinstance(port, str):
+        if not port:
+            raise ValueError("port must not be an empty string")
+        if "\0" in port:
+            raise ValueError(f"port {port!r} contains a NUL byte")
+        if port.isdecimal() and port.isascii():
+            return validate_port(int(port))
+        if _BAD_CHARS.search(port):
+            raise ValueError(f"port {port!r} is not a number or a service name")
+        return port
+    raise TypeError(f"port must be an int, a str or None, not {type(port).__name__}")
+
+
+_FAMILIES = (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6)
+
+
+def validate_family(family: object) -> int:
+    """Check an address family: 0 (``AF_UNSPEC``), ``AF_INET`` or ``AF_INET6``."""
+    if isinstance(family, bool) or not isinstance(family, int):
+        raise TypeError(f"family must be an int, not {type(family).__name__}")
+    if family not in _FAMILIES:
+        raise ValueError(f"family {family} is not AF_UNSPEC, AF_INET or AF_INET6")
+    return int(family)
