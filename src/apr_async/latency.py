@@ -1,26 +1,43 @@
-"""Per-(source, destination) latency and failure memory (sans-IO: time is passed in).
+"""Per-(source, destination) latency and failure memory (sans-IO: time is passed in as ``now``).
 
-Skeleton: the public API is fixed, implementations follow.
+:class:`LatencyTable` keeps an EWMA of the round-trip time per (source, destination) and lets
+an unmeasured destination inherit from measured neighbours: the destinations measured from
+the same source are kept in a path-compressed binary trie (one per source and family), so the
+longest matching known prefix is found by walking at most one node per bit of the address,
+whatever the number of entries. Every trie node keeps aggregates of its subtree, which makes
+the inherited estimate (mean EWMA of the destinations under the prefix, their minimum, ...)
+an O(1) read once the node is found, and keeps updates O(depth).
+
+:class:`FailureTable` remembers recent connection failures per (source, destination, port).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
 
-from apr_async.addresses import IPAddress
+from apr_async.addresses import IPAddress, parse_address
 
 __all__ = ["Estimate", "Failure", "FailureTable", "LatencyTable"]
+
+_SNAPSHOT_VERSION: Final = 1
 
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
     """What is known about the round-trip time from a source to a destination.
 
-    ``rtt`` is the EWMA in seconds (``None`` if every recent sample was lost); when
-    ``inherited`` is true the numbers summarise the measured destinations inside ``prefix``
-    (``destinations`` of them) rather than the destination itself.
+    Times are seconds. ``rtt`` is the EWMA (``None`` if no sample succeeded yet), ``last`` the
+    latest RTT sample, ``min`` the smallest, ``samples`` the number of RTT samples, ``loss``
+    the fraction of the recent probes (the loss window) that got no answer, ``updated`` the
+    ``now`` of the latest record. When ``inherited`` is true the destination itself was never
+    measured: the numbers summarise the ``destinations`` measured destinations that share the
+    longest known prefix with it (``rtt`` is the mean of their EWMAs, ``min`` their minimum,
+    ``samples`` their total, ``last`` the latest sample of the most recently updated one).
     """
 
     rtt: float | None
@@ -30,12 +47,150 @@ class Estimate:
     loss: float
     updated: float
     inherited: bool = False
-    prefix: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    prefix_len: int | None = None
     destinations: int = 1
+    _prefix_value: int = field(default=0, repr=False, compare=False)
+    _version: int = field(default=6, repr=False, compare=False)
+
+    @property
+    def prefix(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The prefix the estimate was inherited from (``None`` for an exact estimate)."""
+        if self.prefix_len is None:
+            return None
+        if self._version == 4:
+            return ipaddress.IPv4Network((self._prefix_value, self.prefix_len))
+        return ipaddress.IPv6Network((self._prefix_value, self.prefix_len))
+
+
+class _Node:
+    """A trie node: a leaf is one measured destination, an inner node a shared prefix.
+
+    Inner nodes always have two children (path compression). ``agg_*`` summarise the subtree.
+    """
+
+    __slots__ = (
+        "agg_count",
+        "agg_last",
+        "agg_loss",
+        "agg_min",
+        "agg_rtt_count",
+        "agg_rtt_sum",
+        "agg_samples",
+        "agg_updated",
+        "children",
+        "estimate",
+        "ewma",
+        "fill",
+        "key",
+        "last",
+        "lost_bits",
+        "min",
+        "parent",
+        "plen",
+        "samples",
+        "updated",
+    )
+
+    def __init__(self, key: int, plen: int) -> None:
+        self.key = key
+        self.plen = plen
+        self.parent: _Node | None = None
+        self.children: list[_Node | None] = [None, None]
+        # Leaf measurements.
+        self.ewma: float | None = None
+        self.last: float | None = None
+        self.min: float | None = None
+        self.samples = 0
+        self.lost_bits = 0
+        self.fill = 0
+        self.updated = 0.0
+        self.estimate: Estimate | None = None
+        # Subtree aggregates.
+        self.agg_count = 0
+        self.agg_rtt_count = 0
+        self.agg_rtt_sum = 0.0
+        self.agg_min: float | None = None
+        self.agg_samples = 0
+        self.agg_loss = 0.0
+        self.agg_updated = -math.inf
+        self.agg_last: float | None = None
+
+    def loss(self) -> float:
+        return self.lost_bits.bit_count() / self.fill if self.fill else 0.0
+
+    def refresh_leaf(self) -> None:
+        self.agg_count = 1
+        self.agg_rtt_count = 0 if self.ewma is None else 1
+        self.agg_rtt_sum = 0.0 if self.ewma is None else self.ewma
+        self.agg_min = self.min
+        self.agg_samples = self.samples
+        self.agg_loss = self.loss()
+        self.agg_updated = self.updated
+        self.agg_last = self.last
+        self.estimate = Estimate(
+            rtt=self.ewma,
+            last=self.last,
+            min=self.min,
+            samples=self.samples,
+            loss=self.agg_loss,
+            updated=self.updated,
+        )
+
+    def refresh_inner(self) -> None:
+        a, b = self.children
+        assert a is not None and b is not None
+        self.agg_count = a.agg_count + b.agg_count
+        self.agg_rtt_count = a.agg_rtt_count + b.agg_rtt_count
+        self.agg_rtt_sum = a.agg_rtt_sum + b.agg_rtt_sum
+        if a.agg_min is None:
+            self.agg_min = b.agg_min
+        elif b.agg_min is None:
+            self.agg_min = a.agg_min
+        else:
+            self.agg_min = min(a.agg_min, b.agg_min)
+        self.agg_samples = a.agg_samples + b.agg_samples
+        self.agg_loss = a.agg_loss + b.agg_loss
+        newer = a if a.agg_updated >= b.agg_updated else b
+        self.agg_updated = newer.agg_updated
+        self.agg_last = newer.agg_last
+
+
+def _check_ip(value: object, what: str) -> IPAddress:
+    if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise TypeError(f"{what} must be an IPv4Address or IPv6Address, not {type(value).__name__}")
+    if isinstance(value, ipaddress.IPv6Address) and value.scope_id is not None:
+        return ipaddress.IPv6Address(int(value))
+    return value
+
+
+def _check_time(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, not {value!r}")
+    return float(value)
+
+
+class _SourceIndex:
+    """Everything measured from one source: exact entries and one trie per family."""
+
+    __slots__ = ("leaves", "roots")
+
+    def __init__(self) -> None:
+        self.leaves: dict[IPAddress, _Node] = {}
+        self.roots: list[_Node | None] = [None, None]  # [IPv4, IPv6]
 
 
 class LatencyTable:
-    """EWMA latency per (source, destination) with prefix inheritance and LRU bound."""
+    """EWMA round-trip time per (source, destination), with prefix inheritance and a size bound.
+
+    ``prefix_v6`` / ``prefix_v4`` are the shortest prefixes an unmeasured destination may
+    inherit from (a destination sharing less than that with every measured one gets no
+    estimate). ``alpha`` is the EWMA weight of a new sample; ``loss_window`` the number of
+    recent probes the loss fraction covers. Beyond ``max_entries`` the entry updated least
+    recently is evicted: a lookup does not refresh an entry, because reading a measurement
+    does not make it any fresher.
+
+    Addresses are ``IPv4Address`` / ``IPv6Address`` objects without a zone.
+    """
 
     def __init__(
         self,
@@ -46,37 +201,281 @@ class LatencyTable:
         max_entries: int = 100_000,
         loss_window: int = 16,
     ) -> None:
-        raise NotImplementedError
+        for name, value, top in (("prefix_v6", prefix_v6, 128), ("prefix_v4", prefix_v4, 32)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+                raise ValueError(f"{name} must be an int in 0..{top}, not {value!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], not {alpha!r}")
+        for name, count in (("max_entries", max_entries), ("loss_window", loss_window)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{name} must be a positive int, not {count!r}")
+        self.prefix_v6 = prefix_v6
+        self.prefix_v4 = prefix_v4
+        self.alpha = float(alpha)
+        self.max_entries = max_entries
+        self.loss_window = loss_window
+        self._window_mask = (1 << loss_window) - 1
+        self._sources: dict[IPAddress, _SourceIndex] = {}
+        self._lru: OrderedDict[tuple[IPAddress, IPAddress], _Node] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def clear(self) -> None:
+        """Forget everything (for instance on a network change)."""
+        self._sources.clear()
+        self._lru.clear()
+
+    # --- recording ------------------------------------------------------------------------
 
     def record(
         self, source: IPAddress, destination: IPAddress, rtt: float | None, now: float
     ) -> None:
-        """Record one probe result: *rtt* seconds, or ``None`` for a loss."""
-        raise NotImplementedError
+        """Record one probe result from *source* to *destination*: *rtt* seconds, or ``None``
+        for a probe that got no answer."""
+        src = _check_ip(source, "source")
+        dst = _check_ip(destination, "destination")
+        if src.version != dst.version:
+            raise ValueError(f"source {src} and destination {dst} are of different families")
+        if rtt is not None:
+            rtt = _check_time(rtt, "rtt")
+            if rtt < 0:
+                raise ValueError(f"rtt must not be negative, not {rtt!r}")
+        now = _check_time(now, "now")
+        leaf = self._leaf(src, dst)
+        if rtt is None:
+            leaf.lost_bits = ((leaf.lost_bits << 1) | 1) & self._window_mask
+        else:
+            leaf.lost_bits = (leaf.lost_bits << 1) & self._window_mask
+            leaf.ewma = (
+                rtt if leaf.ewma is None else self.alpha * rtt + (1 - self.alpha) * leaf.ewma
+            )
+            leaf.last = rtt
+            leaf.min = rtt if leaf.min is None else min(leaf.min, rtt)
+            leaf.samples += 1
+        leaf.fill = min(leaf.fill + 1, self.loss_window)
+        leaf.updated = now
+        self._refresh_path(leaf)
+
+    def _leaf(self, src: IPAddress, dst: IPAddress) -> _Node:
+        lru = self._lru
+        key = (src, dst)
+        leaf = lru.get(key)
+        if leaf is not None:
+            lru.move_to_end(key)
+            return leaf
+        index = self._sources.get(src)
+        if index is None:
+            index = self._sources[src] = _SourceIndex()
+        leaf = _Node(int(dst), dst.max_prefixlen)
+        self._insert(index, dst.version == 6, leaf)
+        index.leaves[dst] = leaf
+        lru[key] = leaf
+        while len(lru) > self.max_entries:
+            self._evict()
+        return leaf
+
+    def _evict(self) -> None:
+        (src, dst), leaf = self._lru.popitem(last=False)
+        index = self._sources[src]
+        del index.leaves[dst]
+        family = 1 if dst.version == 6 else 0
+        parent = leaf.parent
+        if parent is None:
+            index.roots[family] = None
+        else:
+            sibling = parent.children[1] if parent.children[0] is leaf else parent.children[0]
+            assert sibling is not None
+            grand = parent.parent
+            sibling.parent = grand
+            if grand is None:
+                index.roots[family] = sibling
+            else:
+                grand.children[0 if grand.children[0] is parent else 1] = sibling
+                self._refresh_inner_path(grand)
+        if not index.leaves:
+            del self._sources[src]
+
+    @staticmethod
+    def _insert(index: _SourceIndex, v6: bool, leaf: _Node) -> None:
+        family = 1 if v6 else 0
+        bits = leaf.plen
+        value = leaf.key
+        node = index.roots[family]
+        if node is None:
+            index.roots[family] = leaf
+            return
+        while True:
+            plen = node.plen
+            common = plen - ((value ^ node.key) >> (bits - plen)).bit_length()
+            if common < plen:
+                # Split the edge above node: a new inner node holds the shared prefix.
+                inner = _Node((value >> (bits - common)) << (bits - common), common)
+                parent = node.parent
+                inner.parent = parent
+                if parent is None:
+                    index.roots[family] = inner
+                else:
+                    parent.children[0 if parent.children[0] is node else 1] = inner
+                new_bit = (value >> (bits - 1 - common)) & 1
+                inner.children[new_bit] = leaf
+                inner.children[1 - new_bit] = node
+                node.parent = inner
+                leaf.parent = inner
+                return
+            # Inner nodes always have two children and leaves are full length, so the walk
+            # can only stop above by splitting.
+            child = node.children[(value >> (bits - 1 - plen)) & 1]
+            assert child is not None
+            node = child
+
+    @staticmethod
+    def _refresh_path(leaf: _Node) -> None:
+        leaf.refresh_leaf()
+        if leaf.parent is not None:
+            LatencyTable._refresh_inner_path(leaf.parent)
+
+    @staticmethod
+    def _refresh_inner_path(node: _Node | None) -> None:
+        while node is not None:
+            node.refresh_inner()
+            node = node.parent
+
+    # --- lookups --------------------------------------------------------------------------
 
     def estimate(self, source: IPAddress, destination: IPAddress) -> Estimate | None:
-        """Exact estimate, else inherited from the longest matching known prefix, else None."""
-        raise NotImplementedError
+        """The estimate for *destination* from *source*.
 
-    def clear(self) -> None:
-        """Forget everything (network change)."""
-        raise NotImplementedError
+        Exact if that pair was measured; otherwise inherited from the longest prefix that
+        *destination* shares with destinations measured from the same *source*, if that
+        prefix is at least ``prefix_v6`` / ``prefix_v4`` long; otherwise ``None``.
+        Costs at most one step per bit of the address, however many entries there are.
+        """
+        index = self._sources.get(source)
+        if index is None:
+            return None
+        return self._lookup(index, destination)
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    def for_source(self, source: IPAddress) -> Callable[[IPAddress], Estimate | None] | None:
+        """A lookup function bound to *source*, or ``None`` if nothing was measured from it.
+
+        For callers that look up many destinations from the same source (ranking).
+        """
+        index = self._sources.get(source)
+        if index is None:
+            return None
+
+        def lookup(destination: IPAddress) -> Estimate | None:
+            return self._lookup(index, destination)
+
+        return lookup
+
+    def _lookup(self, index: _SourceIndex, destination: IPAddress) -> Estimate | None:
+        leaf = index.leaves.get(destination)
+        if leaf is not None:
+            return leaf.estimate
+        v6 = destination.version == 6
+        node = index.roots[1 if v6 else 0]
+        if node is None:
+            return None
+        bits = 128 if v6 else 32
+        value = int(destination)
+        while True:
+            plen = node.plen
+            common = plen - ((value ^ node.key) >> (bits - plen)).bit_length()
+            if common < plen or plen == bits:
+                break
+            child = node.children[(value >> (bits - 1 - plen)) & 1]
+            if child is None:  # pragma: no cover - inner nodes always have two children
+                break
+            node = child
+        if common < (self.prefix_v6 if v6 else self.prefix_v4):
+            return None
+        return Estimate(
+            rtt=node.agg_rtt_sum / node.agg_rtt_count if node.agg_rtt_count else None,
+            last=node.agg_last,
+            min=node.agg_min,
+            samples=node.agg_samples,
+            loss=node.agg_loss / node.agg_count,
+            updated=node.agg_updated,
+            inherited=True,
+            prefix_len=common,
+            destinations=node.agg_count,
+            _prefix_value=(value >> (bits - common)) << (bits - common),
+            _version=destination.version,
+        )
+
+    # --- persistence ----------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-able state; times are stored as ages relative to *now*."""
-        raise NotImplementedError
+        """The table as plain JSON-able data; times are stored as ages relative to *now*."""
+        now = _check_time(now, "now")
+        entries = [
+            [
+                str(src),
+                str(dst),
+                leaf.ewma,
+                leaf.last,
+                leaf.min,
+                leaf.samples,
+                leaf.lost_bits,
+                leaf.fill,
+                now - leaf.updated,
+            ]
+            for (src, dst), leaf in self._lru.items()
+        ]
+        return {"kind": "apr_async.latency", "version": _SNAPSHOT_VERSION, "entries": entries}
 
     def restore(self, data: dict[str, Any], now: float) -> None:
-        """Load a :meth:`snapshot`, rebasing ages onto *now*."""
-        raise NotImplementedError
+        """Replace the contents with a :meth:`snapshot`, rebasing ages onto *now*.
+
+        Raises ``ValueError`` (and leaves the table unchanged) if *data* is malformed.
+        """
+        now = _check_time(now, "now")
+        if not isinstance(data, dict) or data.get("kind") != "apr_async.latency":
+            raise ValueError("not a latency table snapshot")
+        if data.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported latency snapshot version {data.get('version')!r}")
+        parsed = []
+        try:
+            for row in data["entries"]:
+                src_text, dst_text, ewma, last, minimum, samples, lost, fill, age = row
+                src, src_zone = parse_address(src_text)
+                dst, dst_zone = parse_address(dst_text)
+                if src.version != dst.version or src_zone or dst_zone:
+                    raise ValueError(f"bad addresses in {row!r}")
+                for value in (ewma, last, minimum):
+                    if value is not None and _check_time(value, "rtt") < 0:
+                        raise ValueError(f"negative rtt in {row!r}")
+                for count in (samples, lost, fill):
+                    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                        raise ValueError(f"bad counter in {row!r}")
+                age = _check_time(age, "age")
+                parsed.append((src, dst, ewma, last, minimum, samples, lost, fill, age))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed latency snapshot: {exc}") from None
+        self.clear()
+        # Oldest first, so that the eviction order survives the round trip.
+        parsed.sort(key=lambda row: -row[8])
+        for src, dst, ewma, last, minimum, samples, lost, fill, age in parsed:
+            leaf = self._leaf(src, dst)
+            leaf.ewma = None if ewma is None else float(ewma)
+            leaf.last = None if last is None else float(last)
+            leaf.min = None if minimum is None else float(minimum)
+            leaf.samples = samples
+            leaf.lost_bits = lost & self._window_mask
+            leaf.fill = min(fill, self.loss_window)
+            leaf.updated = now - float(age)
+            self._refresh_path(leaf)
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A recent connection failure of one (source, destination, port)."""
+    """A recent connection failure of one (source, destination, port).
+
+    ``last`` is the ``now`` of the latest failure, ``count`` the failures since the entry was
+    created, ``error`` a short description of the latest one (e.g. ``"ECONNREFUSED"``).
+    """
 
     last: float
     count: int
@@ -84,10 +483,33 @@ class Failure:
 
 
 class FailureTable:
-    """Recent failures keyed by (source, destination, port); expire ``ttl`` s after the last."""
+    """Recent connection failures keyed by (source, destination, port).
+
+    An entry expires ``ttl`` seconds after its latest failure; a success clears it; ``clear()``
+    drops everything (network change). Beyond ``max_entries`` the oldest failure is dropped.
+    Addresses are ``IPv4Address`` / ``IPv6Address`` objects without a zone.
+    """
 
     def __init__(self, ttl: float = 600.0, *, max_entries: int = 10_000) -> None:
-        raise NotImplementedError
+        ttl = _check_time(ttl, "ttl")
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive, not {ttl!r}")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be a positive int, not {max_entries!r}")
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[IPAddress, IPAddress, int], Failure] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _key(
+        source: IPAddress, destination: IPAddress, port: int
+    ) -> tuple[IPAddress, IPAddress, int]:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int in 0..65535, not {port!r}")
+        return (_check_ip(source, "source"), _check_ip(destination, "destination"), port)
 
     def record_failure(
         self,
@@ -98,34 +520,94 @@ class FailureTable:
         *,
         error: str | None = None,
     ) -> None:
-        """Remember a failure (``error``: short text such as ``"ECONNREFUSED"``)."""
-        raise NotImplementedError
+        """Remember that connecting from *source* to *destination*:*port* failed at *now*."""
+        key = self._key(source, destination, port)
+        now = _check_time(now, "now")
+        if error is not None and not isinstance(error, str):
+            raise TypeError("error must be a str or None")
+        entries = self._entries
+        previous = entries.pop(key, None)
+        count = 1
+        if previous is not None and now - previous.last < self.ttl:
+            count = previous.count + 1
+        entries[key] = Failure(now, count, error)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
 
     def record_success(self, source: IPAddress, destination: IPAddress, port: int) -> None:
-        """A success clears the entry."""
-        raise NotImplementedError
-
-    def failing(self, source: IPAddress, destination: IPAddress, port: int, now: float) -> bool:
-        """True if this triple failed less than ``ttl`` seconds ago."""
-        raise NotImplementedError
+        """A successful connection clears the entry."""
+        self._entries.pop(self._key(source, destination, port), None)
 
     def failure(
         self, source: IPAddress, destination: IPAddress, port: int, now: float
     ) -> Failure | None:
-        """The unexpired failure record, if any."""
-        raise NotImplementedError
+        """The unexpired failure for this triple, or ``None``."""
+        entries = self._entries
+        if not entries:
+            return None
+        key = (source, destination, port)
+        found = entries.get(key)
+        if found is None:
+            return None
+        if now - found.last >= self.ttl:
+            del entries[key]
+            return None
+        return found
+
+    def failing(self, source: IPAddress, destination: IPAddress, port: int, now: float) -> bool:
+        """True if this triple failed less than ``ttl`` seconds before *now*."""
+        return self.failure(source, destination, port, now) is not None
+
+    def prune(self, now: float) -> int:
+        """Drop expired entries; return how many were dropped."""
+        expired = [k for k, f in self._entries.items() if now - f.last >= self.ttl]
+        for key in expired:
+            del self._entries[key]
+        return len(expired)
 
     def clear(self) -> None:
         """Forget everything (network change)."""
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        raise NotImplementedError
+        self._entries.clear()
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-able state; times are stored as ages relative to *now*."""
-        raise NotImplementedError
+        """Unexpired entries as plain JSON-able data; times are ages relative to *now*."""
+        now = _check_time(now, "now")
+        entries = [
+            [str(src), str(dst), port, now - f.last, f.count, f.error]
+            for (src, dst, port), f in self._entries.items()
+            if now - f.last < self.ttl
+        ]
+        return {"kind": "apr_async.failures", "version": _SNAPSHOT_VERSION, "entries": entries}
 
     def restore(self, data: dict[str, Any], now: float) -> None:
-        """Load a :meth:`snapshot`, rebasing ages onto *now*."""
-        raise NotImplementedError
+        """Replace the contents with a :meth:`snapshot`, rebasing ages onto *now*.
+
+        Raises ``ValueError`` (and leaves the table unchanged) if *data* is malformed.
+        """
+        now = _check_time(now, "now")
+        if not isinstance(data, dict) or data.get("kind") != "apr_async.failures":
+            raise ValueError("not a failure table snapshot")
+        if data.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported failure snapshot version {data.get('version')!r}")
+        parsed = []
+        try:
+            for row in data["entries"]:
+                src_text, dst_text, port, age, count, error = row
+                src, src_zone = parse_address(src_text)
+                dst, dst_zone = parse_address(dst_text)
+                if src_zone or dst_zone:
+                    raise ValueError(f"zones are not stored: {row!r}")
+                key = self._key(src, dst, port)
+                age = _check_time(age, "age")
+                if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                    raise ValueError(f"bad count in {row!r}")
+                if error is not None and not isinstance(error, str):
+                    raise ValueError(f"bad error in {row!r}")
+                parsed.append((key, Failure(now - age, count, error)))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed failure snapshot: {exc}") from None
+        self._entries.clear()
+        for key, failure in sorted(parsed, key=lambda item: item[1].last):
+            self._entries[key] = failure
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
