@@ -1,0 +1,453 @@
+"""The :class:`Lab`: a disposable client -- router -- server topology in network namespaces.
+
+::
+
+    async with Lab() as lab:
+        server = await lab.start_echo_server()
+        await lab.set_scenario(Scenario.v6_blackholed())
+        result = await lab.run_in("client", my_coroutine_function, lab.server.v6[0])
+
+Nothing is linked to the host's namespace, so no packet can leave the lab. Closing the lab (or
+an exception, a cancellation or KeyboardInterrupt anywhere, including during set-up) removes
+the namespaces and stops every thread and process the lab started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import os
+import signal
+import socket
+import subprocess
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Literal, Self, TypeVar, get_args
+
+from apr_async.lab.cleanup import delete_namespaces, lab_namespaces, sweep_stale_labs
+from apr_async.lab.delayline import DelayLine, open_tun
+from apr_async.lab.dnsserver import DNSServer, LabNames, ZoneEntry, default_zone
+from apr_async.lab.netns import (
+    ExecResult,
+    LoopThread,
+    NetnsError,
+    lab_unavailable_reason,
+    run_coroutine_in_netns,
+    run_ip,
+    socket_in_netns,
+    write_sysctls,
+)
+from apr_async.lab.scenarios import (
+    HEALTHY,
+    Scenario,
+    client_changes,
+    combine,
+    delay_rules,
+    nptv6_rules,
+    router_base_ruleset,
+    router_scenario_rules,
+    server_base_ruleset,
+    server_scenario_rules,
+)
+from apr_async.lab.servers import EchoServer
+from apr_async.lab.topology import (
+    ClientPlan,
+    RouterPlan,
+    ServerPlan,
+    Topology,
+    new_lab_prefix,
+    nptv6_translate,
+)
+
+__all__ = ["HostName", "Lab", "LabUnavailableError"]
+
+T = TypeVar("T")
+HostName = Literal["client", "router", "server"]
+_HOSTS: tuple[str, ...] = get_args(HostName)
+
+_live_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
+
+
+class LabUnavailableError(RuntimeError):
+    """This machine cannot build a lab (not root, no namespaces...); ``str()`` says why."""
+
+
+class Lab:
+    """A client -- router -- server lab in three fresh network namespaces.
+
+    Args:
+        scenario: initial scenario (see :class:`~apr_async.lab.scenarios.Scenario`).
+        direct_link: also build a direct, link-local-only client -- server link.
+        dns: run the lab DNS server on the router (``dns_v4``/``dns_v6``, port 53).
+        dns_zone: zone for it; default :func:`~apr_async.lab.dnsserver.default_zone`.
+        aaaa_delay: AAAA answer delay of ``names.slow_aaaa`` in the default zone (seconds).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario = HEALTHY,
+        *,
+        direct_link: bool = True,
+        dns: bool = True,
+        dns_zone: Mapping[str, ZoneEntry] | None = None,
+        aaaa_delay: float = 0.25,
+    ) -> None:
+        if not isinstance(scenario, Scenario):
+            raise TypeError(f"scenario must be a Scenario, not {type(scenario).__name__}")
+        self.prefix = new_lab_prefix()
+        self.topology = Topology(self.prefix, direct_link=direct_link)
+        self.names = LabNames()
+        s = self.topology.server
+        zone = dns_zone if dns_zone is not None else default_zone(
+            s.v4, s.v6, s.dead_v4, s.dead_v6, aaaa_delay=aaaa_delay)
+        self._dns: DNSServer | None = (
+            DNSServer(zone, (self.router.dns_v4, self.router.dns_v6), 53) if dns else None)
+        self._initial = scenario
+        self._scenario = HEALTHY
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._service: dict[str, LoopThread] = {}
+        self._delay: DelayLine | None = None
+        self._echo: list[tuple[str, EchoServer]] = []
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._run_threads: set[threading.Thread] = set()
+        self._switch_lock = asyncio.Lock()
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> ClientPlan:
+        """Client addresses: ``v4`` (RFC 1918), ``gua``, ``ula``, direct-link link-local."""
+        return self.topology.client
+
+    @property
+    def router(self) -> RouterPlan:
+        """Router gateway addresses and the DNS server addresses."""
+        return self.topology.router
+
+    @property
+    def server(self) -> ServerPlan:
+        """Server addresses: ``v4``, ``v6``, ``dead_v4``, ``dead_v6``, direct-link link-local."""
+        return self.topology.server
+
+    @property
+    def dns_v4(self) -> str:
+        """IPv4 address of the lab DNS server (port 53, reachable from the client)."""
+        return self.router.dns_v4
+
+    @property
+    def dns_v6(self) -> str:
+        """IPv6 address of the lab DNS server."""
+        return self.router.dns_v6
+
+    @property
+    def dns_servers(self) -> list[str]:
+        """Both DNS server addresses, for ``aiodns.DNSResolver(nameservers=...)``."""
+        return [self.dns_v4, self.dns_v6]
+
+    @property
+    def dns(self) -> DNSServer:
+        """The lab DNS server (``set_zone``/``update`` change the zone live)."""
+        if self._dns is None:
+            raise RuntimeError("this lab was built with dns=False")
+        return self._dns
+
+    @property
+    def client_ula_translated(self) -> str:
+        """What the server sees instead of the client's ULA in the NPTv6 scenario."""
+        return nptv6_translate(self.client.ula, self.client.ula_prefix, self.router.nptv6_outside)
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario currently applied."""
+        return self._scenario
+
+    def netns(self, host: HostName) -> str:
+        """Namespace name of ``host`` (for ``ip netns exec`` or ``ip -n``)."""
+        return {"client": self.client.netns, "router": self.router.netns,
+                "server": self.server.netns}[_check_host(host)]
+
+    def threads(self) -> list[threading.Thread]:
+        """Threads this lab currently runs (service loops and ``run_in`` workers)."""
+        out = [svc.thread for svc in self._service.values() if svc.thread.is_alive()]
+        return out + [t for t in self._run_threads if t.is_alive()]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Build the lab. On any failure or cancellation everything built so far is removed."""
+        if self._state != "new":
+            raise RuntimeError("a Lab can only be started once")
+        reason = lab_unavailable_reason()
+        if reason is not None:
+            raise LabUnavailableError(reason)
+        self._state = "running"
+        _live_labs.add(self)
+        try:
+            await self._build()
+            await self._switch(self._initial)
+        except BaseException:
+            self._teardown_sync()
+            raise
+
+    async def _build(self) -> None:
+        topo = self.topology
+        sweep_stale_labs()
+        await run_ip(["-batch", "-"], topo.root_batch())
+        iface = topo.iface_sysctls()
+        for ns, values in topo.sysctls().items():
+            write_sysctls(ns, {**values, **iface[ns]})
+        router_svc = self._service_loop("router")
+        self._delay = await router_svc.run(_open_delay_line(self.router.delay_ifname))
+        r, s = self.router.netns, self.server.netns
+        await asyncio.gather(
+            run_ip(["-n", self.client.netns, "-batch", "-"], topo.client_batch()),
+            run_ip(["-n", r, "-batch", "-"], topo.router_batch()),
+            run_ip(["-n", s, "-batch", "-"], topo.server_batch()),
+        )
+        await asyncio.gather(
+            run_ip(["netns", "exec", r, "nft", "-f", "-"], router_base_ruleset(topo)),
+            run_ip(["netns", "exec", s, "nft", "-f", "-"], server_base_ruleset()),
+        )
+        if self._dns is not None:
+            await router_svc.run(self._dns.start())
+
+    def _service_loop(self, host: HostName) -> LoopThread:
+        svc = self._service.get(host)
+        if svc is None:
+            svc = LoopThread(self.netns(host), f"{self.prefix}-{host}-svc")
+            self._service[host] = svc
+            svc.start()
+        return svc
+
+    async def close(self) -> None:
+        """Tear the lab down: processes, servers, threads, namespaces. Idempotent.
+
+        Safe under cancellation: the part that must not be skipped runs synchronously.
+        """
+        if self._state != "running":
+            self._state = "closed"
+            return
+        try:
+            for proc in self._procs:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+            for proc in self._procs:
+                with contextlib.suppress(ProcessLookupError):
+                    await asyncio.wait_for(proc.wait(), 5)
+        finally:
+            self._teardown_sync()
+
+    def _teardown_sync(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        try:
+            for host, echo in self._echo:
+                svc = self._service.get(host)
+                if svc is not None:
+                    with contextlib.suppress(Exception):
+                        svc.submit(echo.stop()).result(5)
+            router_svc = self._service.get("router")
+            if router_svc is not None:
+                if self._dns is not None:
+                    with contextlib.suppress(Exception):
+                        router_svc.submit(self._dns.stop()).result(5)
+                if self._delay is not None:
+                    with contextlib.suppress(Exception):
+                        router_svc.call(self._delay.close)
+            for svc in self._service.values():
+                svc.stop()
+            for thread in list(self._run_threads):
+                thread.join(10)
+            for proc in self._procs:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            delete_namespaces(lab_namespaces(self.prefix))
+            _live_labs.discard(self)
+
+    # -- scenarios ------------------------------------------------------------------------------
+
+    async def set_scenario(self, *scenarios: Scenario) -> Scenario:
+        """Switch the running lab to the combination of ``scenarios`` (none = healthy).
+
+        Only what differs from the current scenario is touched, so open connections survive
+        an unrelated change. Returns the scenario now in force.
+        """
+        target = combine(*scenarios)  # validates before any I/O
+        self._require_running()
+        async with self._switch_lock:
+            await self._switch(target)
+        return target
+
+    async def _switch(self, new: Scenario) -> None:
+        topo, old = self.topology, self._scenario
+        r, s, c = self.router.netns, self.server.netns, self.client.netns
+
+        async def router_side() -> None:
+            if new.effective_delay(4) or new.effective_delay(6):
+                self._set_delays(new)  # before steering packets into the line
+            v4_rules, v6_rules = delay_rules(topo, old, new)
+            if v4_rules:
+                await run_ip(["-4", "-n", r, "-batch", "-"], v4_rules)
+            if v6_rules:
+                await run_ip(["-6", "-n", r, "-batch", "-"], v6_rules)
+            self._set_delays(new)
+            if router_scenario_rules(topo, old) != router_scenario_rules(topo, new) or (
+                    old is new):
+                await run_ip(["netns", "exec", r, "nft", "-f", "-"],
+                             router_scenario_rules(topo, new))
+            if old.nptv6 != new.nptv6:
+                for argv in nptv6_rules(topo, new.nptv6):
+                    await run_ip(["netns", "exec", r, "ip6tables", "-w", *argv])
+
+        async def server_side() -> None:
+            if server_scenario_rules(topo, old) != server_scenario_rules(topo, new):
+                await run_ip(["netns", "exec", s, "nft", "-f", "-"],
+                             server_scenario_rules(topo, new))
+
+        async def client_side() -> None:
+            batch = client_changes(topo, old, new)
+            if batch:
+                await run_ip(["-n", c, "-batch", "-"], batch)
+
+        await asyncio.gather(router_side(), server_side(), client_side())
+        self._scenario = new
+
+    def _set_delays(self, scenario: Scenario) -> None:
+        if self._delay is not None:
+            self._delay.set_delays(scenario.effective_delay(4), scenario.effective_delay(6))
+
+    # -- running things inside ------------------------------------------------------------------
+
+    async def run_in(
+        self,
+        host: HostName,
+        coro_fn: Callable[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Await ``coro_fn(*args, **kwargs)`` run on a fresh event loop in a thread inside ``host``.
+
+        Every socket, resolver and netlink query it opens lives in that namespace.
+        Cancelling the caller cancels the coroutine and waits for the thread to end.
+        """
+        ns = self.netns(host)
+        if not callable(coro_fn):
+            raise TypeError("coro_fn must be a coroutine function")
+        self._require_running()
+
+        def track(thread: threading.Thread) -> None:
+            self._run_threads.add(thread)
+
+        try:
+            return await run_coroutine_in_netns(
+                ns, functools.partial(coro_fn, *args, **kwargs), loop_factory=loop_factory,
+                on_thread=track)
+        finally:
+            self._run_threads = {t for t in self._run_threads if t.is_alive()}
+
+    def socket(
+        self,
+        host: HostName,
+        family: int = socket.AF_INET6,
+        type: int = socket.SOCK_STREAM,
+        proto: int = 0,
+    ) -> socket.socket:
+        """A new socket living in ``host``'s namespace, usable from the caller's loop."""
+        ns = self.netns(host)
+        self._require_running()
+        return socket_in_netns(ns, family, type, proto)
+
+    async def exec(
+        self, host: HostName, *argv: str, input: str | None = None, max_time: float = 30.0,
+        check: bool = False,
+    ) -> ExecResult:
+        """Run a command inside ``host`` (``ip netns exec``) and collect its output."""
+        ns = self.netns(host)
+        if not argv:
+            raise ValueError("no command given")
+        self._require_running()
+        try:
+            result = await asyncio.wait_for(
+                run_ip(["netns", "exec", ns, *argv], input, check=False), max_time)
+        except TimeoutError:
+            raise NetnsError(f"{' '.join(argv)} in {host} timed out after {max_time}s") from None
+        return result.check() if check else result
+
+    async def popen(self, host: HostName, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        """Start a long-running command inside ``host``; it is killed when the lab closes.
+
+        Keyword arguments go to :func:`asyncio.create_subprocess_exec` (e.g. ``stdout``).
+        """
+        ns = self.netns(host)
+        if not argv:
+            raise ValueError("no command given")
+        self._require_running()
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns, *argv, start_new_session=True, **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    async def start_echo_server(
+        self, host: HostName = "server", port: int = 0, *, announce_peer: bool = False,
+        bind: str = "::",
+    ) -> EchoServer:
+        """Start a TCP echo server in ``host`` on every address (dual-stack wildcard).
+
+        It runs on the lab's service loop for that host and is stopped with the lab. Read
+        ``server.accepted`` to see the peer addresses the server saw.
+        """
+        _check_host(host)
+        self._require_running()
+        echo = EchoServer(bind, port, announce_peer=announce_peer)
+        await self._service_loop(host).run(echo.start())
+        self._echo.append((host, echo))
+        return echo
+
+    async def stop_echo_server(self, echo: EchoServer) -> None:
+        """Stop an echo server before the lab closes."""
+        for host, item in list(self._echo):
+            if item is echo:
+                await self._service[host].run(echo.stop())
+                self._echo.remove((host, item))
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            raise RuntimeError(f"lab is {self._state}, not running")
+
+
+def _check_host(host: str) -> HostName:
+    if host not in _HOSTS:
+        raise ValueError(f"unknown lab host {host!r}; expected one of {', '.join(_HOSTS)}")
+    return host  # type: ignore[return-value]
+
+
+async def _open_delay_line(ifname: str) -> DelayLine:
+    # Runs on the router's service loop: the tun device is created in the router namespace.
+    line = DelayLine(open_tun(ifname))
+    line.start()
+    return line
+
+
+@atexit.register
+def _close_forgotten_labs() -> None:
+    # A lab never closed (KeyboardInterrupt outside asyncio, sys.exit in a test) must not
+    # leave namespaces behind; the stale sweeper covers the cases where even this cannot run.
+    for lab in list(_live_labs):
+        with contextlib.suppress(Exception):
+            lab._teardown_sync()

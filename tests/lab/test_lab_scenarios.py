@@ -1,0 +1,189 @@
+"""Each lab pathology is real, shown with plain sockets from the client namespace."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from labprobe import echo_rtt, peer_of, tcp_connect
+
+from apr_async.lab import EchoServer, Lab, PathMode, Scenario
+
+pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
+
+SHORT = 0.4  # connect timeout that a blackhole must exhaust
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
+    server = await lab.start_echo_server(announce_peer=True)
+    yield server
+    await lab.stop_echo_server(server)
+
+
+async def test_healthy_reaches_every_server_address(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    for address in (*lab.server.v4, *lab.server.v6):
+        out = await lab.run_in("client", tcp_connect, address, echo.port, read_greeting=True)
+        assert out.ok, (address, out.error_name)
+        expected = lab.client.v4 if ":" not in address else lab.client.gua
+        assert peer_of(out.greeting) == expected  # no translation when healthy
+
+
+async def test_dead_addresses_are_silently_dropped(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    for address in (lab.server.dead_v4[0], lab.server.dead_v6[0]):
+        out = await lab.run_in("client", tcp_connect, address, echo.port, limit=SHORT)
+        assert out.timed_out, (address, out.error_name)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+async def test_blackholed_family_times_out_other_works(
+    healthy_lab: Lab, echo: EchoServer, family: int
+) -> None:
+    lab = healthy_lab
+    scenario = Scenario.v6_blackholed() if family == 6 else Scenario.v4_blackholed()
+    await lab.set_scenario(scenario)
+    dead, alive = ((lab.server.v6[0], lab.server.v4[0]) if family == 6
+                   else (lab.server.v4[0], lab.server.v6[0]))
+    out = await lab.run_in("client", tcp_connect, dead, echo.port, limit=SHORT)
+    assert out.timed_out, out.error_name
+    assert (await lab.run_in("client", tcp_connect, alive, echo.port)).ok
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (PathMode.REJECT_RST, errno.ECONNREFUSED),
+        (PathMode.REJECT_UNREACHABLE, errno.EHOSTUNREACH),
+        (PathMode.REJECT_PROHIBITED, errno.EACCES),
+        (PathMode.REJECT_NO_ROUTE, errno.ENETUNREACH),
+    ],
+)
+async def test_rejected_ipv6_fails_fast_with_errno(
+    healthy_lab: Lab, echo: EchoServer, mode: PathMode, expected: int
+) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_rejected(mode))
+    for _ in range(3):  # repeatedly: the error must not be lost to the socket-lock race
+        out = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port, limit=2.0)
+        assert out.errno == expected, out.error_name
+        assert out.elapsed < 0.5  # "fast": well below any connect timeout
+    assert (await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port)).ok
+
+
+async def test_rejected_ipv4_rst(healthy_lab: Lab, echo: EchoServer) -> None:
+    await healthy_lab.set_scenario(Scenario(v4=PathMode.REJECT_RST))
+    out = await healthy_lab.run_in("client", tcp_connect, healthy_lab.server.v4[0], echo.port)
+    assert out.errno == errno.ECONNREFUSED
+
+
+@pytest.mark.parametrize("slow", [4, 6])
+async def test_delay_line_adds_configured_rtt(
+    healthy_lab: Lab, echo: EchoServer, slow: int
+) -> None:
+    lab = healthy_lab
+    v4, v6 = lab.server.v4[0], lab.server.v6[0]
+    base4 = await lab.run_in("client", echo_rtt, v4, echo.port)
+    base6 = await lab.run_in("client", echo_rtt, v6, echo.port)
+    delay = 0.08
+    await lab.set_scenario(Scenario.v6_slower(delay) if slow == 6 else Scenario.v4_slower(delay))
+    rtt4 = await lab.run_in("client", echo_rtt, v4, echo.port)
+    rtt6 = await lab.run_in("client", echo_rtt, v6, echo.port)
+    slowed, other, base = (rtt6, rtt4, base6) if slow == 6 else (rtt4, rtt6, base4)
+    assert delay <= slowed - base < delay + 0.04, (slowed, base)
+    assert other < 0.02
+
+
+async def test_delay_combines_with_nat44(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v4_slower(0.05), Scenario.nat44_masquerade())
+    out = await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port,
+                           read_greeting=True)
+    assert out.ok and out.elapsed >= 0.05
+    assert peer_of(out.greeting) == lab.router.server_v4
+
+
+async def test_ula_source_fails_while_gua_works(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.ula_source_trap())
+    # the route's preferred source is the ULA: an unbound socket picks it and hangs
+    out = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port, limit=SHORT)
+    assert out.timed_out
+    route = await lab.exec("client", "ip", "-6", "route", "get", lab.server.v6[0], check=True)
+    assert f"src {lab.client.ula}" in route.stdout
+    ula = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port,
+                           source=lab.client.ula, limit=SHORT)
+    assert ula.timed_out
+    gua = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port,
+                           source=lab.client.gua, read_greeting=True)
+    assert gua.ok and peer_of(gua.greeting) == lab.client.gua
+
+
+async def test_nat44_rewrites_source(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.nat44_masquerade())
+    out = await lab.run_in("client", tcp_connect, lab.server.v4[2], echo.port,
+                           read_greeting=True)
+    assert out.ok and out.local == lab.client.v4  # the client still sees its RFC 1918 source
+    assert peer_of(out.greeting) == lab.router.server_v4
+    assert echo.accepted[-1].peer == lab.router.server_v4
+
+
+async def test_nptv6_translates_ula_prefix(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.nptv6_translation())
+    out = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port,
+                           source=lab.client.ula, read_greeting=True)
+    assert out.ok
+    seen = peer_of(out.greeting)
+    assert ipaddress.IPv6Address(seen) in ipaddress.IPv6Network(lab.router.nptv6_outside)
+    assert seen == lab.client_ula_translated
+    # the GUA source is left alone
+    gua = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port,
+                           source=lab.client.gua, read_greeting=True)
+    assert peer_of(gua.greeting) == lab.client.gua
+
+
+async def test_ipv4_only_client(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.ipv4_only_client())
+    out6 = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port)
+    assert out6.errno == errno.ENETUNREACH
+    assert (await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port)).ok
+    addrs = await lab.exec("client", "ip", "-6", "addr", "show", "scope", "global", check=True)
+    assert addrs.stdout.strip() == ""
+
+
+async def test_ipv6_only_client(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.ipv6_only_client())
+    out4 = await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port)
+    assert out4.errno == errno.ENETUNREACH
+    assert (await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port)).ok
+
+
+async def test_link_local_path_needs_scope_id(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    ll = lab.server.direct_link_local
+    without = await lab.run_in("client", tcp_connect, ll, echo.port)
+    assert without.errno == errno.EINVAL  # a link-local destination is ambiguous
+    out = await lab.run_in("client", tcp_connect, ll, echo.port,
+                           scope_id=lab.client.direct_ifindex, read_greeting=True)
+    assert out.ok and peer_of(out.greeting) == lab.client.direct_link_local
+
+
+async def test_switching_scenarios_mid_run(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    v6 = lab.server.v6[0]
+    assert (await lab.run_in("client", tcp_connect, v6, echo.port)).ok
+    await lab.set_scenario(Scenario.v6_blackholed())
+    assert (await lab.run_in("client", tcp_connect, v6, echo.port, limit=SHORT)).timed_out
+    await lab.set_scenario(Scenario.v6_rejected(PathMode.REJECT_RST))
+    assert (await lab.run_in("client", tcp_connect, v6, echo.port)).errno == errno.ECONNREFUSED
+    await lab.set_scenario()
+    assert (await lab.run_in("client", tcp_connect, v6, echo.port)).ok
+    assert lab.scenario == Scenario()
