@@ -1,15 +1,20 @@
-"""The sans-IO Happy Eyeballs schedule: pure state-machine tests (no clock, no sockets)."""
+"""The Happy Eyeballs schedule: pure state-machine tests, then the asyncio driver on
+virtual time (looptime) with scripted attempts (schedule logic only, no sockets)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from apr_async.connect import race
+from apr_async.connect_errors import AllAttemptsFailedError
 from apr_async.schedule import (
     DEFAULT_ATTEMPT_DELAY,
     MAX_ATTEMPT_DELAY,
@@ -394,3 +399,183 @@ def test_every_pair_is_tried_once_usable_first(
     by_name = {p.name: p for p in pairs}
     flags = [by_name[n].failing for n in order]
     assert flags == sorted(flags)  # all usable pairs before any failing one
+
+
+# -- the asyncio driver on virtual time (looptime) ------------------------------------------------
+
+
+#: pair name -> (seconds until the outcome, True = connects / False = refused / None = hangs)
+Net = dict[str, tuple[float, bool | None]]
+
+
+class World:
+    """Scripted answers and attempt outcomes; records when each attempt starts and ends."""
+
+    def __init__(self, net: Net, answers: list[tuple[float, int, list[Pair]]]) -> None:
+        self.net = net
+        self.answer_script = answers
+        self.starts: list[tuple[str, float]] = []
+        self.cancelled: list[str] = []
+        self.discarded: list[str] = []
+
+    async def answers(self) -> AsyncIterator[tuple[int, Sequence[Pair]]]:
+        loop = asyncio.get_running_loop()
+        for at, family, pairs in sorted(self.answer_script, key=lambda a: a[0]):
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            yield family, pairs
+
+    async def attempt(self, pair: Pair) -> str:
+        loop = asyncio.get_running_loop()
+        self.starts.append((pair.name, round(loop.time(), 6)))
+        after, ok = self.net[pair.name]
+        try:
+            if ok is None:
+                await asyncio.Event().wait()
+            await asyncio.sleep(after)
+        except asyncio.CancelledError:
+            self.cancelled.append(pair.name)
+            raise
+        if not ok:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return pair.name
+
+    async def run(self, **kwargs: object) -> tuple[Pair, str]:
+        families = sorted({fam for _, fam, _ in self.answer_script}, reverse=True)
+        sched: Schedule[Pair] = Schedule(families, **kwargs)  # type: ignore[arg-type]
+        return await race(
+            sched, self.answers(), self.attempt, self.discarded.append, host="h", port=1
+        )
+
+
+def starts(world: World) -> list[tuple[str, float]]:
+    return world.starts
+
+
+@pytest.mark.looptime
+async def test_loop_blackholed_ipv6_cold() -> None:
+    pairs = [six("v6a"), four("v4a")]
+    world = World({"v6a": (0, None), "v4a": (0.002, True)}, [(0, V6, pairs), (0, V4, pairs)])
+    _, result = await world.run()
+    assert result == "v4a"
+    assert starts(world) == [("v6a", 0.0), ("v4a", 0.25)]
+    assert asyncio.get_running_loop().time() == pytest.approx(0.252)
+    assert world.cancelled == ["v6a"]
+
+
+@pytest.mark.looptime
+async def test_loop_blackholed_ipv6_warm_goes_straight_to_ipv4() -> None:
+    pairs = [six("v6a", failing=True), four("v4a", rtt=0.002)]
+    world = World({"v6a": (0, None), "v4a": (0.002, True)}, [(0, V6, pairs), (0, V4, pairs)])
+    _, result = await world.run()
+    assert result == "v4a"
+    assert starts(world) == [("v4a", 0.0)]
+    assert asyncio.get_running_loop().time() == pytest.approx(0.002)
+
+
+@pytest.mark.looptime
+async def test_loop_refusals_start_next_at_once() -> None:
+    pairs = [six("a"), four("b"), six("c"), four("d")]
+    net: Net = {"a": (0.01, False), "b": (0.02, False), "c": (0.5, True), "d": (0.01, True)}
+    world = World(net, [(0, V6, pairs), (0, V4, pairs)])
+    _, result = await world.run()
+    # a fails at 0.01 -> b at once; b fails at 0.03 -> c at once; c pending -> d at 0.28.
+    assert starts(world) == [("a", 0.0), ("b", 0.01), ("c", 0.03), ("d", 0.28)]
+    assert result == "d"
+    assert world.cancelled == ["c"]
+
+
+@pytest.mark.looptime
+async def test_loop_resolution_delay_and_late_aaaa() -> None:
+    v4 = [four("v4a"), four("v4b")]
+    v6 = [six("v6a")]
+    net: Net = {"v4a": (0, None), "v4b": (0, None), "v6a": (0.01, True)}
+    world = World(net, [(0.01, V4, v4), (0.2, V6, v6)])
+    _, result = await world.run()
+    # A at 10 ms; AAAA not within 50 ms -> v4a at 60 ms; AAAA at 200 ms joins; the next
+    # attempt is due at 310 ms and interleaves to IPv6.
+    assert starts(world) == [("v4a", 0.06), ("v6a", 0.31)]
+    assert result == "v6a"
+
+
+@pytest.mark.looptime
+async def test_loop_aaaa_within_resolution_delay_goes_first() -> None:
+    net: Net = {"v4a": (0.001, True), "v6a": (0.001, True)}
+    world = World(net, [(0.0, V4, [four("v4a")]), (0.03, V6, [six("v6a")])])
+    _, result = await world.run()
+    assert starts(world) == [("v6a", 0.03)]
+    assert result == "v6a"
+
+
+@pytest.mark.looptime
+async def test_loop_adaptive_delay_from_rtt() -> None:
+    pairs = [six("v6a", rtt=0.040), four("v4a", rtt=0.001)]
+    net: Net = {"v6a": (0, None), "v4a": (0.001, True)}
+    world = World(net, [(0, V6, pairs), (0, V4, pairs)])
+    await world.run()
+    assert starts(world) == [("v6a", 0.0), ("v4a", 0.09)]  # 2 * 40 ms + 10 ms
+
+
+@pytest.mark.looptime
+async def test_loop_adaptive_delay_is_clamped() -> None:
+    pairs = [six("near", rtt=0.0), six("far", rtt=9.0), six("last")]
+    net: Net = {"near": (0, None), "far": (0, None), "last": (0.001, True)}
+    world = World(net, [(0, V6, pairs)])
+    await world.run()
+    assert starts(world) == [("near", 0.0), ("far", 0.01), ("last", 2.01)]
+
+
+@pytest.mark.looptime
+async def test_loop_override_delay() -> None:
+    pairs = [six("a", rtt=0.001), six("b"), six("c")]
+    net: Net = {"a": (0, None), "b": (0, None), "c": (0.001, True)}
+    world = World(net, [(0, V6, pairs)])
+    await world.run(happy_eyeballs_delay=0.1)
+    assert starts(world) == [("a", 0.0), ("b", 0.1), ("c", 0.2)]
+
+
+@pytest.mark.looptime
+async def test_loop_interleave_two() -> None:
+    pairs = [six("a"), six("b"), four("c"), six("d")]
+    net: Net = {n: (0, None) for n in "abc"} | {"d": (0.001, True)}
+    world = World(net, [(0, V6, pairs), (0, V4, pairs)])
+    await world.run(interleave=2)
+    assert starts(world) == [("a", 0.0), ("b", 0.25), ("c", 0.5), ("d", 0.75)]
+
+
+@pytest.mark.looptime
+async def test_loop_late_second_winner_is_discarded() -> None:
+    pairs = [six("a"), six("b")]
+    # a connects at 0.3, b (started at 0.25) at 0.3 too: both complete in the same step.
+    net: Net = {"a": (0.3, True), "b": (0.05, True)}
+    world = World(net, [(0, V6, pairs)])
+    _, result = await world.run()
+    assert result in {"a", "b"}
+    assert sorted([result, *world.discarded]) == ["a", "b"]
+
+
+@pytest.mark.looptime
+async def test_loop_all_fail() -> None:
+    pairs = [six("a"), four("b")]
+    net: Net = {"a": (0.01, False), "b": (0.02, False)}
+    world = World(net, [(0, V6, pairs), (0, V4, pairs)])
+    with pytest.raises(AllAttemptsFailedError) as info:
+        await world.run()
+    assert isinstance(info.value, ConnectionRefusedError)
+    assert [p.name for p, _ in info.value.attempts] == ["a", "b"]
+    assert starts(world) == [("a", 0.0), ("b", 0.01)]
+    assert asyncio.get_running_loop().time() == pytest.approx(0.03)
+
+
+@pytest.mark.looptime
+async def test_loop_cancel_cleans_up() -> None:
+    pairs = [six("a"), six("b"), six("c")]
+    net: Net = {n: (0, None) for n in "abc"}
+    world = World(net, [(0, V6, pairs)])
+    before = len(asyncio.all_tasks())
+    task = asyncio.create_task(world.run())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(world.cancelled) == ["a", "b"]
+    assert len(asyncio.all_tasks()) == before

@@ -1,0 +1,126 @@
+"""The exception raised when every connection attempt of a race failed."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["AllAttemptsFailedError", "format_endpoint"]
+
+
+def format_endpoint(address: Any) -> str:
+    """``address`` (a socket address tuple, or ``None``) as ``[v6]:port`` / ``v4:port`` text."""
+    if address is None:
+        return "(kernel's choice)"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        scope = address[3] if len(address) >= 4 else 0
+        text = str(host)
+        if ":" in text:
+            if scope and "%" not in text:
+                text = f"{text}%{scope}"
+            text = f"[{text}]"
+        return text if not port else f"{text}:{port}"
+    return str(address)
+
+
+def _describe_pair(pair: Any) -> str:
+    destination = getattr(pair, "destination", None)
+    source = getattr(pair, "source", None)
+    if destination is None:
+        return repr(pair)
+    src = format_endpoint(source)
+    if isinstance(source, tuple) and source:
+        src = format_endpoint((source[0], 0, *source[2:]))
+    return f"{format_endpoint(destination)} from {src}"
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    number = getattr(exc, "errno", None)
+    return number if isinstance(number, int) else None
+
+
+_class_cache: dict[type[OSError], type[AllAttemptsFailedError]] = {}
+
+
+class AllAttemptsFailedError(OSError):
+    """Every connection attempt failed.
+
+    Raised by ``open_connection``, ``create_connection`` and ``connect_socket`` when no
+    (source, destination) pair connected. When every attempt failed with the same errno, the
+    exception carries that errno and is also an instance of the matching builtin
+    (``ConnectionRefusedError``, ``TimeoutError``, ``OSError`` subclasses chosen the way
+    ``OSError(errno, ...)`` chooses them), so existing ``except`` clauses keep working.
+
+    Attributes: ``host``, ``port``, ``attempts`` (tuple of ``(pair, exception)`` in the order
+    the attempts failed), ``exceptions`` (the exceptions alone) and ``group`` (the same as an
+    ``ExceptionGroup``).
+    """
+
+    host: str
+    port: int
+    attempts: tuple[tuple[Any, OSError], ...]
+
+    @classmethod
+    def from_attempts(
+        cls, host: str, port: int, attempts: Sequence[tuple[Any, OSError]]
+    ) -> AllAttemptsFailedError:
+        """Build the error for ``attempts``, choosing the class that matches their errno."""
+        numbers = {_errno_of(exc) for _, exc in attempts}
+        common = numbers.pop() if len(numbers) == 1 else None
+        if not attempts:
+            text = f"could not connect to {_host_text(host)} port {port}: no address pair to try"
+        else:
+            parts = "; ".join(f"{_describe_pair(pair)}: {exc}" for pair, exc in attempts)
+            many = "attempt" if len(attempts) == 1 else f"all {len(attempts)} attempts"
+            text = f"could not connect to {_host_text(host)} port {port}: {many} failed: {parts}"
+        klass = cls._class_for(common)
+        error = klass(common, text) if common is not None else klass(text)
+        error.host = host
+        error.port = port
+        error.attempts = tuple(attempts)
+        return error
+
+    @classmethod
+    def _class_for(cls, number: int | None) -> type[AllAttemptsFailedError]:
+        if number is None:
+            return cls
+        builtin = type(OSError(number, ""))
+        if builtin is OSError or cls is not AllAttemptsFailedError:
+            return cls
+        klass = _class_cache.get(builtin)
+        if klass is None:
+            klass = type(
+                f"AllAttemptsFailed{builtin.__name__}",
+                (AllAttemptsFailedError, builtin),
+                {"__module__": __name__, "__doc__": cls.__doc__},
+            )
+            _class_cache[builtin] = klass
+        return klass
+
+    @property
+    def exceptions(self) -> tuple[OSError, ...]:
+        """The exception of every attempt, in the order the attempts failed."""
+        return tuple(exc for _, exc in self.attempts)
+
+    @property
+    def group(self) -> ExceptionGroup[OSError]:
+        """The individual errors as an ``ExceptionGroup`` (e.g. for ``except*``)."""
+        return ExceptionGroup(str(self), list(self.exceptions))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Dynamic subclasses cannot be pickled by name: rebuild from the attempts.
+        return (_rebuild, (self.host, self.port, self.attempts))
+
+
+def _rebuild(host: str, port: int, attempts: Sequence[tuple[Any, OSError]]) -> OSError:
+    return AllAttemptsFailedError.from_attempts(host, port, attempts)
+
+
+def _host_text(host: str) -> str:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    return f"[{host}]" if ip.version == 6 else host
