@@ -1,0 +1,154 @@
+"""Shared helpers for the server tests: fd accounting, free ports, a HAProxy runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from apr_async.server import proxy_header, real_peername, start_server
+from apr_async.server.proxy_protocol import ProxyHeader
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def _v6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+HAS_V6 = _v6_loopback()
+needs_v6 = pytest.mark.skipif(not HAS_V6, reason="no IPv6 loopback")
+needs_haproxy = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy not installed")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def free_port(family: socket.AddressFamily = socket.AF_INET) -> int:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Seen:
+    """What the server callback observed for one connection."""
+
+    peer: tuple[str, int]
+    socket_peer: tuple[str, int]
+    header: ProxyHeader | None
+    data: bytes
+
+
+@dataclass
+class Recorder:
+    """Server callback: records the real peer and everything sent, echoes the peer back."""
+
+    seen: list[Seen] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = real_peername(writer)
+        try:
+            writer.write(f"{peer[0]} {peer[1]}\n".encode())
+            data = await reader.read()
+            sock_peer = writer.get_extra_info("peername")
+            self.seen.append(Seen(peer, (sock_peer[0], sock_peer[1]), proxy_header(writer), data))
+            self.arrived.set()
+            writer.write(data)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    host: str | None = "127.0.0.1", **kwargs: object
+) -> AsyncIterator[tuple[asyncio.Server, int, Recorder]]:
+    rec = Recorder()
+    server = await start_server(rec, host, 0, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield server, server.sockets[0].getsockname()[1], rec
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def wait_closed_by_server(reader: asyncio.StreamReader, within: float) -> bytes:
+    """Read until the server closes; return what it sent (RST counts as closed)."""
+    out = b""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                chunk = await reader.read(65536)
+            except ConnectionResetError:
+                return out
+            if not chunk:
+                return out
+            out += chunk
+
+
+def _listening(port: int) -> bool:
+    hexport = f":{port:04X} "
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if (cols[1] + " ").endswith(hexport) and cols[3] == "0A":
+                    return True
+    return False
+
+
+@contextlib.contextmanager
+def run_haproxy(config: str, tmp_path: Path, ports: list[int]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run HAProxy in the foreground with ``config`` until the block ends (killed in finally)."""
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(config)
+    check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = open(tmp_path / "haproxy.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(_listening(p) for p in ports):
+            assert proc.poll() is None, (tmp_path / "haproxy.log").read_text()
+            assert time.monotonic() < deadline, "haproxy did not start listening"
+            time.sleep(0.02)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_implicit_event_loop() -> None:
+    """Work around pytest-asyncio 1.5 leaking an event loop after a sync test.
+
+    Its ``_temporary_event_loop`` calls ``asyncio.get_event_loop()``, which in Python 3.11
+    *creates* a loop when none was ever set, and then leaves that loop installed, unclosed
+    (a ResourceWarning, an error here). Declaring "no current loop" makes the call raise
+    instead, which pytest-asyncio handles.
+    """
+    asyncio.set_event_loop(None)
