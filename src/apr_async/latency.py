@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from apr_async.addresses import IPAddress, parse_address
+from apr_async.addresses import IPAddress, address_key, parse_address
 
 __all__ = ["Estimate", "Failure", "FailureTable", "LatencyTable"]
 
@@ -69,6 +69,7 @@ class _Node:
     """
 
     __slots__ = (
+        "address",
         "agg_count",
         "agg_last",
         "agg_loss",
@@ -81,6 +82,7 @@ class _Node:
         "estimate",
         "ewma",
         "fill",
+        "inherited",
         "key",
         "last",
         "lost_bits",
@@ -91,9 +93,13 @@ class _Node:
         "updated",
     )
 
-    def __init__(self, key: int, plen: int) -> None:
+    def __init__(self, key: int, plen: int, address: IPAddress | None = None) -> None:
         self.key = key
         self.plen = plen
+        self.address = address
+        # Inherited estimates handed out from this subtree, by prefix length; dropped
+        # whenever the aggregates change, so repeated lookups allocate nothing.
+        self.inherited: dict[int, Estimate] | None = None
         self.parent: _Node | None = None
         self.children: list[_Node | None] = [None, None]
         # Leaf measurements.
@@ -119,6 +125,7 @@ class _Node:
         return self.lost_bits.bit_count() / self.fill if self.fill else 0.0
 
     def refresh_leaf(self) -> None:
+        self.inherited = None
         self.agg_count = 1
         self.agg_rtt_count = 0 if self.ewma is None else 1
         self.agg_rtt_sum = 0.0 if self.ewma is None else self.ewma
@@ -139,6 +146,7 @@ class _Node:
     def refresh_inner(self) -> None:
         a, b = self.children
         assert a is not None and b is not None
+        self.inherited = None
         self.agg_count = a.agg_count + b.agg_count
         self.agg_rtt_count = a.agg_rtt_count + b.agg_rtt_count
         self.agg_rtt_sum = a.agg_rtt_sum + b.agg_rtt_sum
@@ -172,10 +180,11 @@ def _check_time(value: object, what: str) -> float:
 class _SourceIndex:
     """Everything measured from one source: exact entries and one trie per family."""
 
-    __slots__ = ("leaves", "roots")
+    __slots__ = ("address", "leaves", "roots")
 
-    def __init__(self) -> None:
-        self.leaves: dict[IPAddress, _Node] = {}
+    def __init__(self, address: IPAddress) -> None:
+        self.address = address
+        self.leaves: dict[int, _Node] = {}  # by address_key of the destination
         self.roots: list[_Node | None] = [None, None]  # [IPv4, IPv6]
 
 
@@ -215,8 +224,10 @@ class LatencyTable:
         self.max_entries = max_entries
         self.loss_window = loss_window
         self._window_mask = (1 << loss_window) - 1
-        self._sources: dict[IPAddress, _SourceIndex] = {}
-        self._lru: OrderedDict[tuple[IPAddress, IPAddress], _Node] = OrderedDict()
+        self._sources: dict[int, _SourceIndex] = {}  # by address_key of the source
+        # Bumped by every change, so that callers can reuse what they derived from the table.
+        self.version = 0
+        self._lru: OrderedDict[tuple[int, int], _Node] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -225,6 +236,7 @@ class LatencyTable:
         """Forget everything (for instance on a network change)."""
         self._sources.clear()
         self._lru.clear()
+        self.version += 1
 
     # --- recording ------------------------------------------------------------------------
 
@@ -256,30 +268,33 @@ class LatencyTable:
         leaf.fill = min(leaf.fill + 1, self.loss_window)
         leaf.updated = now
         self._refresh_path(leaf)
+        self.version += 1
 
     def _leaf(self, src: IPAddress, dst: IPAddress) -> _Node:
         lru = self._lru
-        key = (src, dst)
+        src_key = address_key(src)
+        dst_key = address_key(dst)
+        key = (src_key, dst_key)
         leaf = lru.get(key)
         if leaf is not None:
             lru.move_to_end(key)
             return leaf
-        index = self._sources.get(src)
+        index = self._sources.get(src_key)
         if index is None:
-            index = self._sources[src] = _SourceIndex()
-        leaf = _Node(int(dst), dst.max_prefixlen)
+            index = self._sources[src_key] = _SourceIndex(src)
+        leaf = _Node(int(dst), dst.max_prefixlen, dst)
         self._insert(index, dst.version == 6, leaf)
-        index.leaves[dst] = leaf
+        index.leaves[dst_key] = leaf
         lru[key] = leaf
         while len(lru) > self.max_entries:
             self._evict()
         return leaf
 
     def _evict(self) -> None:
-        (src, dst), leaf = self._lru.popitem(last=False)
-        index = self._sources[src]
-        del index.leaves[dst]
-        family = 1 if dst.version == 6 else 0
+        (src_key, dst_key), leaf = self._lru.popitem(last=False)
+        index = self._sources[src_key]
+        del index.leaves[dst_key]
+        family = 1 if leaf.plen == 128 else 0
         parent = leaf.parent
         if parent is None:
             index.roots[family] = None
@@ -294,7 +309,7 @@ class LatencyTable:
                 grand.children[0 if grand.children[0] is parent else 1] = sibling
                 self._refresh_inner_path(grand)
         if not index.leaves:
-            del self._sources[src]
+            del self._sources[src_key]
 
     @staticmethod
     def _insert(index: _SourceIndex, v6: bool, leaf: _Node) -> None:
@@ -351,7 +366,7 @@ class LatencyTable:
         prefix is at least ``prefix_v6`` / ``prefix_v4`` long; otherwise ``None``.
         Costs at most one step per bit of the address, however many entries there are.
         """
-        index = self._sources.get(source)
+        index = self._sources.get(address_key(source))
         if index is None:
             return None
         return self._lookup(index, destination)
@@ -361,7 +376,7 @@ class LatencyTable:
 
         For callers that look up many destinations from the same source (ranking).
         """
-        index = self._sources.get(source)
+        index = self._sources.get(address_key(source))
         if index is None:
             return None
 
@@ -371,15 +386,25 @@ class LatencyTable:
         return lookup
 
     def _lookup(self, index: _SourceIndex, destination: IPAddress) -> Estimate | None:
-        leaf = index.leaves.get(destination)
+        value = int(destination)
+        v6 = isinstance(destination, ipaddress.IPv6Address)
+        return self.lookup_key(index, value if v6 else ~value, value, v6)
+
+    def source_index(self, source_key: int) -> _SourceIndex | None:
+        """Internal fast path for ranking: the index of a source by its ``address_key``."""
+        return self._sources.get(source_key)
+
+    def lookup_key(
+        self, index: _SourceIndex, dst_key: int, value: int, v6: bool
+    ) -> Estimate | None:
+        """Internal fast path for ranking: look up a destination given as precomputed ints."""
+        leaf = index.leaves.get(dst_key)
         if leaf is not None:
             return leaf.estimate
-        v6 = destination.version == 6
         node = index.roots[1 if v6 else 0]
         if node is None:
             return None
         bits = 128 if v6 else 32
-        value = int(destination)
         while True:
             plen = node.plen
             common = plen - ((value ^ node.key) >> (bits - plen)).bit_length()
@@ -391,7 +416,14 @@ class LatencyTable:
             node = child
         if common < (self.prefix_v6 if v6 else self.prefix_v4):
             return None
-        return Estimate(
+        cache = node.inherited
+        if cache is None:
+            cache = node.inherited = {}
+        else:
+            found = cache.get(common)
+            if found is not None:
+                return found
+        estimate = cache[common] = Estimate(
             rtt=node.agg_rtt_sum / node.agg_rtt_count if node.agg_rtt_count else None,
             last=node.agg_last,
             min=node.agg_min,
@@ -402,8 +434,9 @@ class LatencyTable:
             prefix_len=common,
             destinations=node.agg_count,
             _prefix_value=(value >> (bits - common)) << (bits - common),
-            _version=destination.version,
+            _version=6 if v6 else 4,
         )
+        return estimate
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -412,8 +445,8 @@ class LatencyTable:
         now = _check_time(now, "now")
         entries = [
             [
-                str(src),
-                str(dst),
+                str(self._sources[src_key].address),
+                str(leaf.address),
                 leaf.ewma,
                 leaf.last,
                 leaf.min,
@@ -422,7 +455,7 @@ class LatencyTable:
                 leaf.fill,
                 now - leaf.updated,
             ]
-            for (src, dst), leaf in self._lru.items()
+            for (src_key, _), leaf in self._lru.items()
         ]
         return {"kind": "apr_async.latency", "version": _SNAPSHOT_VERSION, "entries": entries}
 
@@ -467,6 +500,7 @@ class LatencyTable:
             leaf.fill = min(fill, self.loss_window)
             leaf.updated = now - float(age)
             self._refresh_path(leaf)
+        self.version += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,7 +521,7 @@ class FailureTable:
 
     An entry expires ``ttl`` seconds after its latest failure; a success clears it; ``clear()``
     drops everything (network change). Beyond ``max_entries`` the oldest failure is dropped.
-    Addresses are ``IPv4Address`` / ``IPv6Address`` objects without a zone.
+    A zone on an IPv6 address is ignored.
     """
 
     def __init__(self, ttl: float = 600.0, *, max_entries: int = 10_000) -> None:
@@ -498,18 +532,23 @@ class FailureTable:
             raise ValueError(f"max_entries must be a positive int, not {max_entries!r}")
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[IPAddress, IPAddress, int], Failure] = OrderedDict()
+        # (address_key(src), address_key(dst), port) -> (failure, src, dst); ordered oldest
+        # failure first so that the size bound drops the stalest entry.
+        self._entries: OrderedDict[tuple[int, int, int], tuple[Failure, IPAddress, IPAddress]]
+        self._entries = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @staticmethod
-    def _key(
+    def _checked(
         source: IPAddress, destination: IPAddress, port: int
-    ) -> tuple[IPAddress, IPAddress, int]:
+    ) -> tuple[tuple[int, int, int], IPAddress, IPAddress]:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, not {port!r}")
-        return (_check_ip(source, "source"), _check_ip(destination, "destination"), port)
+        src = _check_ip(source, "source")
+        dst = _check_ip(destination, "destination")
+        return (address_key(src), address_key(dst), port), src, dst
 
     def record_failure(
         self,
@@ -520,39 +559,44 @@ class FailureTable:
         *,
         error: str | None = None,
     ) -> None:
-        """Remember that connecting from *source* to *destination*:*port* failed at *now*."""
-        key = self._key(source, destination, port)
+        """Remember that connecting from *source* to *destination*:*port* failed at *now*.
+
+        *error* is a short description for explanations, such as ``"ECONNREFUSED"``.
+        """
+        key, src, dst = self._checked(source, destination, port)
         now = _check_time(now, "now")
         if error is not None and not isinstance(error, str):
             raise TypeError("error must be a str or None")
         entries = self._entries
         previous = entries.pop(key, None)
         count = 1
-        if previous is not None and now - previous.last < self.ttl:
-            count = previous.count + 1
-        entries[key] = Failure(now, count, error)
+        if previous is not None and now - previous[0].last < self.ttl:
+            count = previous[0].count + 1
+        entries[key] = (Failure(now, count, error), src, dst)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
 
     def record_success(self, source: IPAddress, destination: IPAddress, port: int) -> None:
         """A successful connection clears the entry."""
-        self._entries.pop(self._key(source, destination, port), None)
+        self._entries.pop(self._checked(source, destination, port)[0], None)
 
     def failure(
         self, source: IPAddress, destination: IPAddress, port: int, now: float
     ) -> Failure | None:
         """The unexpired failure for this triple, or ``None``."""
-        entries = self._entries
-        if not entries:
+        if not self._entries:
             return None
-        key = (source, destination, port)
-        found = entries.get(key)
+        return self.failure_key((address_key(source), address_key(destination), port), now)
+
+    def failure_key(self, key: tuple[int, int, int], now: float) -> Failure | None:
+        """Internal fast path for ranking: :meth:`failure` with a precomputed key."""
+        found = self._entries.get(key)
         if found is None:
             return None
-        if now - found.last >= self.ttl:
-            del entries[key]
+        if now - found[0].last >= self.ttl:
+            del self._entries[key]
             return None
-        return found
+        return found[0]
 
     def failing(self, source: IPAddress, destination: IPAddress, port: int, now: float) -> bool:
         """True if this triple failed less than ``ttl`` seconds before *now*."""
@@ -560,7 +604,7 @@ class FailureTable:
 
     def prune(self, now: float) -> int:
         """Drop expired entries; return how many were dropped."""
-        expired = [k for k, f in self._entries.items() if now - f.last >= self.ttl]
+        expired = [k for k, v in self._entries.items() if now - v[0].last >= self.ttl]
         for key in expired:
             del self._entries[key]
         return len(expired)
@@ -573,8 +617,8 @@ class FailureTable:
         """Unexpired entries as plain JSON-able data; times are ages relative to *now*."""
         now = _check_time(now, "now")
         entries = [
-            [str(src), str(dst), port, now - f.last, f.count, f.error]
-            for (src, dst, port), f in self._entries.items()
+            [str(src), str(dst), key[2], now - f.last, f.count, f.error]
+            for key, (f, src, dst) in self._entries.items()
             if now - f.last < self.ttl
         ]
         return {"kind": "apr_async.failures", "version": _SNAPSHOT_VERSION, "entries": entries}
@@ -597,17 +641,17 @@ class FailureTable:
                 dst, dst_zone = parse_address(dst_text)
                 if src_zone or dst_zone:
                     raise ValueError(f"zones are not stored: {row!r}")
-                key = self._key(src, dst, port)
+                key, src, dst = self._checked(src, dst, port)
                 age = _check_time(age, "age")
                 if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                     raise ValueError(f"bad count in {row!r}")
                 if error is not None and not isinstance(error, str):
                     raise ValueError(f"bad error in {row!r}")
-                parsed.append((key, Failure(now - age, count, error)))
+                parsed.append((key, (Failure(now - age, count, error), src, dst)))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed failure snapshot: {exc}") from None
         self._entries.clear()
-        for key, failure in sorted(parsed, key=lambda item: item[1].last):
-            self._entries[key] = failure
+        for key, value in sorted(parsed, key=lambda item: item[1][0].last):
+            self._entries[key] = value
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

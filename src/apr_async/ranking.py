@@ -1,17 +1,54 @@
 """Rank (source, destination) address pairs: the four-level precedence, with reasons (sans-IO).
 
-Skeleton: the public API is fixed, the implementation follows.
+:func:`rank_pairs` orders every pair by, in this precedence:
+
+1. **Reachability.** A pair whose source cannot possibly reach the destination is *dropped*:
+   a source of a smaller scope than the destination (link-local or site-local source to a
+   global destination, ``169.254/16`` to a routed IPv4 address), a loopback source to a
+   non-local destination, a link-local IPv6 destination from a non-link-local source or from
+   a link-local source on another interface than the destination's zone. A family without
+   any usable source therefore yields no pair at all. A pair that *probably* cannot work is
+   kept but placed *last*: a ULA source to a global IPv6 destination when no NPTv6/NAT66
+   translator was seen (one may exist undetected), a non-loopback source to a loopback
+   destination.
+2. **Recent failures** (:class:`~apr_async.latency.FailureTable`): those pairs go after the
+   others; they are reordered, never removed.
+3. **Measured latency** (exact or inherited from the longest known prefix): measured pairs
+   come first, fastest first, except that IPv6 wins unless it is more than ``ipv6_bias_ms``
+   slower than IPv4.
+4. **RFC 6724** for the rest: destinations by :func:`~apr_async.rfc6724.sort_destinations`
+   rules, and for each destination its RFC 6724 source first, then its other usable sources
+   by the same source rules; the kernel's own choice breaks ties between equally good sources
+   (and tells source rule 5 which interface is the outgoing one).
+
+Levels 1 and 4 depend only on the addresses, so they are computed once per distinct input
+and cached (with the ready-made pairs); levels 2 and 3 are applied per call from the tables.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import math
+import socket
 from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, Final, NamedTuple
 
-from apr_async.addresses import IPAddress
-from apr_async.latency import FailureTable, LatencyTable
-from apr_async.rfc6724 import DEFAULT_POLICY_TABLE, PolicyTable, SourceAddress
+from apr_async.addresses import AddressKind, IPAddress, Scope, address_key, kind_of, scope_of
+from apr_async.latency import Estimate, Failure, FailureTable, LatencyTable
+from apr_async.rfc6724 import (
+    DEFAULT_POLICY_TABLE,
+    DESTINATION_RULES,
+    SOURCE_KEY_RULES,
+    SOURCE_RULES,
+    PolicyTable,
+    SourceAddress,
+    apply_rule9,
+    destination_key,
+    home_preference,
+    source_key,
+)
 
 __all__ = ["AddrPair", "Translator", "rank_pairs"]
 
@@ -34,15 +71,523 @@ class _AddrPairFields(NamedTuple):
 
 
 class AddrPair(_AddrPairFields):
-    """``(family, source, destination)``; unpack as ``AF, SA, DA = pair``.
+    """A ranked ``(family, source, destination)``; unpack as ``AF, SA, DA = pair``.
 
-    Extra read-only attributes: ``reason`` (why it is at its place), ``rtt`` (seconds, measured
-    or inherited, or None), ``failing`` (failed recently). Equality compares the 3 fields.
+    ``source`` is ready for ``bind()`` (``(ip, 0)`` or ``(ip, 0, 0, scope_id)``) and
+    ``destination`` for ``connect()`` (``(ip, port)`` or ``(ip, port, 0, scope_id)``); IPv6
+    link-local addresses carry their interface index as scope id. Extra read-only
+    attributes: ``reason`` (why the pair is at its place, in words), ``rtt`` (seconds, measured
+    or inherited, else ``None``) and ``failing`` (it failed recently). Equality, hashing,
+    ``len()`` and unpacking see only the three fields.
     """
 
-    reason: str
-    rtt: float | None
-    failing: bool
+    # No __slots__: a tuple subclass cannot have non-empty slots, so the extras live in the
+    # instance __dict__ under one key, "_meta" = (reason or recipe, rtt, failing).
+
+    def __new__(
+        cls,
+        family: int,
+        source: SockAddr,
+        destination: SockAddr,
+        *,
+        reason: str = "",
+        rtt: float | None = None,
+        failing: bool = False,
+    ) -> AddrPair:
+        """Build a pair (normally :func:`rank_pairs` does this)."""
+        self = tuple.__new__(cls, (family, source, destination))
+        self.__dict__["_meta"] = (reason, rtt, failing)
+        return self
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"AddrPair is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"AddrPair is immutable: cannot delete {name!r}")
+
+    def _get_meta(self) -> tuple[Any, float | None, bool]:
+        meta: tuple[Any, float | None, bool] = self.__dict__.get("_meta", ("", None, False))
+        return meta
+
+    @property
+    def reason(self) -> str:
+        """Why this pair is at its place, as a network engineer would say it."""
+        meta = self._get_meta()
+        reason = meta[0]
+        if not isinstance(reason, str):
+            # Dynamic reasons are formatted only when read: most callers never look.
+            reason = _format_dynamic(reason)
+            self.__dict__["_meta"] = (reason, meta[1], meta[2])
+        return reason
+
+    @property
+    def rtt(self) -> float | None:
+        """Measured or inherited round-trip time in seconds, or ``None``."""
+        return self._get_meta()[1]
+
+    @property
+    def failing(self) -> bool:
+        """True if this pair failed recently (it was moved after the others)."""
+        return self._get_meta()[2]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_pair,
+            ((self.family, self.source, self.destination), (self.reason, self.rtt, self.failing)),
+        )
+
+
+def _rebuild_pair(
+    fields: tuple[int, SockAddr, SockAddr], extras: tuple[str, float | None, bool]
+) -> AddrPair:
+    return _make_pair(*fields, extras)
+
+
+_new_tuple = tuple.__new__
+
+
+def _make_pair(
+    family: int, source: SockAddr, destination: SockAddr, meta: tuple[Any, float | None, bool]
+) -> AddrPair:
+    pair: AddrPair = _new_tuple(AddrPair, (family, source, destination))
+    pair.__dict__["_meta"] = meta
+    return pair
+
+
+# --- reachability ---------------------------------------------------------------------------
+
+_IMPOSSIBLE: Final = 2
+_LOCAL_KINDS: Final = frozenset({AddressKind.LOOPBACK, AddressKind.UNSPECIFIED})
+_NOT_SOURCES: Final = frozenset({AddressKind.UNSPECIFIED, AddressKind.MULTICAST})
+_ULA_BLOCKED_KINDS: Final = frozenset(
+    {AddressKind.GUA, AddressKind.SIXTO4, AddressKind.TEREDO, AddressKind.RESERVED}
+)
+_ULA_TRANSLATORS: Final = frozenset({Translator.NPTV6.value, Translator.NAT66.value})
+
+
+class _Dest(NamedTuple):
+    """A destination as ranking sees it (classification cached per address object)."""
+
+    original: IPAddress
+    view: IPAddress  # IPv4-mapped IPv6 becomes the IPv4 address it carries
+    v6: bool
+    scope: Scope
+    kind: AddressKind
+    text: str
+    needs_zone: bool  # IPv6 link-local (or link/interface-local multicast): needs a scope id
+
+
+_DEST_CACHE: dict[IPAddress, _Dest] = {}
+_DEST_CACHE_MAX: Final = 4096
+
+
+def _dest_info(ip: IPAddress) -> _Dest:
+    info = _DEST_CACHE.get(ip)
+    if info is not None:
+        return info
+    if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise TypeError(f"destination must be an IP address, not {type(ip).__name__}")
+    view: IPAddress = ip
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise ValueError(f"pass the zone of {ip} as the zone index, not in the address")
+        if ip.ipv4_mapped is not None:
+            view = ip.ipv4_mapped
+    scope = scope_of(view)
+    kind = kind_of(view)
+    v6 = view.version == 6
+    info = _Dest(
+        ip,
+        view,
+        v6,
+        scope,
+        kind,
+        str(view),
+        v6 and scope <= Scope.LINK_LOCAL and kind is not AddressKind.LOOPBACK,
+    )
+    if len(_DEST_CACHE) >= _DEST_CACHE_MAX:
+        _DEST_CACHE.clear()
+    _DEST_CACHE[ip] = info
+    return info
+
+
+def _reach(
+    src: SourceAddress,
+    dst: _Dest,
+    zone: int | None,
+    local: frozenset[IPAddress],
+    ula_translated: bool,
+) -> tuple[int, str | None]:
+    """0 usable, 1 doubtful (with why), 2 impossible (with why)."""
+    skind = src.kind
+    if skind in _NOT_SOURCES:
+        return _IMPOSSIBLE, f"{skind} address is not a source"
+    if dst.kind in _LOCAL_KINDS:
+        if skind is AddressKind.LOOPBACK:
+            return 0, None
+        return 1, "non-loopback source to a loopback destination"
+    if dst.view in local:
+        return 0, None  # one of this host's own addresses: routed through loopback
+    if skind is AddressKind.LOOPBACK:
+        return _IMPOSSIBLE, "loopback source cannot leave the host"
+    if dst.needs_zone:
+        if skind is not AddressKind.LINK_LOCAL:
+            return _IMPOSSIBLE, "link-local destination needs a link-local source"
+        if zone is not None:
+            if src.ifindex is not None and src.ifindex != zone:
+                return _IMPOSSIBLE, "source is on another interface than the destination's zone"
+        elif src.ifindex is None:
+            return _IMPOSSIBLE, "no interface index to scope the link-local destination"
+        return 0, None
+    if src.scope < dst.scope:
+        return _IMPOSSIBLE, f"{src.scope.name.lower()} source cannot reach a wider scope"
+    if skind is AddressKind.ULA and dst.kind in _ULA_BLOCKED_KINDS and not ula_translated:
+        return 1, "ULA source to a global destination needs NPTv6/NAT66, none seen"
+    return 0, None
+
+
+# --- the cached RFC 6724 plan -----------------------------------------------------------------
+
+
+class _Entry(NamedTuple):
+    """One pair in RFC 6724 order with what the per-call levels need, precomputed."""
+
+    pair: AddrPair  # with its static (RFC 6724) reason
+    source_slot: int  # index into _Plan.source_keys
+    dst_key: int  # address_key of the destination
+    dst_int: int
+    fail_key: tuple[int, int, int]  # FailureTable key
+    v6: bool
+    doubt: str | None
+    head: str  # "IPv6 GUA source a -> b"
+    static: str  # the RFC 6724 part of the reason
+    base_key: tuple[int, int, int, float, int, int]  # sort key when nothing is measured
+
+
+class _Plan(NamedTuple):
+    """The cached result of levels 1 and 4 for one input."""
+
+    entries: tuple[_Entry, ...]
+    pairs: tuple[AddrPair, ...]
+    source_keys: tuple[int, ...]
+    # Keeps alive every object whose id() is part of the cache key, so that no id can be
+    # reused by another object while this plan is cached.
+    anchors: tuple[object, ...]
+    # Last result with a latency table and no failures: (table, table version, bias, pairs).
+    memo: list[tuple[LatencyTable, int, float, tuple[AddrPair, ...]]]
+
+
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+_PLANS_MAX: Final = 512
+
+
+def _family_name(v6: bool) -> str:
+    return "IPv6" if v6 else "IPv4"
+
+
+def _first_difference(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if x != y:
+            return i
+    return None
+
+
+def _source_order(
+    dst: _Dest,
+    candidates: list[tuple[int, SourceAddress, str | None]],
+    *,
+    policy: PolicyTable,
+    kernel_ip: IPAddress | None,
+    outgoing: str | int | None,
+    mobility: bool,
+) -> tuple[list[tuple[int, SourceAddress, str | None]], str, list[str]]:
+    """Sort one destination's sources by RFC 6724 source rules; explain the order."""
+    label = policy.lookup(dst.view)[1]
+    keys = {
+        index: source_key(
+            src,
+            dst.view,
+            dst_scope=dst.scope,
+            dst_label=label,
+            policy=policy,
+            outgoing_interface=outgoing,
+            prefer_temporary=True,
+        )
+        for index, src, _ in candidates
+    }
+
+    def tie(index: int, src: SourceAddress) -> tuple[int, int]:
+        return (0 if src.address == kernel_ip else 1, index)
+
+    if mobility:
+
+        def cmp(
+            a: tuple[int, SourceAddress, str | None], b: tuple[int, SourceAddress, str | None]
+        ) -> int:
+            ka, kb = keys[a[0]], keys[b[0]]
+            result = _compare_source_keys(ka, kb, a[1], b[1])
+            if result:
+                return result
+            ta, tb = tie(a[0], a[1]), tie(b[0], b[1])
+            return -1 if ta < tb else (1 if ta > tb else 0)
+
+        ordered = sorted(candidates, key=functools.cmp_to_key(cmp))
+    else:
+        ordered = sorted(candidates, key=lambda c: (keys[c[0]], *tie(c[0], c[1])))
+
+    def why(
+        a: tuple[int, SourceAddress, str | None], b: tuple[int, SourceAddress, str | None]
+    ) -> str:
+        position = _first_difference(keys[a[0]], keys[b[0]])
+        if (position is None or position > 4) and mobility and home_preference(a[1], b[1]):
+            return f"source rule 4 ({SOURCE_RULES[4]})"
+        if position is not None:
+            rule = SOURCE_KEY_RULES[position]
+            return f"source rule {rule} ({SOURCE_RULES[rule]})"
+        if kernel_ip is not None and a[1].address == kernel_ip:
+            return "the kernel's choice among equally good sources"
+        return "input order among equally good sources"
+
+    first = ordered[0]
+    if len(ordered) == 1:
+        first_why = "its only usable source"
+    else:
+        first_why = f"source chosen by {why(first, ordered[1])} over {ordered[1][1]}"
+    others = [f"alternative source after {first[1]} ({why(first, item)})" for item in ordered[1:]]
+    return ordered, first_why, others
+
+
+def _compare_source_keys(
+    ka: tuple[int, ...], kb: tuple[int, ...], a: SourceAddress, b: SourceAddress
+) -> int:
+    if ka[:4] != kb[:4]:
+        return -1 if ka[:4] < kb[:4] else 1
+    pref = home_preference(a, b)
+    if pref:
+        return pref
+    if ka[5:] != kb[5:]:
+        return -1 if ka[5:] < kb[5:] else 1
+    return 0
+
+
+def _build_plan(
+    dests: list[tuple[_Dest, int | None]],
+    sources: Sequence[SourceAddress],
+    port: int,
+    *,
+    kernel: list[IPAddress | SourceAddress | None],
+    ula_translated: bool,
+    policy: PolicyTable,
+    skip_rule9: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    anchors: tuple[object, ...],
+) -> _Plan:
+    local = frozenset(s.address for s in sources)
+    mobility = any(s.home or s.care_of for s in sources)
+    by_address = {s.address: s for s in sources}
+    per_dest = []
+    for (dst, zone), kernel_choice in zip(dests, kernel, strict=True):
+        candidates = []
+        for index, src in enumerate(sources):
+            if (src.address.version == 6) != dst.v6:
+                continue
+            level, why = _reach(src, dst, zone, local, ula_translated)
+            if level != _IMPOSSIBLE:
+                candidates.append((index, src, why))
+        if not candidates:
+            continue
+        kernel_src = (
+            kernel_choice
+            if isinstance(kernel_choice, SourceAddress)
+            else by_address.get(kernel_choice)
+            if kernel_choice is not None
+            else None
+        )
+        kernel_ip = (
+            kernel_choice.address if isinstance(kernel_choice, SourceAddress) else kernel_choice
+        )
+        outgoing: str | int | None = None
+        if kernel_src is not None:
+            outgoing = (
+                kernel_src.ifindex if kernel_src.ifindex is not None else kernel_src.interface
+            )
+        ordered, first_why, other_whys = _source_order(
+            dst,
+            candidates,
+            policy=policy,
+            kernel_ip=kernel_ip,
+            outgoing=outgoing,
+            mobility=mobility,
+        )
+        chosen = ordered[0][1]
+        key = destination_key(dst.view, chosen, policy)
+        rule9 = (
+            chosen.common_prefix_len(dst.view)
+            if dst.v6 and not any(dst.view in p for p in skip_rule9 if p.version == 6)
+            else None
+        )
+        per_dest.append((dst, zone, ordered, first_why, other_whys, key, rule9))
+
+    count = len(per_dest)
+    indexes = list(range(count))
+    keys = [d[5] for d in per_dest]
+    rule9s = [d[6] for d in per_dest]
+    chosen_src = [d[2][0][1] for d in per_dest]
+
+    def cmp(i: int, j: int) -> int:
+        ki, kj = keys[i], keys[j]
+        if ki[:3] != kj[:3]:
+            return -1 if ki[:3] < kj[:3] else 1
+        pref = home_preference(chosen_src[i], chosen_src[j])
+        if pref:
+            return pref
+        return -1 if ki[4:] < kj[4:] else (1 if ki[4:] > kj[4:] else 0)
+
+    if mobility:
+        order = sorted(indexes, key=functools.cmp_to_key(cmp))
+        order = apply_rule9(order, lambda i, j: cmp(i, j) == 0, rule9s)
+    else:
+        order = sorted(indexes, key=keys.__getitem__)
+        order = apply_rule9(order, lambda i, j: keys[i] == keys[j], rule9s)
+
+    def dest_rule(i: int, j: int) -> int:
+        position = _first_difference(keys[i], keys[j])
+        late = position is None or position > 3
+        if late and mobility and home_preference(chosen_src[i], chosen_src[j]):
+            return 4
+        if position is not None:
+            return position + 1
+        if rule9s[i] is not None and rule9s[j] is not None and rule9s[i] != rule9s[j]:
+            return 9
+        return 10
+
+    usable: list[_Entry] = []
+    doubtful: list[_Entry] = []
+    source_keys: list[int] = []
+    slots: dict[int, int] = {}
+    emitted: set[tuple[int, SockAddr, SockAddr]] = set()
+    for position, i in enumerate(order):
+        dst, zone, ordered, first_why, other_whys, _, _ = per_dest[i]
+        if count == 1:
+            dest_why = "the only destination"
+        elif position == 0:
+            other = per_dest[order[1]][0]
+            rule = dest_rule(i, order[1])
+            dest_why = f"destination rule {rule} ({DESTINATION_RULES[rule]}) before {other.text}"
+        else:
+            other = per_dest[order[position - 1]][0]
+            rule = dest_rule(order[position - 1], i)
+            dest_why = f"destination rule {rule} ({DESTINATION_RULES[rule]}) after {other.text}"
+        for rank, (_, src, doubt) in enumerate(ordered):
+            src_why = first_why if rank == 0 else other_whys[rank - 1]
+            family = socket.AF_INET6 if dst.v6 else socket.AF_INET
+            if dst.v6:
+                src_scope = (src.ifindex or 0) if src.kind is AddressKind.LINK_LOCAL else 0
+                dst_scope = 0
+                if dst.needs_zone:
+                    dst_scope = zone if zone is not None else (src.ifindex or 0)
+                sa: SockAddr = (src.text, 0, 0, src_scope)
+                da: SockAddr = (dst.text, port, 0, dst_scope)
+            else:
+                sa = (src.text, 0)
+                da = (dst.text, port)
+            if (family, sa, da) in emitted:
+                continue  # e.g. fe80::1 given both with and without its zone
+            emitted.add((family, sa, da))
+            head = f"{_family_name(dst.v6)} {src.kind} source {src.text} -> {dst.text}"
+            static = f"RFC 6724: {dest_why}; {src_why}"
+            reason = f"{head}: {static}; no latency known"
+            if doubt is not None:
+                reason = f"{head}: last: {doubt}; {static}"
+            src_key = address_key(src.address)
+            slot = slots.get(src_key)
+            if slot is None:
+                slot = slots[src_key] = len(source_keys)
+                source_keys.append(src_key)
+            dst_key = address_key(dst.view)
+            entry = _Entry(
+                _make_pair(family, sa, da, (reason, None, False)),
+                slot,
+                dst_key,
+                int(dst.view),
+                (src_key, dst_key, port),
+                dst.v6,
+                doubt,
+                head,
+                static,
+                (0, 0, 0, 0.0, 0, 0),  # final value set below, once the order is known
+            )
+            (usable if doubt is None else doubtful).append(entry)
+    entries = tuple(
+        entry._replace(base_key=(0 if entry.doubt is None else 1, 0, 1, 0.0, 0, index))
+        for index, entry in enumerate(usable + doubtful)
+    )
+    return _Plan(entries, tuple(e.pair for e in entries), tuple(source_keys), anchors, [])
+
+
+# --- dynamic reasons --------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000.0
+    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+_Recipe = tuple[_Entry, Failure | None, Estimate | None, float, float | None, float]
+
+
+def _format_dynamic(recipe: _Recipe) -> str:
+    entry, failure, estimate, now, best_other, bias_ms = recipe
+    parts = []
+    if entry.doubt is not None:
+        parts.append(f"last: {entry.doubt}")
+    if failure is not None:
+        age = max(0.0, now - failure.last)
+        error = f" ({failure.error})" if failure.error else ""
+        times = f", {failure.count} failures" if failure.count > 1 else ""
+        parts.append(f"after others: failed {age:.0f} s ago{error}{times}; reordered, not removed")
+    if estimate is not None and estimate.rtt is not None:
+        if estimate.inherited:
+            count = estimate.destinations
+            measured = (
+                f"{_ms(estimate.rtt)} inherited from {estimate.prefix} "
+                f"({count} measured destination{'s' if count != 1 else ''})"
+            )
+        else:
+            measured = f"measured {_ms(estimate.rtt)} (EWMA of {estimate.samples})"
+        if estimate.loss:
+            measured += f", {estimate.loss:.0%} loss"
+        bias = f"{bias_ms:g} ms bias"
+        if best_other is not None:
+            diff_ms = (estimate.rtt - best_other) * 1000.0
+            if entry.v6:
+                if diff_ms <= 0:
+                    measured += ", faster than IPv4"
+                elif diff_ms <= bias_ms:
+                    measured += f", IPv6 preferred within {bias}"
+                else:
+                    measured += f", IPv6 {diff_ms:.1f} ms slower than IPv4: more than the {bias}"
+            elif -diff_ms > bias_ms:
+                measured += f", IPv4 first: IPv6 is {-diff_ms:.1f} ms slower, more than the {bias}"
+            else:
+                measured += f", after IPv6 within the {bias}"
+        parts.append(measured)
+    else:
+        if estimate is not None:
+            parts.append(f"no RTT known, {estimate.loss:.0%} of probes lost")
+        parts.append(entry.static)
+        parts.append("no latency known")
+    return f"{entry.head}: {'; '.join(parts)}"
+
+
+# --- the public entry point -------------------------------------------------------------------
+
+
+def _check_number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, not {value!r}")
+    return float(value)
 
 
 def rank_pairs(
@@ -57,6 +602,216 @@ def rank_pairs(
     kernel_sources: Mapping[IPAddress, IPAddress | SourceAddress] | None = None,
     translators_seen: Collection[str] = frozenset(),
     policy: PolicyTable = DEFAULT_POLICY_TABLE,
+    skip_rule9_prefixes: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
 ) -> list[AddrPair]:
-    """Return the usable pairs for *destinations* (``(ip, zone_index)``) best first."""
-    raise NotImplementedError
+    """Return the (source, destination) pairs for *destinations*, best first, with reasons.
+
+    *destinations* are ``(ip, zone_index_or_None)`` in DNS / RFC 6724 input order (duplicates
+    are dropped; the zone index matters only for IPv6 link-local destinations); *sources* the
+    local :class:`~apr_async.rfc6724.SourceAddress` es (with ``ifindex`` for link-local scope
+    ids). *latency* and *failures* are read at time *now*. *kernel_sources* maps a destination
+    to the source the kernel would pick. *translators_seen* holds :class:`Translator` values:
+    NPTv6 or NAT66 make a ULA source usable towards global IPv6 destinations. Destination rule
+    9 is skipped for destinations in *skip_rule9_prefixes*. See the module documentation for
+    the order.
+
+    Raises ``TypeError`` / ``ValueError`` on malformed input, before doing anything else.
+    """
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be in 0..65535, not {port}")
+    bias_ms = _check_number(ipv6_bias_ms, "ipv6_bias_ms")
+    now = _check_number(now, "now")
+    if not isinstance(policy, PolicyTable):
+        raise TypeError("policy must be a PolicyTable")
+    ula_translated = not _ULA_TRANSLATORS.isdisjoint(translators_seen)
+    skip = tuple(skip_rule9_prefixes)
+
+    # The cache key uses id() of the input objects (hashing ipaddress objects runs Python
+    # code); the cached plan holds references to all of them, so an id cannot be reused while
+    # its plan exists, and equal-but-distinct objects merely miss the cache.
+    plan: _Plan | None = None
+    plan_key: tuple[Any, ...] | None = None
+    kernel: list[IPAddress | SourceAddress | None] | None = None
+    try:
+        dest_ids = tuple([(id(ip), zone) for ip, zone in destinations])
+        if kernel_sources:
+            kernel = [kernel_sources.get(ip) for ip, _ in destinations]
+        plan_key = (
+            dest_ids,
+            tuple(map(id, sources)),
+            port,
+            None if kernel is None else tuple(map(id, kernel)),
+            ula_translated,
+            id(policy),
+            skip,
+        )
+        plan = _PLANS.get(plan_key)
+    except (TypeError, ValueError):
+        plan_key = None  # malformed input: the checks below say what is wrong
+    if plan is None:
+        plan = _new_plan(
+            destinations,
+            sources,
+            port,
+            kernel_sources=kernel_sources,
+            ula_translated=ula_translated,
+            policy=policy,
+            skip=skip,
+        )
+        if plan_key is not None:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            _PLANS[plan_key] = plan
+
+    use_latency = latency is not None and len(latency) > 0
+    use_failures = failures is not None and len(failures) > 0
+    if not (use_latency or use_failures):
+        return list(plan.pairs)
+    if not use_failures and latency is not None:
+        # Without failures the result depends only on the table's content and the bias
+        # (reasons do not mention time), so an unchanged table gives the same answer.
+        memo = plan.memo
+        if memo:
+            table, version, bias, pairs = memo[0]
+            if table is latency and version == latency.version and bias == bias_ms:
+                return list(pairs)
+        result = _apply_measurements(plan, latency=latency, failures=None, now=now, bias_ms=bias_ms)
+        memo[:] = [(latency, latency.version, bias_ms, tuple(result))]
+        return result
+    return _apply_measurements(
+        plan,
+        latency=latency if use_latency else None,
+        failures=failures if use_failures else None,
+        now=now,
+        bias_ms=bias_ms,
+    )
+
+
+def _new_plan(
+    destinations: Sequence[tuple[IPAddress, int | None]],
+    sources: Sequence[SourceAddress],
+    port: int,
+    *,
+    kernel_sources: Mapping[IPAddress, IPAddress | SourceAddress] | None,
+    ula_translated: bool,
+    policy: PolicyTable,
+    skip: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> _Plan:
+    """Check the input thoroughly, then compute levels 1 and 4."""
+    sources = list(sources)
+    for src in sources:
+        if not isinstance(src, SourceAddress):
+            raise TypeError(f"sources must be SourceAddress objects, not {type(src).__name__}")
+    for prefix in skip:
+        if not isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            raise TypeError("skip_rule9_prefixes must hold IPv4Network / IPv6Network objects")
+    given = list(destinations)
+    seen: set[tuple[IPAddress, int | None]] = set()
+    dests: list[tuple[_Dest, int | None]] = []
+    kernel: list[IPAddress | SourceAddress | None] = []
+    for item in given:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError(f"destinations must be (ip, zone_index) tuples, not {item!r}")
+        ip, zone = item
+        info = _dest_info(ip)
+        if zone is not None and (isinstance(zone, bool) or not isinstance(zone, int) or zone < 0):
+            raise ValueError(f"zone index must be a non-negative int or None, not {zone!r}")
+        if not info.needs_zone:
+            zone = None  # a zone means nothing for other scopes
+        key = (info.view, zone)
+        if key not in seen:
+            seen.add(key)
+            dests.append((info, zone))
+            kernel.append(kernel_sources.get(ip) if kernel_sources else None)
+    for choice in kernel:
+        if choice is not None and not isinstance(
+            choice, SourceAddress | ipaddress.IPv4Address | ipaddress.IPv6Address
+        ):
+            raise TypeError("kernel_sources values must be IP addresses or SourceAddress")
+    return _build_plan(
+        dests,
+        sources,
+        port,
+        kernel=kernel,
+        ula_translated=ula_translated,
+        policy=policy,
+        skip_rule9=skip,
+        anchors=(tuple(given), tuple(sources), tuple(kernel), policy),
+    )
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _apply_measurements(
+    plan: _Plan,
+    *,
+    latency: LatencyTable | None,
+    failures: FailureTable | None,
+    now: float,
+    bias_ms: float,
+) -> list[AddrPair]:
+    """Levels 2 and 3: move recent failures after the others, measured pairs first."""
+    indexes = (
+        [latency.source_index(key) for key in plan.source_keys]
+        if latency is not None
+        else [None] * len(plan.source_keys)
+    )
+    rows: list[
+        tuple[
+            tuple[int, int, int, float, int, int],
+            _Entry,
+            Estimate | None,
+            Failure | None,
+            float | None,
+        ]
+    ] = []
+    best = {True: math.inf, False: math.inf}  # best RTT per family among level-3 pairs
+    lookup = None if latency is None else latency.lookup_key
+    fail = None if failures is None else failures.failure_key
+    for entry in plan.entries:
+        estimate = None
+        if lookup is not None:
+            index = indexes[entry.source_slot]
+            if index is not None:
+                estimate = lookup(index, entry.dst_key, entry.dst_int, entry.v6)
+        failure = None if fail is None else fail(entry.fail_key, now)
+        if estimate is None and failure is None:
+            rows.append((entry.base_key, entry, None, None, None))
+            continue
+        rtt = None if estimate is None else estimate.rtt
+        v6 = entry.v6
+        if rtt is not None and failure is None and entry.doubt is None and rtt < best[v6]:
+            best[v6] = rtt
+        base = entry.base_key
+        if rtt is None:
+            key = (base[0], 0 if failure is None else 1, 1, 0.0, 0, base[5])
+        else:
+            effective = rtt * 1000.0 - bias_ms if v6 else rtt * 1000.0
+            key = (base[0], 0 if failure is None else 1, 0, effective, 0 if v6 else 1, base[5])
+        rows.append((key, entry, estimate, failure, rtt))
+    rows.sort(key=_first)
+    result = []
+    for _, entry, estimate, failure, rtt in rows:
+        if estimate is None and failure is None:
+            result.append(entry.pair)
+            continue
+        other = best[not entry.v6]
+        recipe: _Recipe = (
+            entry,
+            failure,
+            estimate,
+            now,
+            None if other == math.inf else other,
+            bias_ms,
+        )
+        pair = entry.pair
+        result.append(
+            _make_pair(
+                pair.family, pair.source, pair.destination, (recipe, rtt, failure is not None)
+            )
+        )
+    return result

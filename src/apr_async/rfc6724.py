@@ -194,7 +194,7 @@ class PolicyTable:
     prefix matches gets precedence 0 and label -1 (a table normally contains ``::/0``).
     """
 
-    __slots__ = ("_cache", "_entries", "_rows")
+    __slots__ = ("_cache", "_entries", "_hash", "_rows")
 
     _CACHE_MAX: Final = 8192
 
@@ -229,6 +229,7 @@ class PolicyTable:
             for e in sorted(rows, key=lambda e: -e.prefix.prefixlen)
         )
         self._cache: dict[IPAddress, tuple[int, int]] = {}
+        self._hash = hash(frozenset(self._entries))
 
     @property
     def entries(self) -> tuple[PolicyEntry, ...]:
@@ -272,7 +273,7 @@ class PolicyTable:
         return set(self._entries) == set(other._entries)
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._entries))
+        return self._hash
 
 
 DEFAULT_POLICY_TABLE: Final = PolicyTable(
