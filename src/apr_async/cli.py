@@ -1,40 +1,335 @@
-"""The ``apr-async`` command line (also ``python -m apr_async``)."""
+"""The ``apr-async`` command line (also ``python -m apr_async``).
+
+Each subcommand lives in a ``cli_*`` module and is imported only when it runs, so ``--help``
+and ``demo`` stay quick. Errors a user can fix are printed as one line with an exit code (see
+``EXIT_CODES_HELP``), never as a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from apr_async import __version__
+from apr_async.cli_exit import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_RESOLUTION,
+    EXIT_SYSTEM,
+    EXIT_USAGE,
+    CliError,
+)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (expected 1-65535)")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (seconds)") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"duration must be a positive number, not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (expected a positive integer)")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every subcommand."""
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="apr-async",
         description="Ranked (source, destination) address pairs and Happy Eyeballs connections.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=f"apr-async {__version__}")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    common.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colours: auto (a terminal and NO_COLOR unset), always, never",
+    )
+    common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+
+    dns = argparse.ArgumentParser(add_help=False)
+    dns.add_argument(
+        "--nameserver",
+        action="append",
+        metavar="ADDR",
+        help="DNS server to use (IP, IP:PORT or [IPv6]:PORT; repeatable; default: the system's)",
+    )
+    dns.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
+    dns.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
+
+    probing = argparse.ArgumentParser(add_help=False)
+    probing.add_argument(
+        "--target",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="probe target beyond the gateway (repeatable; default: APR_ASYNC_TARGETS or the "
+        "built-in public resolvers)",
+    )
+    probing.add_argument(
+        "--icmp",
+        choices=("auto", "privileged", "unprivileged", "off"),
+        help="ICMP probes: raw socket, ping socket, or off (TCP only)",
+    )
+
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser(
-        "demo",
-        help="build a network lab in namespaces and show apr_async at work (needs root)",
+    def add(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[common, *parents],
+            epilog=EXIT_CODES_HELP,
+            formatter_class=fmt,
+        )
+
+    p = add(
+        "status",
+        "connectivity flags, gateways, NAT64 prefix, per-interface addresses",
+        dns,
+        probing,
     )
-    demo.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds to wait for the first probe round (default 10)",
+    )
+    p.add_argument("--interval", type=_seconds, default=None, help="seconds between probe rounds")
+
+    p = add(
+        "pairs",
+        "ranked (source, destination) pairs with latency and the reason for each place",
+        dns,
+    )
+    p.add_argument("host")
+    p.add_argument("port", type=_port)
+
+    p = add("connect", "race HOST PORT and show the timeline of attempts and the winner", dns)
+    p.add_argument("host")
+    p.add_argument("port", type=_port)
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        help="give up after this many seconds (default 10)",
+    )
+    p.add_argument(
+        "--delay",
+        type=_seconds,
+        default=None,
+        help="fixed Connection Attempt Delay in seconds (default: adaptive)",
+    )
+
+    p = add(
+        "ping",
+        "ICMP (TCP fallback) from every source address to each HOST: RTT, loss, "
+        "which hosts are down",
+        dns,
+        probing,
+    )
+    p.add_argument("hosts", nargs="+", metavar="HOST")
+    p.add_argument("-c", "--count", type=_count, default=3, help="probes per pair (default 3)")
+    p.add_argument(
+        "-i",
+        "--interval",
+        type=_seconds,
+        default=0.2,
+        help="seconds between probes of one pair (default 0.2)",
+    )
+    p.add_argument(
+        "-W",
+        "--wait",
+        type=_seconds,
+        default=1.0,
+        help="seconds to wait for each answer (default 1)",
+    )
+    p.add_argument(
+        "--tcp-port",
+        type=_port,
+        default=None,
+        help="TCP port for the fallback when ICMP is unavailable or unanswered",
+    )
+    p.add_argument("--tcp", action="store_true", help="TCP connect probes only")
+
+    p = add("wait", "wait until HOST PORT accepts connections (exit 0) or time out (exit 1)", dns)
+    p.add_argument("host")
+    p.add_argument("port", type=_port)
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        help="give up after this many seconds (default 30)",
+    )
+    p.add_argument(
+        "--interval", type=_seconds, default=0.5, help="seconds between tries (default 0.5)"
+    )
+    p.add_argument(
+        "--attempt-timeout", type=_seconds, default=5.0, help="bound on one try (default 5)"
+    )
+
+    p = add("forward", "dual-stack TCP relay from LISTEN to UPSTREAM (until SIGINT/SIGTERM)", dns)
+    p.add_argument(
+        "listen",
+        metavar="LISTEN",
+        help="PORT (every address, both families), HOST:PORT, [V6]:PORT or unix:PATH",
+    )
+    p.add_argument(
+        "upstream", metavar="UPSTREAM", help="HOST:PORT (reached through apr_async) or unix:PATH"
+    )
+    p.add_argument(
+        "--buffer-size",
+        type=int,
+        default=64 * 1024,
+        help="bytes buffered per direction (default 65536)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds to reach the upstream (default 10)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        help="seconds open relays get to finish on shutdown (default 5)",
+    )
+
+    add("interfaces", "interfaces, addresses with prefix length, scope, kind and flags")
+
+    p = add(
+        "monitor",
+        "live table of probe targets and their latency, refreshing in place",
+        dns,
+        probing,
+    )
+    p.add_argument("--interval", type=_seconds, default=None, help="seconds between probe rounds")
+    p.add_argument(
+        "--refresh", type=_seconds, default=1.0, help="seconds between screen refreshes (default 1)"
+    )
+    p.add_argument(
+        "--duration",
+        type=_seconds,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
+
+    add("demo", "build a network lab in namespaces and show apr_async at work (needs root)")
     return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="apr-async: %(levelname)s %(name)s: %(message)s")
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"apr-async: error: {message}\n")
+    sys.stderr.flush()
+
+
+Command = Callable[..., Awaitable[int]]
+
+
+def _command(name: str) -> tuple[Command, bool]:
+    """The coroutine function of a subcommand and whether it takes ``Settings``."""
+    if name == "interfaces":
+        from apr_async.cli_commands import cmd_interfaces  # noqa: PLC0415 - lazy on purpose
+
+        return cmd_interfaces, False
+    if name in ("pairs", "connect", "wait", "forward"):
+        from apr_async import cli_commands  # noqa: PLC0415
+
+        fn: Command = getattr(cli_commands, f"cmd_{name}")
+        return fn, True
+    if name == "ping":
+        from apr_async.cli_ping import cmd_ping  # noqa: PLC0415
+
+        return cmd_ping, True
+    from apr_async import cli_status  # noqa: PLC0415
+
+    fn = getattr(cli_status, f"cmd_{name}")
+    return fn, True
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from apr_async.cli_common import Output, Settings  # noqa: PLC0415
+
+    out = Output.from_args(args)
+    fn, wants_settings = _command(args.command)
+    if not wants_settings:
+        return await fn(args, out)
+    settings = Settings(args)
+    try:
+        return await fn(args, out, settings)
+    finally:
+        await settings.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (code 2)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    _setup_logging(args.verbose)
     if args.command == "demo":
-        from apr_async.demo import run_demo
+        from apr_async.demo import run_demo  # noqa: PLC0415
 
-        return run_demo(json_output=args.json)
-    return 2  # pragma: no cover - argparse rejects unknown commands first
+        try:
+            return int(run_demo(json_output=args.json))
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand, mapping user-facing errors to exit codes."""
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except CliError as exc:
+        _error(str(exc))
+        return exc.code
+    except socket.gaierror as exc:
+        _error(f"name resolution failed: {exc.strerror or exc}")
+        return EXIT_RESOLUTION
+    except (ValueError, TypeError) as exc:
+        # The library checks its arguments (and APR_ASYNC_* settings) before any I/O.
+        _error(str(exc))
+        return EXIT_USAGE
+    except PermissionError as exc:
+        _error(f"permission denied: {exc.strerror or exc}")
+        return EXIT_SYSTEM
+    except OSError as exc:
+        _error(exc.strerror or str(exc) if not exc.filename else str(exc))
+        return EXIT_SYSTEM
 
 
 if __name__ == "__main__":  # pragma: no cover

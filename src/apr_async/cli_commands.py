@@ -1,0 +1,505 @@
+"""The ``interfaces``, ``pairs``, ``connect``, ``wait`` and ``forward`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno as errno_codes
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from apr_async import interfaces
+from apr_async.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RESOLUTION,
+    Output,
+    Settings,
+    family_name,
+    sockaddr_text,
+)
+from apr_async.cli_render import Progress, format_duration, format_ms, render_table
+from apr_async.connect import connect_socket, open_connection
+from apr_async.forward import Forwarder, RelayRecord
+from apr_async.pairs import get_addr_pairs
+from apr_async.ranking import AddrPair
+
+__all__ = ["cmd_connect", "cmd_forward", "cmd_interfaces", "cmd_pairs", "cmd_wait"]
+
+
+def _family_arg(args: argparse.Namespace) -> int:
+    return {None: 0, 4: socket.AF_INET, 6: socket.AF_INET6}[getattr(args, "family", None)]
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"name resolution failed: {exc.strerror or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return exc.strerror.lower() if len(exc.strerror) < 40 else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# -- interfaces ---------------------------------------------------------------------------------
+
+
+async def cmd_interfaces(args: argparse.Namespace, out: Output) -> int:
+    """Interfaces, their addresses (prefix length, scope, kind, flags) and default gateways."""
+    snap = interfaces.read_snapshot()
+    st = out.style
+    by_index: dict[int | None, list[Any]] = {}
+    for src in snap.sources:
+        by_index.setdefault(src.ifindex, []).append(src)
+    ifaces = sorted(snap.interfaces.values(), key=lambda i: i.index)
+    if out.json:
+        out.emit(
+            {
+                "backend": snap.backend,
+                "interfaces": [
+                    {
+                        "index": i.index,
+                        "name": i.name,
+                        "up": i.up,
+                        "running": i.running,
+                        "loopback": i.loopback,
+                        "addresses": [_source_dict(s) for s in by_index.get(i.index, [])],
+                    }
+                    for i in ifaces
+                ],
+                "gateways": [_gateway_dict(g) for g in snap.gateways],
+            }
+        )
+        return EXIT_OK
+    rows = []
+    for iface in ifaces:
+        state = (
+            st.ok("up")
+            if iface.up and iface.running
+            else st.warn("up, no carrier" if iface.up else "down")
+        )
+        addrs = by_index.get(iface.index, [])
+        label = f"{iface.name} ({iface.index})"
+        if not addrs:
+            rows.append([label, state, st("-", "dim"), "", "", ""])
+        for n, src in enumerate(addrs):
+            rows.append(
+                [
+                    label if n == 0 else "",
+                    state if n == 0 else "",
+                    f"{src.address}/{src.prefixlen}" if src.prefixlen is not None else src.text,
+                    src.scope.name.lower().replace("_", "-"),
+                    str(src.kind),
+                    ", ".join(_flags(src)) or st("-", "dim"),
+                ]
+            )
+    out.print(render_table(["interface", "state", "address", "scope", "kind", "flags"], rows, st))
+    if snap.gateways:
+        out.print()
+        grows = [
+            [family_name(g.family), str(g.address or "on-link"), g.interface or "-", str(g.metric)]
+            for g in snap.gateways
+        ]
+        out.print(render_table(["default route", "gateway", "interface", "metric"], grows, st))
+    else:
+        out.print(st.warn("\nno default route"))
+    return EXIT_OK
+
+
+def _flags(src: Any) -> list[str]:
+    return [name for name in ("deprecated", "temporary", "home") if getattr(src, name)]
+
+
+def _source_dict(src: Any) -> dict[str, object]:
+    return {
+        "address": src.text,
+        "prefixlen": src.prefixlen,
+        "scope": src.scope.name.lower(),
+        "kind": str(src.kind),
+        "flags": _flags(src),
+    }
+
+
+def _gateway_dict(g: Any) -> dict[str, object]:
+    return {
+        "family": family_name(g.family),
+        "gateway": None if g.address is None else str(g.address),
+        "interface": g.interface,
+        "metric": g.metric,
+    }
+
+
+# -- pairs --------------------------------------------------------------------------------------
+
+
+def pair_dict(rank: int, pair: AddrPair) -> dict[str, object]:
+    """JSON form of one ranked pair."""
+    return {
+        "rank": rank,
+        "family": family_name(pair.family),
+        "source": sockaddr_text(pair.source, port=False),
+        "destination": sockaddr_text(pair.destination),
+        "rtt_ms": None if pair.rtt is None else round(pair.rtt * 1000, 3),
+        "failing": pair.failing,
+        "reason": pair.reason,
+    }
+
+
+def pairs_table(pairs: list[AddrPair], out: Output) -> str:
+    """The ranked pairs as a table for people."""
+    st = out.style
+    rows = []
+    for rank, pair in enumerate(pairs, 1):
+        rtt = format_ms(pair.rtt)
+        if pair.failing:
+            rtt = st.bad(rtt + " failing")
+        elif pair.rtt is not None:
+            rtt = st.ok(rtt)
+        rows.append(
+            [
+                str(rank),
+                family_name(pair.family),
+                sockaddr_text(pair.source, port=False),
+                sockaddr_text(pair.destination),
+                rtt,
+                pair.reason,
+            ]
+        )
+    return render_table(
+        ["#", "family", "source", "destination", "rtt", "why here"], rows, st, align_right=[0]
+    )
+
+
+async def cmd_pairs(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    """The ranked (source, destination) pairs for HOST PORT, with latency and reasons."""
+    pairs = await get_addr_pairs(
+        args.host, args.port, family=_family_arg(args), context=settings.context()
+    )
+    if out.json:
+        out.emit(
+            {
+                "host": args.host,
+                "port": args.port,
+                "pairs": [pair_dict(n, p) for n, p in enumerate(pairs, 1)],
+            }
+        )
+    else:
+        out.print(pairs_table(pairs, out))
+    return EXIT_OK if pairs else EXIT_FAILED
+
+
+# -- connect ------------------------------------------------------------------------------------
+
+
+class Timeline:
+    """Collects what happened during one race, with times relative to its start.
+
+    It is the race's ``service`` (``record_attempt``) and wraps its pair source, so it sees
+    each family's answer and each attempt's outcome as they happen.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        self.t0 = time.monotonic()
+        self.events: list[dict[str, Any]] = []
+
+    def _at(self) -> float:
+        return time.monotonic() - self.t0
+
+    def record_attempt(
+        self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
+    ) -> None:
+        """Called by the race for every attempt that has an outcome."""
+        if ok and errno is None:
+            outcome = "connected"
+        elif ok or errno == errno_codes.ECONNREFUSED:
+            outcome = "refused"
+        else:
+            outcome = _errno_text(errno)
+        self.events.append(
+            {
+                "t": self._at(),
+                "kind": "attempt",
+                "family": family_name(pair.family),
+                "source": sockaddr_text(pair.source, port=False),
+                "destination": sockaddr_text(pair.destination),
+                "ok": ok and errno is None,
+                "outcome": outcome,
+                "rtt": rtt,
+            }
+        )
+
+    def pair_source(self, host: str, port: int, family: int) -> Any:
+        """The wrapped pair source, noting when each family's answer arrived."""
+
+        async def gen() -> Any:
+            agen = self._source(host, port, family)
+            try:
+                async for fam, pairs in agen:
+                    self.events.append(
+                        {
+                            "t": self._at(),
+                            "kind": "answer",
+                            "family": family_name(fam),
+                            "pairs": len(pairs),
+                        }
+                    )
+                    yield fam, pairs
+            finally:
+                await agen.aclose()
+
+        return gen()
+
+
+def _errno_text(errno: int | None) -> str:
+    if errno is None:
+        return "failed"
+    if errno == errno_codes.ETIMEDOUT:
+        return "timed out / lost the race"
+    return os.strerror(errno).lower()
+
+
+async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    """Race HOST PORT and show the timeline of attempts and the winner."""
+    timeline = Timeline(settings.pair_source())
+    error: BaseException | None = None
+    sock: socket.socket | None = None
+    try:
+        sock = await connect_socket(
+            args.host,
+            args.port,
+            family=_family_arg(args),
+            timeout=args.timeout,
+            happy_eyeballs_delay=args.delay,
+            service=timeline,
+            pair_source=timeline.pair_source,
+        )
+        local, peer = sock.getsockname(), sock.getpeername()
+    except OSError as exc:  # gaierror, TimeoutError and AllAttemptsFailedError included
+        error = exc
+    finally:
+        if sock is not None:
+            sock.close()
+    elapsed = time.monotonic() - timeline.t0
+    if out.json:
+        out.emit(
+            {
+                "host": args.host,
+                "port": args.port,
+                "connected": error is None,
+                "elapsed_ms": round(elapsed * 1000, 3),
+                "winner": None
+                if error is not None
+                else {
+                    "source": sockaddr_text(local, port=False),
+                    "destination": sockaddr_text(peer),
+                },
+                "error": None if error is None else _error_text(error),
+                "events": [
+                    {**e, "t": round(e["t"] * 1000, 3), "rtt": _ms(e.get("rtt"))}
+                    for e in timeline.events
+                ],
+            }
+        )
+    else:
+        st = out.style
+        rows = []
+        for e in timeline.events:
+            if e["kind"] == "answer":
+                rows.append(
+                    [
+                        format_ms(e["t"]),
+                        e["family"],
+                        st("answer", "dim"),
+                        "",
+                        "",
+                        f"{e['pairs']} pair(s)",
+                    ]
+                )
+            else:
+                outcome = st.ok(e["outcome"]) if e["ok"] else st.bad(e["outcome"])
+                rows.append(
+                    [
+                        format_ms(e["t"]),
+                        e["family"],
+                        e["source"],
+                        e["destination"],
+                        format_ms(e["rtt"]),
+                        outcome,
+                    ]
+                )
+        out.print(
+            render_table(
+                ["t", "family", "source", "destination", "rtt", "outcome"],
+                rows,
+                st,
+                align_right=[0],
+            )
+        )
+        out.print()
+        if error is None:
+            out.print(
+                st.ok("connected")
+                + f" {sockaddr_text(local, port=False)} -> {sockaddr_text(peer)}"
+                + f" in {format_duration(elapsed)}"
+            )
+        else:
+            out.print(st.bad("failed") + f": {_error_text(error)} after {format_duration(elapsed)}")
+    if isinstance(error, socket.gaierror):
+        return EXIT_RESOLUTION
+    return EXIT_OK if error is None else EXIT_FAILED
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+# -- wait ---------------------------------------------------------------------------------------
+
+
+async def cmd_wait(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    """Try HOST PORT until it accepts a connection (0) or ``--timeout`` passes (1)."""
+    progress = Progress(enabled=None if not out.json else False)
+    start = time.monotonic()
+    deadline = start + args.timeout
+    attempts = 0
+    last: BaseException | None = None
+    source = settings.pair_source()
+    connected = False
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            attempts += 1
+            try:
+                sock = await connect_socket(
+                    args.host,
+                    args.port,
+                    timeout=min(remaining, args.attempt_timeout),
+                    family=_family_arg(args),
+                    pair_source=source,
+                )
+            except OSError as exc:
+                last = exc
+            else:
+                sock.close()
+                connected = True
+                break
+            elapsed = time.monotonic() - start
+            progress.update(
+                f"waiting for {_hostport(args.host, args.port)}  {format_duration(elapsed)}"
+                f" / {format_duration(args.timeout)}  (attempt {attempts}: {_error_text(last)})"
+            )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(args.interval, remaining))
+    finally:
+        progress.clear()
+    elapsed = time.monotonic() - start
+    if out.json:
+        out.emit(
+            {
+                "host": args.host,
+                "port": args.port,
+                "ready": connected,
+                "elapsed_ms": round(elapsed * 1000, 3),
+                "attempts": attempts,
+                "last_error": None if last is None or connected else _error_text(last),
+            }
+        )
+    elif connected:
+        out.print(
+            out.style.ok("ready") + f": {_hostport(args.host, args.port)} accepted a connection "
+            f"after {format_duration(elapsed)} ({attempts} attempt(s))"
+        )
+    else:
+        why = f" (last error: {_error_text(last)})" if last is not None else ""
+        out.print(
+            out.style.bad("timed out") + f": {_hostport(args.host, args.port)} not ready after "
+            f"{format_duration(elapsed)}{why}"
+        )
+    if connected:
+        return EXIT_OK
+    return EXIT_RESOLUTION if isinstance(last, socket.gaierror) else EXIT_FAILED
+
+
+# -- forward ------------------------------------------------------------------------------------
+
+
+async def cmd_forward(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    """Relay LISTEN to UPSTREAM until SIGINT/SIGTERM; one line per finished connection."""
+    source = settings.pair_source()
+    st = out.style
+
+    async def connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await open_connection(host, port, limit=args.buffer_size, pair_source=source)
+
+    def closed(record: RelayRecord) -> None:
+        if out.json:
+            out.emit({"event": "closed", **record.as_dict()})
+            return
+        status = st.ok("ok") if record.error is None else st.bad(record.error)
+        out.print(
+            f"#{record.id} {record.peer} -> {record.upstream or '-'}  up {record.bytes_up} B"
+            f"  down {record.bytes_down} B  {format_duration(record.duration)}  {status}"
+        )
+
+    forwarder = Forwarder(
+        args.listen,
+        args.upstream,
+        connect=connect,
+        buffer_size=args.buffer_size,
+        connect_timeout=args.connect_timeout,
+        on_close=closed,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await forwarder.start()
+        listening = [
+            a if isinstance(a, str) else sockaddr_text((a[0], a[1])) for a in forwarder.addresses
+        ]
+        if out.json:
+            out.emit(
+                {"event": "listening", "listen": listening, "upstream": str(forwarder.upstream)}
+            )
+        else:
+            out.print(
+                f"forwarding {', '.join(listening)} -> {forwarder.upstream}"
+                + st("  (Ctrl-C to stop)", "dim")
+            )
+        await forwarder.serve_until(stop, grace=args.grace)
+    finally:
+        await forwarder.aclose()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    stats = forwarder.stats
+    if out.json:
+        out.emit(
+            {
+                "event": "stopped",
+                "accepted": stats.accepted,
+                "completed": stats.completed,
+                "failed": stats.failed,
+                "bytes_up": stats.bytes_up,
+                "bytes_down": stats.bytes_down,
+            }
+        )
+    else:
+        out.print(
+            f"stopped: {stats.accepted} connection(s), {stats.failed} failed, "
+            f"{stats.bytes_up} B up, {stats.bytes_down} B down"
+        )
+    return EXIT_OK

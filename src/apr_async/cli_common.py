@@ -1,0 +1,161 @@
+"""Shared plumbing of the CLI subcommands: exit codes, settings, address text, output."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from apr_async.cli_exit import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RESOLUTION,
+    EXIT_SYSTEM,
+    EXIT_USAGE,
+    CliError,
+)
+from apr_async.cli_render import Style, to_json
+from apr_async.config import Config
+from apr_async.pairs import PairContext, get_addr_pairs
+from apr_async.ranking import AddrPair
+from apr_async.resolver import Resolver
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_RESOLUTION",
+    "EXIT_SYSTEM",
+    "EXIT_USAGE",
+    "CliError",
+    "Output",
+    "Settings",
+    "sockaddr_text",
+]
+
+
+def sockaddr_text(addr: Sequence[Any] | None, *, port: bool = True) -> str:
+    """``("2001:db8::1", 80, 0, 0)`` -> ``[2001:db8::1]:80``; link-local keeps its zone name."""
+    if addr is None:
+        return "(kernel's choice)"
+    host = str(addr[0])
+    if len(addr) >= 4 and addr[3]:
+        try:
+            zone = socket.if_indextoname(int(addr[3]))
+        except OSError:
+            zone = str(addr[3])
+        host = f"{host}%{zone}"
+    if not port or not addr[1]:
+        return host
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+def family_name(family: int) -> str:
+    """``AF_INET6`` -> ``IPv6``."""
+    if family == socket.AF_INET6:
+        return "IPv6"
+    return "IPv4" if family == socket.AF_INET else str(family)
+
+
+@dataclass
+class Output:
+    """Where and how a subcommand writes: JSON or text, with colours decided once."""
+
+    json: bool
+    style: Style
+    stream: TextIO
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, stream: TextIO | None = None) -> Output:
+        """Build from ``--json`` and ``--color``."""
+        out = stream or sys.stdout
+        return cls(bool(args.json), Style.for_stream(out, getattr(args, "color", "auto")), out)
+
+    def print(self, text: str = "") -> None:
+        """A line of text for people."""
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def emit(self, data: object) -> None:
+        """One JSON document (one line)."""
+        self.stream.write(to_json(data) + "\n")
+        self.stream.flush()
+
+
+class Settings:
+    """The effective configuration: defaults, then ``APR_ASYNC_*``, then command-line options."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        overrides: dict[str, Any] = {}
+        if getattr(args, "nameserver", None):
+            overrides["nameservers"] = tuple(args.nameserver)
+        if getattr(args, "target", None):
+            overrides["targets"] = tuple(args.target)
+        if getattr(args, "icmp", None):
+            overrides["icmp"] = args.icmp
+        if getattr(args, "interval", None) is not None and getattr(args, "probe_command", False):
+            overrides["probe_interval"] = args.interval
+        self.config = Config.from_env(**overrides)
+        self._context: PairContext | None = None
+
+    def resolver(self) -> Resolver:
+        """A resolver on the configured nameservers (the system's when none)."""
+        return Resolver(list(self.config.nameservers) or None, timeout=self.config.dns_timeout)
+
+    def context(self) -> PairContext:
+        """A ranking context of its own (so the CLI never touches the process default)."""
+        if self._context is None:
+            self._context = PairContext(
+                resolver=self.resolver(), ipv6_bias_ms=self.config.ipv6_bias_ms
+            )
+        return self._context
+
+    async def aclose(self) -> None:
+        """Release the resolver."""
+        if self._context is not None and self._context.resolver is not None:
+            await self._context.resolver.close()
+
+    def pair_source(self) -> Any:
+        """A ``connect.PairSource`` ranking through this context: each family as it arrives."""
+        return ranked_pair_source(self.context())
+
+
+def ranked_pair_source(context: PairContext) -> Any:
+    """Ranked pairs per address family, each yielded as soon as its lookup finishes."""
+
+    async def source(
+        host: str, port: int, family: int
+    ) -> AsyncIterator[tuple[int, list[AddrPair]]]:
+        families = [socket.AF_INET6, socket.AF_INET] if family == 0 else [family]
+        tasks = {
+            asyncio.ensure_future(get_addr_pairs(host, port, family=f, context=context)): f
+            for f in families
+        }
+        errors: list[OSError] = []
+        got_any = False
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    fam = tasks.pop(task)
+                    try:
+                        pairs = task.result()
+                    except socket.gaierror as exc:
+                        errors.append(exc)
+                        pairs = []
+                    got_any = got_any or bool(pairs)
+                    if not tasks and not got_any and errors:
+                        raise errors[0]
+                    yield fam, pairs
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    return source

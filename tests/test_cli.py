@@ -1,0 +1,264 @@
+"""The CLI on this host: parsing, exit codes, rendering, ``interfaces``, ``forward`` (loopback).
+
+Everything that probes or connects beyond loopback is tested in the lab
+(``tests/lab/test_cli_lab.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from apr_async.cli import build_parser, main
+from apr_async.cli_exit import EXIT_CODES_HELP, EXIT_USAGE
+from apr_async.cli_render import LiveView, Progress, Style, render_table, visible_len
+
+
+@pytest.fixture(autouse=True)
+def _loop_for_sync_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Give sync tests a loop we close: looptime's hook otherwise makes one that leaks."""
+    if asyncio.iscoroutinefunction(request.function):
+        yield
+        return
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m apr_async`` and return (exit code, stdout, stderr)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "apr_async", *argv],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+# --- parsing and exit codes ------------------------------------------------------------------
+
+
+def test_every_subcommand_is_wired() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {  # type: ignore[arg-type]
+        "status",
+        "pairs",
+        "connect",
+        "ping",
+        "wait",
+        "forward",
+        "interfaces",
+        "monitor",
+        "demo",
+    }
+    for name, sp in sub.choices.items():  # type: ignore[union-attr]
+        option_strings = {o for a in sp._actions for o in a.option_strings}
+        assert "--json" in option_strings, name
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nosuchcommand"],
+        ["pairs", "host"],
+        ["pairs", "host", "99999"],
+        ["connect", "host", "80", "--timeout", "-1"],
+        ["wait", "host", "80", "--timeout", "nan"],
+        ["ping", "-c", "0", "host"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "usage:" in err
+    assert "Traceback" not in err
+
+
+def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "130" in out
+    assert main(["wait", "--help"]) == 0
+    assert EXIT_CODES_HELP.splitlines()[1] in capsys.readouterr().out
+
+
+def test_bad_library_input_is_a_one_line_usage_error() -> None:
+    # An over-long name is refused by the library before any I/O.
+    rc, _, err = run_cli("pairs", "a" * 300, "80", "--nameserver", "127.0.0.1:9")
+    assert rc == EXIT_USAGE, err
+    assert err.startswith("apr-async: error:") and "Traceback" not in err
+
+
+def test_bad_environment_setting_is_a_usage_error() -> None:
+    rc, _, err = run_cli("pairs", "localhost", "80", env={"APR_ASYNC_DNS_TIMEOUT": "soon"})
+    assert rc == EXIT_USAGE
+    assert "APR_ASYNC_DNS_TIMEOUT" in err and "Traceback" not in err
+
+
+def test_forward_cannot_bind_is_a_system_error() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc, _, err = run_cli("forward", f"127.0.0.1:{port}", "[::1]:9")
+    assert rc == 4, err
+    assert "address already in use" in err.lower() and "Traceback" not in err
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def test_table_columns_align_with_and_without_colour() -> None:
+    for style in (Style(False), Style(True)):
+        text = render_table(
+            ["name", "rtt", "why"],
+            [[style.ok("a"), "1.0 ms", "short"], ["longer-name", style.bad("100.0 ms"), "x"]],
+            style,
+            align_right=[1],
+        )
+        lines = text.splitlines()
+        # the third column starts at the same screen position on every line
+        starts = {
+            visible_len(line[: line.index(w)])
+            for line, w in zip(lines, ["why", "short", "x"], strict=True)
+        }
+        assert len(starts) == 1, text
+        assert ("\x1b[" in text) == style.enabled
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colours_only_on_a_tty_without_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert Style.for_stream(_Tty()).enabled
+    assert not Style.for_stream(io.StringIO()).enabled
+    assert Style.for_stream(io.StringIO(), "always").enabled
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not Style.for_stream(_Tty()).enabled
+
+
+def test_live_view_redraws_in_place_on_a_tty_only() -> None:
+    tty = _Tty()
+    view = LiveView(tty)
+    view.update("a\nb")
+    view.update("c\nd")
+    assert tty.getvalue().count("\x1b[2F") == 1  # moved up over the two-line frame once
+    plain = io.StringIO()
+    view = LiveView(plain)
+    view.update("a")
+    view.update("b")
+    assert "\x1b" not in plain.getvalue() and plain.getvalue().split() == ["a", "b"]
+
+
+def test_progress_is_silent_off_a_tty() -> None:
+    plain = io.StringIO()
+    progress = Progress(plain)
+    progress.update("waiting")
+    progress.clear()
+    assert plain.getvalue() == ""
+    tty = _Tty()
+    progress = Progress(tty)
+    progress.update("waiting")
+    progress.clear()
+    assert "waiting" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
+
+
+# --- interfaces (reads netlink, sends nothing) -----------------------------------------------
+
+
+def test_interfaces_json_lists_loopback_with_scope_and_kind() -> None:
+    rc, out, err = run_cli("interfaces", "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    lo = next(i for i in data["interfaces"] if i["loopback"])
+    kinds = {a["address"]: a for a in lo["addresses"]}
+    assert kinds["127.0.0.1"]["kind"] == "loopback" and kinds["127.0.0.1"]["prefixlen"] == 8
+    assert "gateways" in data
+
+
+def test_interfaces_table_for_people() -> None:
+    rc, out, _ = run_cli("interfaces", "--color", "never")
+    assert rc == 0
+    assert out.splitlines()[0].split() == [
+        "interface",
+        "state",
+        "address",
+        "scope",
+        "kind",
+        "flags",
+    ]
+    assert "127.0.0.1/8" in out and "\x1b[" not in out
+
+
+# --- forward through the CLI (loopback) ------------------------------------------------------
+
+
+async def test_forward_subcommand_relays_and_stops_cleanly_on_sigterm() -> None:
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(await r.read())
+        w.write_eof()
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(echo, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "apr_async",
+        "forward",
+        "127.0.0.1:0",
+        f"[::1]:{port}",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert first["event"] == "listening"
+        lport = int(first["listen"][0].rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", lport)
+        writer.write(b"ping through the relay")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 10) == b"ping through the relay"
+        writer.close()
+        await writer.wait_closed()
+        closed = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+        assert closed["event"] == "closed" and closed["error"] is None
+        assert closed["bytes_up"] == closed["bytes_down"] == 22
+        proc.send_signal(signal.SIGTERM)
+        rest, err = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 0, err
+        last = json.loads(rest.decode().splitlines()[-1])
+        assert last["event"] == "stopped" and last["accepted"] == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        server.close()
+        await server.wait_closed()
