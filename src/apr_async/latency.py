@@ -134,14 +134,20 @@ class _Node:
         self.agg_loss = self.loss()
         self.agg_updated = self.updated
         self.agg_last = self.last
-        self.estimate = Estimate(
-            rtt=self.ewma,
-            last=self.last,
-            min=self.min,
-            samples=self.samples,
-            loss=self.agg_loss,
-            updated=self.updated,
-        )
+        self.estimate = None  # built on the next lookup: most entries are never read
+
+    def exact(self) -> Estimate:
+        estimate = self.estimate
+        if estimate is None:
+            estimate = self.estimate = Estimate(
+                rtt=self.ewma,
+                last=self.last,
+                min=self.min,
+                samples=self.samples,
+                loss=self.agg_loss,
+                updated=self.updated,
+            )
+        return estimate
 
     def refresh_inner(self) -> None:
         a, b = self.children
@@ -198,7 +204,8 @@ class LatencyTable:
     recently is evicted: a lookup does not refresh an entry, because reading a measurement
     does not make it any fresher.
 
-    Addresses are ``IPv4Address`` / ``IPv6Address`` objects without a zone.
+    Addresses are ``IPv4Address`` / ``IPv6Address`` objects; a zone is ignored. Memory is
+    about 0.7 kB per entry (70 MB at the default bound, which real tables rarely approach).
     """
 
     def __init__(
@@ -400,7 +407,7 @@ class LatencyTable:
         """Internal fast path for ranking: look up a destination given as precomputed ints."""
         leaf = index.leaves.get(dst_key)
         if leaf is not None:
-            return leaf.estimate
+            return leaf.exact()
         node = index.roots[1 if v6 else 0]
         if node is None:
             return None

@@ -270,14 +270,16 @@ class _Plan(NamedTuple):
     entries: tuple[_Entry, ...]
     pairs: tuple[AddrPair, ...]
     source_keys: tuple[int, ...]
-    # Keeps alive every object whose id() is part of the cache key, so that no id can be
-    # reused by another object while this plan is cached.
-    anchors: tuple[object, ...]
     # Last result with a latency table and no failures: (table, table version, bias, pairs).
     memo: list[tuple[LatencyTable, int, float, tuple[AddrPair, ...]]]
 
 
-_PLANS: dict[tuple[Any, ...], _Plan] = {}
+# Two caches of plans. The fast one is keyed by id() of the input objects (hashing ipaddress
+# objects runs Python code) and keeps those objects alive next to the plan, so that no id can
+# be reused by another object while its entry exists. The other is keyed by value, for inputs
+# made of new but equal objects (a numeric host parsed again, a new interface snapshot).
+_PLANS: dict[tuple[Any, ...], tuple[_Plan, tuple[object, ...]]] = {}
+_PLANS_BY_VALUE: dict[tuple[Any, ...], _Plan] = {}
 _PLANS_MAX: Final = 512
 
 
@@ -379,7 +381,6 @@ def _build_plan(
     ula_translated: bool,
     policy: PolicyTable,
     skip_rule9: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-    anchors: tuple[object, ...],
 ) -> _Plan:
     local = frozenset(s.address for s in sources)
     mobility = any(s.home or s.care_of for s in sources)
@@ -521,7 +522,7 @@ def _build_plan(
         entry._replace(base_key=(0 if entry.doubt is None else 1, 0, 1, 0.0, 0, index))
         for index, entry in enumerate(usable + doubtful)
     )
-    return _Plan(entries, tuple(e.pair for e in entries), tuple(source_keys), anchors, [])
+    return _Plan(entries, tuple(e.pair for e in entries), tuple(source_keys), [])
 
 
 # --- dynamic reasons --------------------------------------------------------------------------
@@ -628,9 +629,6 @@ def rank_pairs(
     ula_translated = not _ULA_TRANSLATORS.isdisjoint(translators_seen)
     skip = tuple(skip_rule9_prefixes)
 
-    # The cache key uses id() of the input objects (hashing ipaddress objects runs Python
-    # code); the cached plan holds references to all of them, so an id cannot be reused while
-    # its plan exists, and equal-but-distinct objects merely miss the cache.
     plan: _Plan | None = None
     plan_key: tuple[Any, ...] | None = None
     kernel: list[IPAddress | SourceAddress | None] | None = None
@@ -647,11 +645,13 @@ def rank_pairs(
             id(policy),
             skip,
         )
-        plan = _PLANS.get(plan_key)
+        hit = _PLANS.get(plan_key)
+        if hit is not None:
+            plan = hit[0]
     except (TypeError, ValueError):
         plan_key = None  # malformed input: the checks below say what is wrong
     if plan is None:
-        plan = _new_plan(
+        plan, anchors = _new_plan(
             destinations,
             sources,
             port,
@@ -663,7 +663,7 @@ def rank_pairs(
         if plan_key is not None:
             if len(_PLANS) >= _PLANS_MAX:
                 _PLANS.clear()
-            _PLANS[plan_key] = plan
+            _PLANS[plan_key] = (plan, anchors)
 
     use_latency = latency is not None and len(latency) > 0
     use_failures = failures is not None and len(failures) > 0
@@ -698,8 +698,11 @@ def _new_plan(
     ula_translated: bool,
     policy: PolicyTable,
     skip: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-) -> _Plan:
-    """Check the input thoroughly, then compute levels 1 and 4."""
+) -> tuple[_Plan, tuple[object, ...]]:
+    """Check the input thoroughly, then compute levels 1 and 4 (or find them cached by value).
+
+    Also returns the objects to keep alive next to an id()-keyed cache entry.
+    """
     sources = list(sources)
     for src in sources:
         if not isinstance(src, SourceAddress):
@@ -730,16 +733,31 @@ def _new_plan(
             choice, SourceAddress | ipaddress.IPv4Address | ipaddress.IPv6Address
         ):
             raise TypeError("kernel_sources values must be IP addresses or SourceAddress")
-    return _build_plan(
-        dests,
-        sources,
+    anchors = (tuple(given), tuple(sources), tuple(kernel), policy)
+    value_key = (
+        tuple((d.original, zone) for d, zone in dests),
+        tuple(sources),
         port,
-        kernel=kernel,
-        ula_translated=ula_translated,
-        policy=policy,
-        skip_rule9=skip,
-        anchors=(tuple(given), tuple(sources), tuple(kernel), policy),
+        tuple(kernel),
+        ula_translated,
+        policy,
+        skip,
     )
+    plan = _PLANS_BY_VALUE.get(value_key)
+    if plan is None:
+        plan = _build_plan(
+            dests,
+            sources,
+            port,
+            kernel=kernel,
+            ula_translated=ula_translated,
+            policy=policy,
+            skip_rule9=skip,
+        )
+        if len(_PLANS_BY_VALUE) >= _PLANS_MAX:
+            _PLANS_BY_VALUE.clear()
+        _PLANS_BY_VALUE[value_key] = plan
+    return plan, anchors
 
 
 def _first(row: tuple[Any, ...]) -> Any:
