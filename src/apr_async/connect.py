@@ -26,7 +26,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
+from apr_async import pairs
+from apr_async.addresses import IPAddress
 from apr_async.connect_errors import AllAttemptsFailedError
+from apr_async.errors import parse_host
+from apr_async.pairs import PairContext, default_context
 from apr_async.schedule import (
     GiveUp,
     SchedulablePair,
@@ -371,46 +375,6 @@ def _families_for(family: int) -> tuple[int, ...]:
     return (family,)
 
 
-async def _system_pairs(host: str, port: int, family: int) -> AsyncIterator[
-    tuple[int, Sequence[ConnectPair]]
-]:
-    """Pairs from the system resolver, one family at a time as each answers (fallback)."""
-    loop = asyncio.get_running_loop()
-    families = _families_for(family)
-
-    async def lookup(fam: int) -> tuple[int, list[ConnectPair]]:
-        infos = await loop.getaddrinfo(host, port, family=fam, type=socket.SOCK_STREAM)
-        seen: dict[tuple[Any, ...], None] = {}
-        for info in infos:
-            if info[0] == fam:
-                seen.setdefault(tuple(info[4]))
-        return fam, [DirectPair(fam, None, addr) for addr in seen]
-
-    tasks = [loop.create_task(lookup(fam)) for fam in families]
-    errors: list[OSError] = []
-    found = False
-    try:
-        for next_done in asyncio.as_completed(tasks):
-            try:
-                fam, pairs = await next_done
-            except socket.gaierror as exc:
-                errors.append(exc)
-                continue
-            found = found or bool(pairs)
-            yield fam, pairs
-        if not found:
-            # NXDOMAIN is about the name, so it wins over "no address of this family".
-            errors.sort(key=lambda e: e.errno != socket.EAI_NONAME)
-            if errors:
-                raise errors[0]
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    finally:
-        await _wait_cancelled(tasks)
-        for task in tasks:
-            if not task.cancelled():
-                task.exception()
-
-
 async def _filtered(
     answers: AsyncIterator[tuple[int, Sequence[ConnectPair]]], families: tuple[int, ...]
 ) -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
@@ -439,21 +403,11 @@ class _Options:
     timeout: float | None
     recorder: AttemptRecorder | None
     pair_source: PairSource | None
+    context: PairContext
 
 
 def _check_host(host: object) -> str:
-    if isinstance(host, bytes):
-        try:
-            host = host.decode("idna")
-        except UnicodeError as exc:
-            raise ValueError(f"host {host!r} is not a valid name") from exc
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if not host or len(host) > 1024:
-        raise ValueError(f"host must be a non-empty name or address, got {host!r}")
-    if "\x00" in host:
-        raise ValueError("host must not contain NUL characters")
-    return host
+    return parse_host(host).text
 
 
 def _check_port(port: object) -> int:
@@ -489,6 +443,7 @@ def _options(
     timeout: object,
     service: object,
     pair_source: object,
+    context: object,
 ) -> _Options:
     checked_host = _check_host(host)
     checked_port = _check_port(port)
@@ -514,6 +469,10 @@ def _options(
         raise TypeError("service must have a record_attempt(pair, port, ok, rtt, errno) method")
     if pair_source is not None and not callable(pair_source):
         raise TypeError("pair_source must be callable")
+    ctx = _context_of(context, service)
+    recorder = cast(AttemptRecorder | None, service)
+    if recorder is None:
+        recorder = _ContextRecorder(ctx)
     return _Options(
         host=checked_host,
         port=checked_port,
@@ -522,8 +481,9 @@ def _options(
         happy_eyeballs_delay=delay,
         interleave=interleave,
         timeout=checked_timeout,
-        recorder=cast(AttemptRecorder | None, service),
+        recorder=recorder,
         pair_source=cast(PairSource | None, pair_source),
+        context=ctx,
     )
 
 
@@ -634,8 +594,10 @@ async def _prepare(opts: _Options) -> _Race:
                 errno_codes.EAFNOSUPPORT,
                 f"local_addr {opts.local_addr[0]!r} has no address of the requested family",
             )
-    source: PairSource = opts.pair_source or _default_pair_source()
-    answers = _filtered(source(opts.host, opts.port, opts.family), families)
+    source: PairSource = opts.pair_source or _ranked_source(opts.context)
+    # Ask only for what can be used (local_addr may rule a family out).
+    family = families[0] if len(families) == 1 else opts.family
+    answers = _filtered(source(opts.host, opts.port, family), families)
     schedule: Schedule[ConnectPair] = Schedule(
         families,
         happy_eyeballs_delay=opts.happy_eyeballs_delay,
@@ -709,8 +671,110 @@ def _close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-def _default_pair_source() -> PairSource:
-    return _system_pairs
+def _ip_of(address: tuple[Any, ...] | None) -> IPAddress | None:
+    if not address:
+        return None
+    try:
+        return ipaddress.ip_address(str(address[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+class _ContextRecorder:
+    """Feeds attempt outcomes into a ``PairContext``'s tables when no service is given, so
+    that recent failures rank last and measured RTTs shape the next attempt delay."""
+
+    def __init__(self, context: PairContext) -> None:
+        self._context = context
+
+    def record_attempt(
+        self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
+    ) -> None:
+        src = _ip_of(getattr(pair, "source", None))
+        dst = _ip_of(getattr(pair, "destination", None))
+        if src is None or dst is None:
+            return
+        ctx = self._context
+        now = ctx.clock()
+        if rtt is not None or not ok:
+            # A refusal still measured the path; a silent attempt counts as a loss.
+            ctx.latency.record(src, dst, rtt, now)
+        if ok:
+            ctx.failures.record_success(src, dst, port)
+        else:
+            name = errno_codes.errorcode.get(errno, None) if errno is not None else None
+            ctx.failures.record_failure(src, dst, port, now, error=name or "failed")
+
+
+def _context_of(context: object, service: object) -> PairContext:
+    if context is None:
+        context = getattr(service, "context", None)
+    if context is None:
+        return default_context()
+    if not isinstance(context, PairContext):
+        raise TypeError(f"context must be a PairContext, not {type(context).__name__}")
+    return context
+
+
+def _ranked_source(context: PairContext) -> PairSource:
+    """The default pairs: ``apr_async.pairs`` ranking, one family at a time as answers come.
+
+    With every answer at hand (a literal, the hosts file or a warm cache) the whole ranking
+    comes at once, so the ranking alone decides which family goes first. Otherwise each
+    family's pairs are yielded as its answer arrives, and once both are in, the re-ranking
+    of all of them (from the now warm cache) so that later pairs join in rank order.
+    """
+
+    async def source(
+        host: str, port: int, family: int
+    ) -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
+        families = _families_for(family)
+        resolver = context.get_resolver()
+        if resolver.cached(host, family) is not None:
+            ranked = await pairs.get_addr_pairs(host, port, family=family, context=context)
+            for index, fam in enumerate(families):
+                yield fam, ranked if index == 0 else []
+            return
+        loop = asyncio.get_running_loop()
+        lookups = {
+            loop.create_task(pairs.get_addr_pairs(host, port, family=fam, context=context)): fam
+            for fam in families
+        }
+        errors: list[OSError] = []
+        found = False
+        try:
+            pending = set(lookups)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                ready = sorted(done, key=lambda t: families.index(lookups[t]))
+                for index, task in enumerate(ready):
+                    fam = lookups[task]
+                    last = not pending and index == len(ready) - 1
+                    try:
+                        ranked = task.result()
+                    except OSError as exc:  # gaierror: this family has no address
+                        errors.append(exc)
+                        if last and not found:
+                            break  # nothing at all: raise the name's error below
+                        yield fam, []
+                        continue
+                    if last and found and resolver.cached(host, family) is not None:
+                        ranked = await pairs.get_addr_pairs(
+                            host, port, family=family, context=context
+                        )
+                    found = found or bool(ranked)
+                    yield fam, ranked
+            if not found:
+                errors.sort(key=lambda e: e.errno != socket.EAI_NONAME)
+                if errors:
+                    raise errors[0]
+        finally:
+            await _wait_cancelled(lookups)
+            for task in lookups:
+                if not task.cancelled():
+                    task.exception()
+
+    return source
 
 
 async def _with_timeout(opts: _Options, work: Awaitable[ResultT]) -> ResultT:
@@ -885,6 +949,7 @@ async def connect_socket(
     timeout: float | None = None,  # noqa: ASYNC109 - asyncio-compatible API
     service: AttemptRecorder | None = None,
     pair_source: PairSource | None = None,
+    context: PairContext | None = None,
     all_errors: bool = False,
 ) -> socket.socket:
     """Race the ranked pairs of ``host``/``port``; return the connected non-blocking socket.
@@ -909,6 +974,7 @@ async def connect_socket(
         timeout=timeout,
         service=service,
         pair_source=pair_source,
+        context=context,
     )
 
     return await _with_timeout(opts, _race_sockets(opts, all_errors=bool(all_errors)))
@@ -930,6 +996,7 @@ async def create_connection(
     service: AttemptRecorder | None = None,
     race_tls: bool = False,
     pair_source: PairSource | None = None,
+    context: PairContext | None = None,
     **kwds: Any,
 ) -> tuple[asyncio.Transport, ProtocolT]:
     """Like ``loop.create_connection``, over ranked pairs; returns ``(transport, protocol)``.
@@ -954,6 +1021,7 @@ async def create_connection(
         timeout=timeout,
         service=service,
         pair_source=pair_source,
+        context=context,
     )
     tls = _tls_options(opts.host, ssl, server_hostname, ssl_handshake_timeout, shutdown)
     if race_tls and tls is None:
@@ -979,6 +1047,7 @@ async def open_connection(
     service: AttemptRecorder | None = None,
     race_tls: bool = False,
     pair_source: PairSource | None = None,
+    context: PairContext | None = None,
     **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_connection``, over ranked pairs; returns ``(reader, writer)``.
@@ -1005,6 +1074,7 @@ async def open_connection(
         service=service,
         race_tls=race_tls,
         pair_source=pair_source,
+        context=context,
         **kwds,
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)

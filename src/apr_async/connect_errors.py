@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,14 +70,17 @@ class AllAttemptsFailedError(OSError):
     ) -> AllAttemptsFailedError:
         """Build the error for ``attempts``, choosing the class that matches their errno."""
         numbers = {_errno_of(exc) for _, exc in attempts}
-        common = numbers.pop() if len(numbers) == 1 else None
+        # Nothing to try (no usable source for any address) is what the kernel would say.
+        common = numbers.pop() if len(numbers) == 1 else None if attempts else errno.ENETUNREACH
+        kinds = {type(exc) for _, exc in attempts}
+        same_kind = kinds.pop() if len(kinds) == 1 else None
         if not attempts:
             text = f"could not connect to {_host_text(host)} port {port}: no address pair to try"
         else:
             parts = "; ".join(f"{_describe_pair(pair)}: {exc}" for pair, exc in attempts)
             many = "attempt" if len(attempts) == 1 else f"all {len(attempts)} attempts"
             text = f"could not connect to {_host_text(host)} port {port}: {many} failed: {parts}"
-        klass = cls._class_for(common)
+        klass = cls._class_for(common, same_kind)
         error = klass(common, text) if common is not None else klass(text)
         error.host = host
         error.port = port
@@ -83,21 +88,37 @@ class AllAttemptsFailedError(OSError):
         return error
 
     @classmethod
-    def _class_for(cls, number: int | None) -> type[AllAttemptsFailedError]:
-        if number is None:
+    def _class_for(
+        cls, number: int | None, same_kind: type[OSError] | None
+    ) -> type[AllAttemptsFailedError]:
+        """The subclass that is also the failures' own class (all alike) or errno's builtin.
+
+        An ``ssl.SSLError``'s errno is an OpenSSL code, not an errno: it must not turn the
+        error into, say, ``PermissionError``; such failures keep their own class instead.
+        """
+        if cls is not AllAttemptsFailedError:
             return cls
-        builtin = type(OSError(number, ""))
-        if builtin is OSError or cls is not AllAttemptsFailedError:
-            return cls
-        klass = _class_cache.get(builtin)
-        if klass is None:
-            klass = type(
-                f"AllAttemptsFailed{builtin.__name__}",
-                (AllAttemptsFailedError, builtin),
-                {"__module__": __name__, "__doc__": cls.__doc__},
-            )
-            _class_cache[builtin] = klass
-        return klass
+        candidates: list[type[OSError]] = []
+        if same_kind is not None and same_kind is not OSError and number is not None:
+            candidates.append(same_kind)
+        if number is not None and not (same_kind and issubclass(same_kind, ssl.SSLError)):
+            candidates.append(type(OSError(number, "")))
+        for builtin in candidates:
+            if builtin is OSError:
+                continue
+            klass = _class_cache.get(builtin)
+            if klass is None:
+                try:
+                    klass = type(
+                        f"AllAttemptsFailed{builtin.__name__}",
+                        (AllAttemptsFailedError, builtin),
+                        {"__module__": __name__, "__doc__": cls.__doc__},
+                    )
+                except TypeError:  # an exception class whose layout cannot be combined
+                    continue
+                _class_cache[builtin] = klass
+            return klass
+        return cls
 
     @property
     def exceptions(self) -> tuple[OSError, ...]:
