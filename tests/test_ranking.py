@@ -304,7 +304,7 @@ def test_rfc_source_first_then_other_sources() -> None:
         ("2001:db8:1::10", "2001:db8:2::1"),
     ]
     assert "source rule 8 (longest matching prefix)" in pairs[0].reason
-    assert "alternative source after 2001:db8:2::99" in pairs[1].reason
+    assert "alternative source, 2001:db8:2::99 wins by source rule 8" in pairs[1].reason
 
 
 def test_kernel_choice_breaks_ties_between_equal_sources() -> None:
@@ -477,3 +477,24 @@ def test_ranking_properties(
     # Without measurements the plain order is RFC 6724 order: destinations in the order of
     # sort_destinations over the sources each one can use.
     assert all(p.rtt is None and not p.failing for p in plain)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([d for d in DEST_POOL if ":" in d]).map(ip), st.none()),
+        max_size=6,
+    ),
+    st.lists(
+        st.sampled_from([s for s in SOURCE_POOL if s.address.version == 6]), max_size=5, unique=True
+    ),
+)
+def test_comparator_path_agrees_with_key_path(
+    destinations: list[tuple[ipaddress.IPv6Address, None]], sources: list[SourceAddress]
+) -> None:
+    # Any mobility flag switches rule 4 to pairwise comparisons; an IPv4 home address cannot
+    # change the ranking of IPv6 destinations, so both paths must agree exactly.
+    fast = rank_pairs(destinations, sources, 443)
+    slow = rank_pairs(destinations, [*sources, S("192.0.2.200", home=True)], 443)
+    assert fast == slow
+    assert [p.reason for p in fast] == [p.reason for p in slow]

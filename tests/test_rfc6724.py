@@ -435,3 +435,35 @@ def test_sort_destinations_is_idempotent(
     no_mobility = not any(c.home or c.care_of for c in candidates)
     if no_mobility:  # rule 4 is not a total order, so only the key path is idempotent
         assert once == twice
+
+
+# Rule 4 is applied pairwise (a slower comparator path) as soon as any candidate has a
+# mobility flag. An IPv4 home address cannot affect IPv6 destinations, so adding one must
+# not change anything: this checks the fast key path against the comparator path.
+V4_HOME = S("192.0.2.200", home=True)
+v6_dests_st = st.lists(st.sampled_from([d for d in DEST_POOL if ":" in d]).map(ip), max_size=8)
+v6_sources_st = st.lists(
+    st.builds(
+        S,
+        st.sampled_from(POOL_V6),
+        deprecated=st.booleans(),
+        temporary=st.booleans(),
+        prefixlen=st.none() | st.integers(0, 128),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300)
+@given(v6_dests_st, v6_sources_st)
+def test_comparator_path_agrees_with_key_path(
+    destinations: list[ipaddress.IPv6Address], candidates: list[SourceAddress]
+) -> None:
+    destinations = [d for d in destinations if d.ipv4_mapped is None]
+    fast = sort_destinations(destinations, candidates)
+    slow = sort_destinations(destinations, [*candidates, V4_HOME])
+    assert [(id(d), s) for d, s in fast] == [(id(d), s) for d, s in slow]
+    for destination in destinations:
+        assert select_source(destination, candidates) is select_source(
+            destination, [V4_HOME, *candidates]
+        )

@@ -182,11 +182,11 @@ _DEST_CACHE_MAX: Final = 4096
 
 
 def _dest_info(ip: IPAddress) -> _Dest:
+    if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise TypeError(f"destination must be an IP address, not {type(ip).__name__}")
     info = _DEST_CACHE.get(ip)
     if info is not None:
         return info
-    if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        raise TypeError(f"destination must be an IP address, not {type(ip).__name__}")
     view: IPAddress = ip
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id is not None:
@@ -355,7 +355,7 @@ def _source_order(
         first_why = "its only usable source"
     else:
         first_why = f"source chosen by {why(first, ordered[1])} over {ordered[1][1]}"
-    others = [f"alternative source after {first[1]} ({why(first, item)})" for item in ordered[1:]]
+    others = [f"alternative source, {first[1]} wins by {why(first, item)}" for item in ordered[1:]]
     return ordered, first_why, others
 
 
@@ -567,10 +567,12 @@ def _format_dynamic(recipe: _Recipe) -> str:
                     measured += f", IPv6 preferred within {bias}"
                 else:
                     measured += f", IPv6 {diff_ms:.1f} ms slower than IPv4: more than the {bias}"
+            elif diff_ms >= 0:
+                measured += ", slower than IPv6"
             elif -diff_ms > bias_ms:
                 measured += f", IPv4 first: IPv6 is {-diff_ms:.1f} ms slower, more than the {bias}"
             else:
-                measured += f", after IPv6 within the {bias}"
+                measured += f", after IPv6 (within the {bias})"
         parts.append(measured)
     else:
         if estimate is not None:
