@@ -65,14 +65,14 @@ class Recorder:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = real_peername(writer)
+        sock_peer = writer.get_extra_info("peername")
+        seen = Seen(real_peername(writer), (sock_peer[0], sock_peer[1]), proxy_header(writer), b"")
+        self.seen.append(seen)
+        self.arrived.set()
         try:
-            writer.write(f"{peer[0]} {peer[1]}\n".encode())
-            data = await reader.read()
-            sock_peer = writer.get_extra_info("peername")
-            self.seen.append(Seen(peer, (sock_peer[0], sock_peer[1]), proxy_header(writer), data))
-            self.arrived.set()
-            writer.write(data)
+            writer.write(f"{seen.peer[0]} {seen.peer[1]}\n".encode())
+            seen.data = await reader.read()
+            writer.write(seen.data)
             await writer.drain()
         except ConnectionError:
             pass
