@@ -7,6 +7,7 @@ case they fail: a lab test silently skipped there would hide a broken lab.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,14 @@ def require_lab() -> None:
     if os.environ.get("APR_ASYNC_REQUIRE_LAB", "") not in ("", "0"):
         pytest.fail(f"a network lab is required here but unavailable: {reason}")
     pytest.skip(f"network lab unavailable: {reason}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # looptime's pytest_pyfunc_call asks the policy for "the" event loop even around sync
+    # tests; on Python 3.11 the first such call creates a loop that nobody closes, and its
+    # ResourceWarning later fails a random test (the suite runs with -W error). Marking the
+    # main thread's loop as explicitly unset makes that call raise, which looptime handles.
+    asyncio.set_event_loop(None)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

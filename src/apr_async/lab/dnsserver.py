@@ -303,8 +303,11 @@ class DNSServer:
             transport.close()
         for server in self._listeners.tcp:
             server.close()
+        if self._listeners.tcp:
+            for _ in range(3):  # let already-accepted connections reach their handler
+                await asyncio.sleep(0)
         for writer in list(self._tcp_writers):
-            writer.close()
+            writer.transport.abort()
         for server in self._listeners.tcp:
             await server.wait_closed()
         self._listeners = _Listeners()
