@@ -58,6 +58,14 @@ def test_ca(directory: Path, names: list[str]) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
+def _unmapped(address: str) -> str:
+    """The dual-stack server sees IPv4 peers as ::ffff:a.b.c.d; give the IPv4 text."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return address
+
+
 test_ca.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
@@ -87,9 +95,9 @@ async def web_server(
         peer = request.transport.get_extra_info("peername") if request.transport else None
         local = request.transport.get_extra_info("sockname") if request.transport else None
         info = {
-            "peer": peer[0] if peer else None,
+            "peer": _unmapped(peer[0]) if peer else None,
             "peer_port": peer[1] if peer else None,
-            "local": local[0] if local else None,
+            "local": _unmapped(local[0]) if local else None,
             "url": str(request.url),
             "raw_path": request.raw_path,
         }
@@ -138,7 +146,6 @@ async def fetch(
     kw = dict(connector_kw or {})
     if ca is not None:
         kw["ssl"] = ssl.create_default_context(cafile=ca)
-    fds_before = _fd_count()
     results: list[Any] = []
     start = time.monotonic()
     connector = AprConnector(nameservers=nameservers, **kw)
@@ -158,13 +165,7 @@ async def fetch(
         else:
             for url in urls:
                 results.append(await one(url))
-    await asyncio.sleep(0)  # let closed transports release their sockets
-    return {
-        "results": results,
-        "elapsed": time.monotonic() - start,
-        "starts": start,
-        "fd_leak": _fd_count() - fds_before,
-    }
+    return {"results": results, "elapsed": time.monotonic() - start}
 
 
 def _url(server: WebServer, name: str, path: str = "/whoami", *, https: bool = False) -> str:
@@ -172,15 +173,29 @@ def _url(server: WebServer, name: str, path: str = "/whoami", *, https: bool = F
     return f"{scheme}://{name}:{port}{path}"
 
 
-async def test_healthy_by_name_prefers_ipv6_and_closes_cleanly(
-    healthy_lab: Lab, web_server: WebServer
-) -> None:
+async def test_healthy_by_name_prefers_ipv6(healthy_lab: Lab, web_server: WebServer) -> None:
     lab = healthy_lab
     out = await lab.run_in("client", fetch, [_url(web_server, lab.names.dual)], lab.dns_servers)
     (res,) = out["results"]
     assert res.get("status") == 200, res
     assert res["json"]["peer"] == lab.client.gua
-    assert out["fd_leak"] <= 0
+
+
+async def _settled_fds() -> int:
+    # the server side of closed keep-alive connections closes on this loop a moment later
+    await asyncio.sleep(0.3)
+    return _fd_count()
+
+
+async def test_sessions_leave_no_fd_behind(healthy_lab: Lab, web_server: WebServer) -> None:
+    lab = healthy_lab
+    urls = [_url(web_server, lab.names.dual), _url(web_server, lab.names.dual, https=True)]
+    await lab.run_in("client", fetch, urls, lab.dns_servers, ca=str(web_server.ca))  # warm-up
+    before = await _settled_fds()
+    for _ in range(5):
+        out = await lab.run_in("client", fetch, urls, lab.dns_servers, ca=str(web_server.ca))
+        assert [r.get("status") for r in out["results"]] == [200, 200], out["results"]
+    assert await _settled_fds() <= before
 
 
 async def test_ipv6_blackholed_falls_back_to_ipv4(healthy_lab: Lab, web_server: WebServer) -> None:
@@ -219,7 +234,6 @@ async def test_https_with_test_ca_and_keep_alive_reuse(
     assert statuses == [200, 200, 200], out["results"]
     # keep-alive: one TCP connection (one client port) carried all three requests
     assert len({r["json"]["peer_port"] for r in out["results"]}) == 1
-    assert out["fd_leak"] <= 0
 
 
 async def test_tls_verification_failure_is_a_certificate_error(
