@@ -332,12 +332,30 @@ class LoopThread:
             self._thread.join()
 
 
+_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
+
+
+def _missing_capabilities() -> list[str]:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return []
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+            return [name for name, bit in _CAPABILITIES.items() if not effective >> bit & 1]
+    return []
+
+
 def lab_unavailable_reason() -> str | None:
     """Why a lab cannot be built here (``None`` when it can): root, ``ip``, netns support."""
     if not hasattr(os, "geteuid"):
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "building a lab needs root (network namespaces, veth, nftables)"
+    missing = _missing_capabilities()
+    if missing:
+        return f"running as root but without {' and '.join(missing)} (a restricted container?)"
     if shutil.which("ip") is None and not Path("/usr/sbin/ip").exists():
         return "iproute2 ('ip') is not installed"
     if not Path("/proc/self/ns/net").exists():
