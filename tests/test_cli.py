@@ -12,28 +12,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from apr_async.cli import build_parser, main
 from apr_async.cli_exit import EXIT_CODES_HELP, EXIT_USAGE
 from apr_async.cli_render import LiveView, Progress, Style, render_table, visible_len
-
-
-@pytest.fixture(autouse=True)
-def _loop_for_sync_tests(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Give sync tests a loop we close: looptime's hook otherwise makes one that leaks."""
-    if asyncio.iscoroutinefunction(request.function):
-        yield
-        return
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

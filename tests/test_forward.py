@@ -7,7 +7,7 @@ import contextlib
 import os
 import shutil
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,21 +23,6 @@ except OSError:
     HAS_V6 = False
 
 needs_v6 = pytest.mark.skipif(not HAS_V6, reason="no IPv6 loopback")
-
-
-@pytest.fixture(autouse=True)
-def _loop_for_sync_tests(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Give sync tests a loop we close: looptime's hook otherwise makes one that leaks."""
-    if asyncio.iscoroutinefunction(request.function):
-        yield
-        return
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def _open_fds() -> int:

@@ -1,0 +1,180 @@
+"""The ``apr-async`` CLI run inside the lab's client namespace (explicit targets and DNS only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from apr_async.lab import EchoServer, ExecResult, Lab, Scenario
+
+pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
+    server = await lab.start_echo_server(announce_peer=True)
+    yield server
+    await lab.stop_echo_server(server)
+
+
+async def cli(lab: Lab, *argv: str, max_time: float = 60.0, **env: str) -> ExecResult:
+    """``python -m apr_async ARGV`` in the client namespace, never with default targets."""
+    prefix = ["env", "NO_COLOR=1", *(f"{k}={v}" for k, v in env.items())]
+    return await lab.exec(
+        "client", *prefix, sys.executable, "-m", "apr_async", *argv, max_time=max_time
+    )
+
+
+def ns_args(lab: Lab) -> list[str]:
+    return [arg for ns in lab.dns_servers for arg in ("--nameserver", ns)]
+
+
+def as_json(result: ExecResult) -> Any:
+    assert "Traceback" not in result.stderr, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+async def test_pairs_by_name_ranks_ipv6_first_with_reasons(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    res = await cli(lab, "pairs", lab.names.dual, "80", "--json", *ns_args(lab))
+    assert res.returncode == 0, res.stderr
+    data = as_json(res)
+    first = data["pairs"][0]
+    assert first["family"] == "IPv6" and first["source"] == lab.client.gua
+    assert all(p["reason"] for p in data["pairs"])
+    # and the table for people
+    res = await cli(lab, "pairs", lab.names.dual, "80", *ns_args(lab))
+    assert res.returncode == 0
+    assert res.stdout.splitlines()[0].split()[:4] == ["#", "family", "source", "destination"]
+    assert lab.client.gua in res.stdout
+
+
+async def test_pairs_env_nameservers_apply(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    res = await cli(
+        lab, "pairs", lab.names.v4_only, "80", "--json", APR_ASYNC_NAMESERVERS=lab.dns_v4
+    )
+    assert res.returncode == 0, res.stderr
+    assert {p["destination"] for p in as_json(res)["pairs"]} == {f"{lab.server.v4[0]}:80"}
+
+
+async def test_nxdomain_exits_3(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    res = await cli(lab, "pairs", lab.names.nxdomain, "80", *ns_args(lab))
+    assert res.returncode == 3
+    assert res.stderr.startswith("apr-async: error: name resolution failed")
+    assert "Traceback" not in res.stderr
+
+
+async def test_connect_timeline_with_ipv6_blackholed(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    res = await cli(lab, "connect", lab.names.dual, str(echo.port), "--json", *ns_args(lab))
+    assert res.returncode == 0, res.stderr
+    data = as_json(res)
+    assert data["connected"] and data["winner"]["source"] == lab.client.v4
+    answers = {e["family"] for e in data["events"] if e["kind"] == "answer"}
+    assert answers == {"IPv4", "IPv6"}
+    winner = [e for e in data["events"] if e["kind"] == "attempt" and e["ok"]]
+    assert len(winner) == 1 and winner[0]["family"] == "IPv4"
+    # the table for people names the winner
+    res = await cli(lab, "connect", lab.names.dual, str(echo.port), *ns_args(lab))
+    assert res.returncode == 0
+    assert "connected" in res.stdout and lab.client.v4 in res.stdout
+
+
+async def test_connect_to_dead_addresses_exits_1(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    res = await cli(
+        lab, "connect", lab.names.all_dead, "80", "--timeout", "1", "--json", *ns_args(lab)
+    )
+    assert res.returncode == 1, res.stderr
+    data = as_json(res)
+    assert not data["connected"] and data["error"]
+
+
+async def test_wait_succeeds_once_the_service_comes_up(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    port = 18765
+    waiter = asyncio.create_task(
+        cli(
+            lab,
+            "wait",
+            lab.names.dual,
+            str(port),
+            "--timeout",
+            "20",
+            "--interval",
+            "0.2",
+            "--json",
+            *ns_args(lab),
+        )
+    )
+    await asyncio.sleep(1.0)  # the waiter is being refused meanwhile
+    assert not waiter.done()
+    server = await lab.start_echo_server(port=port)
+    try:
+        res = await asyncio.wait_for(waiter, 30)
+    finally:
+        await lab.stop_echo_server(server)
+    assert res.returncode == 0, res.stderr
+    data = as_json(res)
+    assert data["ready"] and data["attempts"] >= 2
+
+
+async def test_wait_times_out_with_exit_1(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    res = await cli(lab, "wait", lab.names.dual, "18766", "--timeout", "1", *ns_args(lab))
+    assert res.returncode == 1
+    assert "timed out" in res.stdout
+
+
+async def test_ping_reports_down_hosts(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    alive, dead = lab.server.v4[0], lab.server.dead_v4[0]
+    res = await cli(
+        lab, "ping", alive, lab.server.v6[0], dead, "-c", "2", "-i", "0.05", "-W", "0.3", "--json"
+    )
+    assert res.returncode == 1, res.stderr
+    data = as_json(res)
+    assert data["down"] == [dead]
+    by_dest = {(p["source"], p["destination"]): p for p in data["pairs"]}
+    assert by_dest[(lab.client.v4, alive)]["received"] == 2
+    assert by_dest[(lab.client.gua, lab.server.v6[0])]["rtt_avg_ms"] is not None
+
+
+async def test_ping_tcp_only(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    res = await cli(
+        lab,
+        "ping",
+        lab.names.dual,
+        "--tcp",
+        "--tcp-port",
+        str(echo.port),
+        "-c",
+        "1",
+        "--json",
+        *ns_args(lab),
+    )
+    assert res.returncode == 0, res.stderr
+    data = as_json(res)
+    assert {p["method"] for p in data["pairs"]} == {"tcp"}
+    assert data["down"] == []
+
+
+async def test_interfaces_in_the_client_namespace(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    res = await cli(lab, "interfaces", "--json")
+    assert res.returncode == 0, res.stderr
+    data = as_json(res)
+    kinds = {a["address"]: a["kind"] for i in data["interfaces"] for a in i["addresses"]}
+    assert kinds[lab.client.gua] == "GUA" and kinds[lab.client.ula] == "ULA"
+    assert kinds[lab.client.v4] == "RFC 1918"
+    assert {g["gateway"] for g in data["gateways"]} >= {lab.router.client_v4}
