@@ -44,6 +44,7 @@ from apr_async.schedule import (
 __all__ = [
     "AttemptRecorder",
     "ConnectPair",
+    "ContextRecorder",
     "DirectPair",
     "PairSource",
     "connect_socket",
@@ -472,7 +473,7 @@ def _options(
     ctx = _context_of(context, service)
     recorder = cast(AttemptRecorder | None, service)
     if recorder is None:
-        recorder = _ContextRecorder(ctx)
+        recorder = ContextRecorder(ctx)
     return _Options(
         host=checked_host,
         port=checked_port,
@@ -680,9 +681,10 @@ def _ip_of(address: tuple[Any, ...] | None) -> IPAddress | None:
         return None
 
 
-class _ContextRecorder:
-    """Feeds attempt outcomes into a ``PairContext``'s tables when no service is given, so
-    that recent failures rank last and measured RTTs shape the next attempt delay."""
+class ContextRecorder:
+    """An :class:`AttemptRecorder` feeding a ``PairContext``'s tables (the default when no
+    ``service`` is given): failed pairs rank last for a while, a success clears that, and
+    every measured RTT (a refusal's too) shapes the next ranking and attempt delay."""
 
     def __init__(self, context: PairContext) -> None:
         self._context = context
