@@ -1,0 +1,118 @@
+"""Every script in examples/ runs, against lab targets passed by argument (never defaults)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from apr_async.lab import EchoServer, ExecResult, Lab, Scenario
+
+pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def example(lab: Lab, name: str, *argv: str, max_time: float = 60.0) -> ExecResult:
+    """Run ``examples/NAME`` inside the lab's client namespace."""
+    return await lab.exec("client", sys.executable, str(EXAMPLES / name), *argv, max_time=max_time)
+
+
+def ns_args(lab: Lab) -> list[str]:
+    return [arg for ns in lab.dns_servers for arg in ("--nameserver", ns)]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def http_port(lab: Lab) -> AsyncIterator[int]:
+    async def hello(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername")[0] if request.transport else "?"
+        return web.Response(text=f"hello {peer.removeprefix('::ffff:')}")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = lab.socket("server", socket.AF_INET6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0))
+    await web.SockSite(runner, sock).start()
+    yield sock.getsockname()[1]
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
+    server = await lab.start_echo_server()
+    yield server
+    await lab.stop_echo_server(server)
+
+
+async def test_every_example_is_tested() -> None:
+    tested = {"aiohttp_client.py", "outbound_server.py", "wait_for_service.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+async def test_aiohttp_client(healthy_lab: Lab, http_port: int) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    url = f"http://{lab.names.dual}:{http_port}/"
+    res = await example(lab, "aiohttp_client.py", url, *ns_args(lab))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("200 OK")
+    assert f"hello {lab.client.v4}" in res.stdout  # IPv4 won the race past the blackhole
+
+
+async def test_wait_for_service(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    res = await example(lab, "wait_for_service.py", lab.names.dual, str(echo.port), *ns_args(lab))
+    assert res.returncode == 0, res.stderr
+    assert "is up" in res.stdout
+    res = await example(
+        lab, "wait_for_service.py", lab.names.dual, "18799", "--timeout", "1", *ns_args(lab)
+    )
+    assert res.returncode == 1
+    assert "timed out" in res.stderr
+
+
+async def test_outbound_server(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.ula_source_trap())
+    proc = await lab.popen(
+        "client",
+        sys.executable,
+        str(EXAMPLES / "outbound_server.py"),
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        f"{lab.names.v6_only}:{echo.port}",
+        *ns_args(lab),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        port = int(line.split()[3].rstrip(","))
+
+        async def ask() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"hello upstream\n")
+            await writer.drain()
+            data = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return data
+
+        reply = await lab.run_in("client", ask)
+        # the upstream (an echo server) answered, over the GUA source despite the ULA trap
+        assert reply == f"via {lab.client.gua} -> {lab.server.v6[0]}: hello upstream\n".encode()
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
