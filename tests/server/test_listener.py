@@ -433,3 +433,17 @@ def test_idle_after_arbitrary_bytes_never_hangs(payload: bytes) -> None:
         parse_header(payload)
         return  # a complete header would start the application's exchange
     asyncio.run(_serve_one(payload, half_close=False))
+
+
+def test_works_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        header = build_v2(("198.51.100.3", 3333), ("198.51.100.4", 80))
+        async with serving(proxy_protocol="auto", **TRUST_LOOPBACK) as (_s, port, rec):
+            assert await _exchange(port, header + b"tail") == b"198.51.100.3 3333\ntail"
+            assert await _exchange(port, b"GET /") == b""
+        assert len(rec.seen) == 1
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

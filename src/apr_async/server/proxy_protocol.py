@@ -15,9 +15,9 @@ CRC32C TLV (when present) that matches. Anything else raises :class:`ProxyProtoc
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
 import re
+import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -271,17 +271,17 @@ def _v1_port(raw: bytes) -> int:
 
 
 def _v1_address(raw: bytes, family: ProxyFamily) -> str:
-    try:
-        if family is ProxyFamily.INET:
-            if not _V4_RE.fullmatch(raw):
-                raise ValueError(raw)
-            return str(ipaddress.IPv4Address(raw.decode("ascii")))
-        # Only hex, colons and (for an embedded IPv4 tail) dots: no zone ids, no brackets.
-        if not _V6_RE.fullmatch(raw):
-            raise ValueError(raw)
-        return str(ipaddress.IPv6Address(raw.decode("ascii")))
-    except ValueError:
-        raise ProxyProtocolError(f"v1: bad address {raw!r}") from None
+    # The regexes keep out what inet_pton would tolerate but the spec forbids (leading
+    # zeroes, zone ids, brackets); inet_pton then checks the value and inet_ntop gives the
+    # canonical text, about ten times faster than the ipaddress module.
+    pattern = _V4_RE if family is ProxyFamily.INET else _V6_RE
+    af = socket.AF_INET if family is ProxyFamily.INET else socket.AF_INET6
+    if pattern.fullmatch(raw):
+        try:
+            return socket.inet_ntop(af, socket.inet_pton(af, raw.decode("ascii")))
+        except (OSError, ValueError):
+            pass
+    raise ProxyProtocolError(f"v1: bad address {raw!r}")
 
 
 def _parse_v1_line(line: bytes) -> ProxyHeader:
@@ -383,10 +383,12 @@ def _parse_v2(data: bytes) -> ProxyHeader:
         raise ProxyProtocolError(f"v2: address block of {len(block)} bytes, need {size}")
     if family is ProxyFamily.INET:
         s4, d4, src_port, dst_port = struct.unpack_from("!4s4sHH", block)
-        src_addr, dst_addr = str(ipaddress.IPv4Address(s4)), str(ipaddress.IPv4Address(d4))
+        src_addr = socket.inet_ntop(socket.AF_INET, s4)
+        dst_addr = socket.inet_ntop(socket.AF_INET, d4)
     elif family is ProxyFamily.INET6:
         s6, d6, src_port, dst_port = struct.unpack_from("!16s16sHH", block)
-        src_addr, dst_addr = str(ipaddress.IPv6Address(s6)), str(ipaddress.IPv6Address(d6))
+        src_addr = socket.inet_ntop(socket.AF_INET6, s6)
+        dst_addr = socket.inet_ntop(socket.AF_INET6, d6)
     else:
         src_addr = _unix_path(block[:_UNIX_PATH_SIZE])
         dst_addr = _unix_path(block[_UNIX_PATH_SIZE:size])
@@ -534,12 +536,18 @@ def parse_header(
 # --- builders -----------------------------------------------------------------------------
 
 
-def _ip_family(address: str) -> ProxyFamily:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        raise ValueError(f"not an IP address: {address!r}") from None
-    return ProxyFamily.INET if ip.version == 4 else ProxyFamily.INET6
+def _pack(address: object) -> tuple[ProxyFamily, bytes]:
+    """Family and packed form of an IP address text (no zone ids)."""
+    if isinstance(address, str):
+        for family, af in (
+            (ProxyFamily.INET, socket.AF_INET),
+            (ProxyFamily.INET6, socket.AF_INET6),
+        ):
+            try:
+                return family, socket.inet_pton(af, address)
+            except (OSError, ValueError):
+                continue
+    raise ValueError(f"not an IP address: {address!r}")
 
 
 def _check_port(port: object) -> int:
@@ -554,12 +562,14 @@ def build_v1(source: tuple[str, int] | None, destination: tuple[str, int] | None
         return b"PROXY UNKNOWN\r\n"
     if source is None or destination is None:
         raise ValueError("give both endpoints, or neither for UNKNOWN")
-    family = _ip_family(source[0])
-    if _ip_family(destination[0]) is not family:
+    family, src_packed = _pack(source[0])
+    dst_family, dst_packed = _pack(destination[0])
+    if dst_family is not family:
         raise ValueError("source and destination must be the same address family")
-    proto = "TCP4" if family is ProxyFamily.INET else "TCP6"
-    src = ipaddress.ip_address(source[0])
-    dst = ipaddress.ip_address(destination[0])
+    proto, af = (
+        ("TCP4", socket.AF_INET) if family is ProxyFamily.INET else ("TCP6", socket.AF_INET6)
+    )
+    src, dst = socket.inet_ntop(af, src_packed), socket.inet_ntop(af, dst_packed)
     line = f"PROXY {proto} {src} {dst} {_check_port(source[1])} {_check_port(destination[1])}\r\n"
     return line.encode("ascii")
 
@@ -605,11 +615,10 @@ def build_v2(
     elif isinstance(source, str) and isinstance(destination, str):
         fam, block = ProxyFamily.UNIX, _unix_bytes(source) + _unix_bytes(destination)
     elif isinstance(source, tuple) and isinstance(destination, tuple):
-        fam = _ip_family(source[0])
-        if _ip_family(destination[0]) is not fam:
+        fam, src = _pack(source[0])
+        dst_fam, dst = _pack(destination[0])
+        if dst_fam is not fam:
             raise ValueError("source and destination must be the same address family")
-        src = ipaddress.ip_address(source[0]).packed
-        dst = ipaddress.ip_address(destination[0]).packed
         block = src + dst + struct.pack("!HH", _check_port(source[1]), _check_port(destination[1]))
     else:
         raise ValueError("endpoints must both be (ip, port), both UNIX paths, or both None")
