@@ -22,7 +22,8 @@ from apr_async.cli_common import (
     sockaddr_text,
 )
 from apr_async.cli_render import Progress, format_duration, format_ms, render_table
-from apr_async.connect import connect_socket, open_connection
+from apr_async.connect import ContextRecorder, connect_socket, open_connection
+from apr_async.connect import _ranked_source as ranked_source
 from apr_async.forward import Forwarder, RelayRecord
 from apr_async.pairs import get_addr_pairs
 from apr_async.ranking import AddrPair
@@ -201,8 +202,9 @@ class Timeline:
     each family's answer and each attempt's outcome as they happen.
     """
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, recorder: Any = None) -> None:
         self._source = source
+        self._recorder = recorder
         self.t0 = time.monotonic()
         self.events: list[dict[str, Any]] = []
 
@@ -213,6 +215,8 @@ class Timeline:
         self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
     ) -> None:
         """Called by the race for every attempt that has an outcome."""
+        if self._recorder is not None:  # the context still learns, as without a timeline
+            self._recorder.record_attempt(pair, port, ok, rtt, errno)
         if ok and errno is None:
             outcome = "connected"
         elif ok or errno == errno_codes.ECONNREFUSED:
@@ -264,7 +268,8 @@ def _errno_text(errno: int | None) -> str:
 
 async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """Race HOST PORT and show the timeline of attempts and the winner."""
-    timeline = Timeline(settings.pair_source())
+    context = settings.context()
+    timeline = Timeline(ranked_source(context), ContextRecorder(context))
     error: BaseException | None = None
     sock: socket.socket | None = None
     try:
@@ -276,6 +281,7 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
             happy_eyeballs_delay=args.delay,
             service=timeline,
             pair_source=timeline.pair_source,
+            context=context,
         )
         local, peer = sock.getsockname(), sock.getpeername()
     except OSError as exc:  # gaierror, TimeoutError and AllAttemptsFailedError included
@@ -371,7 +377,7 @@ async def cmd_wait(args: argparse.Namespace, out: Output, settings: Settings) ->
     deadline = start + args.timeout
     attempts = 0
     last: BaseException | None = None
-    source = settings.pair_source()
+    context = settings.context()
     connected = False
     try:
         while True:
@@ -385,7 +391,7 @@ async def cmd_wait(args: argparse.Namespace, out: Output, settings: Settings) ->
                     args.port,
                     timeout=min(remaining, args.attempt_timeout),
                     family=_family_arg(args),
-                    pair_source=source,
+                    context=context,
                 )
             except OSError as exc:
                 last = exc
@@ -437,11 +443,11 @@ async def cmd_wait(args: argparse.Namespace, out: Output, settings: Settings) ->
 
 async def cmd_forward(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """Relay LISTEN to UPSTREAM until SIGINT/SIGTERM; one line per finished connection."""
-    source = settings.pair_source()
+    context = settings.context()
     st = out.style
 
     async def connect(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await open_connection(host, port, limit=args.buffer_size, pair_source=source)
+        return await open_connection(host, port, limit=args.buffer_size, context=context)
 
     def closed(record: RelayRecord) -> None:
         if out.json:

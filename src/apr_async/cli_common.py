@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -21,8 +20,7 @@ from apr_async.cli_exit import (
 )
 from apr_async.cli_render import Style, to_json
 from apr_async.config import Config
-from apr_async.pairs import PairContext, get_addr_pairs
-from apr_async.ranking import AddrPair
+from apr_async.pairs import PairContext
 from apr_async.resolver import Resolver
 
 __all__ = [
@@ -119,43 +117,3 @@ class Settings:
         """Release the resolver."""
         if self._context is not None and self._context.resolver is not None:
             await self._context.resolver.close()
-
-    def pair_source(self) -> Any:
-        """A ``connect.PairSource`` ranking through this context: each family as it arrives."""
-        return ranked_pair_source(self.context())
-
-
-def ranked_pair_source(context: PairContext) -> Any:
-    """Ranked pairs per address family, each yielded as soon as its lookup finishes."""
-
-    async def source(
-        host: str, port: int, family: int
-    ) -> AsyncIterator[tuple[int, list[AddrPair]]]:
-        families = [socket.AF_INET6, socket.AF_INET] if family == 0 else [family]
-        tasks = {
-            asyncio.ensure_future(get_addr_pairs(host, port, family=f, context=context)): f
-            for f in families
-        }
-        errors: list[OSError] = []
-        got_any = False
-        try:
-            while tasks:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    fam = tasks.pop(task)
-                    try:
-                        pairs = task.result()
-                    except socket.gaierror as exc:
-                        errors.append(exc)
-                        pairs = []
-                    got_any = got_any or bool(pairs)
-                    if not tasks and not got_any and errors:
-                        raise errors[0]
-                    yield fam, pairs
-        finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    return source

@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from apr_async.connect import open_connection
+
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "ConnectFn",
@@ -151,11 +153,7 @@ class ForwarderStats:
 
 
 async def _default_connect(host: str, port: int, limit: int) -> Streams:
-    # Imported lazily: forward.py is usable (with an injected connect) without the connector.
-    from apr_async.connect import open_connection  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-
-    streams: Streams = await open_connection(host, port, limit=limit)
-    return streams
+    return await open_connection(host, port, limit=limit)
 
 
 def _peer_text(writer: asyncio.StreamWriter) -> str:
