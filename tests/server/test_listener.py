@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import time
 
 import pytest
@@ -102,6 +103,11 @@ async def test_bad_arguments_fail_before_any_socket() -> None:
         {"proxy_protocol": "v1", "trusted_proxies": ["127.0.0.1"], "max_header_size": 10},
         {"proxy_protocol": "v1", "trusted_proxies": ["127.0.0.1"], "max_pending_headers": 0},
         {"port": 70000},
+        {
+            "proxy_protocol": "v1",
+            "trusted_proxies": ["127.0.0.1"],
+            "ssl": ssl.create_default_context(),
+        },
     ]
     for kwargs in bad:
         with pytest.raises((ValueError, TypeError)):

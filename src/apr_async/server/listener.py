@@ -295,7 +295,8 @@ async def start_server(
     ``max_pending_headers`` connections may be waiting for their header; more are closed at
     once. ``toa=True`` makes :func:`real_peername` ask the TOA kernel module.
 
-    Bad arguments raise ``ValueError``/``TypeError`` before any socket is opened.
+    ``ssl`` cannot be combined with ``proxy_protocol``: the header comes before the TLS
+    handshake. Bad arguments raise ``ValueError``/``TypeError`` before any socket is opened.
     """
     if proxy_protocol not in (None, "v1", "v2", "auto"):
         raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'auto': {proxy_protocol!r}")
@@ -316,6 +317,10 @@ async def start_server(
         raise ValueError("max_pending_headers must be a positive int or None")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be an int in 0..65535, not {port!r}")
+    if proxy_protocol is not None and kwds.get("ssl") is not None:
+        # The header precedes the TLS handshake on the wire, but asyncio would start TLS on
+        # the raw bytes: terminate TLS at the proxy, or in the callback after the header.
+        raise ValueError("proxy_protocol cannot be combined with ssl= (the header precedes TLS)")
     policy = None
     if proxy_protocol is not None:
         HeaderParser(proxy_protocol, max_size=max_header_size)  # validates max_header_size
