@@ -165,8 +165,11 @@ def test_ula_source_reaches_ula_and_nat64_destinations() -> None:
 
 def test_loopback_destination_prefers_loopback_source() -> None:
     pairs = rank_pairs(dests("::1", "127.0.0.1"), ALL, 8080)
-    assert simple(pairs)[:2] == [("::1", "::1"), ("127.0.0.1", "127.0.0.1")]
-    assert all("last: non-loopback source" in p.reason for p in pairs[2:])
+    assert simple(pairs) == [("::1", "::1"), ("127.0.0.1", "127.0.0.1")]
+    # Without a loopback source, the others are kept, last.
+    pairs = rank_pairs(dests("::1", "198.51.100.1"), [GUA, V4], 8080)
+    assert simple(pairs) == [("192.168.1.10", "198.51.100.1"), ("2001:db8:1::10", "::1")]
+    assert "last: non-loopback source to a loopback destination" in pairs[1].reason
     # A loopback source never goes anywhere else.
     assert all(p.source[0] not in ("::1", "127.0.0.1") for p in rank_pairs(dests(*D6, *D4), ALL, 1))
 

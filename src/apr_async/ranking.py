@@ -10,7 +10,7 @@
    any usable source therefore yields no pair at all. A pair that *probably* cannot work is
    kept but placed *last*: a ULA source to a global IPv6 destination when no NPTv6/NAT66
    translator was seen (one may exist undetected), a non-loopback source to a loopback
-   destination.
+   destination (only when no loopback source of that family exists).
 2. **Recent failures** (:class:`~apr_async.latency.FailureTable`): those pairs go after the
    others; they are reordered, never removed.
 3. **Measured latency** (exact or inherited from the longest known prefix): measured pairs
@@ -394,6 +394,10 @@ def _build_plan(
             level, why = _reach(src, dst, zone, local, ula_translated)
             if level != _IMPOSSIBLE:
                 candidates.append((index, src, why))
+        if dst.kind in _LOCAL_KINDS and any(c[2] is None for c in candidates):
+            # Another source cannot do better than the loopback one: it would only add
+            # doomed attempts after a refusal.
+            candidates = [c for c in candidates if c[2] is None]
         if not candidates:
             continue
         kernel_src = (
