@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import pickle
 import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,9 @@ from apr_async.errors import (
     validate_family,
     validate_port,
 )
+from apr_async.lab.dnsserver import DNSServer, ZoneEntry
+from apr_async.lab.dnswire import Query, Rcode
+from apr_async.resolver import Resolver
 
 # --------------------------------------------------------------------------- input checks
 
@@ -137,3 +143,220 @@ def test_gaierror_looks_like_the_stdlibs() -> None:
     assert str(ours) == str(real.value)
     clone = pickle.loads(pickle.dumps(gaierror(socket.EAI_AGAIN, host="h", detail="d")))
     assert (clone.errno, clone.host, clone.detail) == (socket.EAI_AGAIN, "h", "d")
+
+
+# --------------------------------------------------------------------------- against a server
+
+AAAA, A = 28, 1
+
+
+class _FailingServer(DNSServer):
+    """The lab server, plus names that SERVFAIL or REFUSE (real wire answers)."""
+
+    def resolve(self, query: Query) -> tuple[Rcode, list[tuple[int, int, str]], float]:
+        if query.name.startswith("servfail."):
+            return Rcode.SERVFAIL, [], 0.0
+        if query.name.startswith("refused."):
+            return Rcode.REFUSED, [], 0.0
+        return super().resolve(query)
+
+
+ZONE = {
+    "dual.example.test": ZoneEntry(a=["192.0.2.10", "192.0.2.11"], aaaa=["2001:db8::10"]),
+    "v4.example.test": ZoneEntry(a=["192.0.2.20"]),
+    "slow6.example.test": ZoneEntry(a=["192.0.2.30"], aaaa=["2001:db8::30"], delay_aaaa=0.15),
+    "short.example.test": ZoneEntry(a=["192.0.2.40"], ttl=0),
+    "long.example.test": ZoneEntry(a=["192.0.2.50"], ttl=86400),
+    "mute.example.test": ZoneEntry(a=["192.0.2.60"], delay_a=5.0, delay_aaaa=5.0),
+    "xn--bcher-kva.example.test": ZoneEntry(aaaa=["2001:db8::70"]),
+}
+
+
+class Clock:
+    """A hand-driven clock for the cache (DNS itself runs in real time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[DNSServer]:
+    async with _FailingServer(ZONE, "127.0.0.1", 0) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def resolver(server: DNSServer, clock: Clock, tmp_path: Path) -> AsyncIterator[Resolver]:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.1.2.3 MyHost.example  alias.example # comment\n2001:db8::99 myhost.example\n")
+    async with Resolver(server.nameservers, timeout=0.5, tries=1, clock=clock,
+                        hosts_path=str(hosts)) as res:
+        yield res
+
+
+def _count(server: DNSServer, name: str, qtype: int | None = None) -> int:
+    return sum(1 for q in server.queries if q.name == name and qtype in (None, q.qtype))
+
+
+def _ips(addresses: list[tuple[object, str | None]]) -> list[str]:
+    return [str(ip) for ip, _zone in addresses]
+
+
+async def test_both_families_ipv6_first_in_server_order(resolver: Resolver,
+                                                        server: DNSServer) -> None:
+    got = await resolver.resolve("dual.example.test")
+    assert _ips(got) == ["2001:db8::10", "192.0.2.10", "192.0.2.11"]
+    assert _count(server, "dual.example.test", AAAA) == 1
+    assert _count(server, "dual.example.test", A) == 1
+
+
+async def test_each_family_as_soon_as_it_arrives(resolver: Resolver, server: DNSServer) -> None:
+    stream = resolver.answers("slow6.example.test")
+    first = await anext(stream)
+    # The A answer is out while the AAAA answer is still held back, yet the AAAA query was
+    # already sent: the two queries run concurrently, not one after the other.
+    assert first.family == socket.AF_INET
+    assert _ips(list(first.addresses)) == ["192.0.2.30"]
+    assert _count(server, "slow6.example.test", AAAA) == 1
+    second = await anext(stream)
+    assert second.family == socket.AF_INET6
+    assert second.origin == "dns"
+    with pytest.raises(StopAsyncIteration):
+        await anext(stream)
+
+
+async def test_answers_are_cached_for_their_ttl(resolver: Resolver, server: DNSServer,
+                                                clock: Clock) -> None:
+    await resolver.resolve("dual.example.test")
+    cached = resolver.cached("DUAL.example.test.")
+    assert cached is not None
+    assert {a.origin for a in cached.answers} == {"cache"}
+    await resolver.resolve("dual.example.test")
+    assert resolver.queries_sent == 2
+    clock.now += 299
+    assert resolver.cached("dual.example.test") is not None
+    clock.now += 2
+    assert resolver.cached("dual.example.test") is None
+    await resolver.resolve("dual.example.test")
+    assert resolver.queries_sent == 4
+
+
+async def test_ttl_is_clamped_to_floor_and_cap(server: DNSServer, clock: Clock) -> None:
+    async with Resolver(server.nameservers, min_ttl=5, max_ttl=60, clock=clock,
+                        hosts_path=None) as res:
+        await res.resolve("short.example.test", socket.AF_INET)
+        await res.resolve("long.example.test", socket.AF_INET)
+        clock.now += 4.9
+        assert res.cached("short.example.test", socket.AF_INET) is not None
+        clock.now += 0.2
+        assert res.cached("short.example.test", socket.AF_INET) is None
+        clock.now += 54.8
+        assert res.cached("long.example.test", socket.AF_INET) is not None
+        clock.now += 0.2
+        assert res.cached("long.example.test", socket.AF_INET) is None
+
+
+async def test_nxdomain_is_eai_noname_and_cached_briefly(resolver: Resolver, server: DNSServer,
+                                                         clock: Clock) -> None:
+    for _ in range(2):
+        with pytest.raises(socket.gaierror) as info:
+            await resolver.resolve("nope.example.test")
+        assert info.value.errno == socket.EAI_NONAME
+        assert info.value.args[1] == "Name or service not known"
+    assert _count(server, "nope.example.test") == 2  # one AAAA + one A, then the cache
+    clock.now += resolver.negative_ttl + 0.1
+    with pytest.raises(socket.gaierror):
+        await resolver.resolve("nope.example.test")
+    assert _count(server, "nope.example.test") == 4
+
+
+async def test_nodata(resolver: Resolver) -> None:
+    with pytest.raises(socket.gaierror) as info:
+        await resolver.resolve("v4.example.test", socket.AF_INET6)
+    assert info.value.errno == EAI_NODATA
+    # Unspecified family: the name has an A record, so it resolves.
+    assert _ips(await resolver.resolve("v4.example.test")) == ["192.0.2.20"]
+
+
+@pytest.mark.parametrize("name", ["servfail.example.test", "refused.example.test",
+                                  "mute.example.test"])
+async def test_temporary_failures_are_eai_again(resolver: Resolver, name: str) -> None:
+    with pytest.raises(socket.gaierror) as info:
+        await resolver.resolve(name)
+    assert info.value.errno == socket.EAI_AGAIN
+    assert info.value.args[1] == "Temporary failure in name resolution"
+
+
+async def test_concurrent_lookups_share_one_query(resolver: Resolver, server: DNSServer) -> None:
+    results = await asyncio.gather(*(resolver.resolve("slow6.example.test") for _ in range(5)))
+    assert all(_ips(r) == ["2001:db8::30", "192.0.2.30"] for r in results)
+    assert _count(server, "slow6.example.test") == 2
+
+
+async def test_cancelled_caller_leaves_query_for_others(resolver: Resolver,
+                                                        server: DNSServer) -> None:
+    first = asyncio.ensure_future(resolver.resolve("slow6.example.test"))
+    second = asyncio.ensure_future(resolver.resolve("slow6.example.test"))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    assert _ips(await second) == ["2001:db8::30", "192.0.2.30"]
+    assert first.cancelled()
+    assert resolver.cached("slow6.example.test") is not None
+    assert _count(server, "slow6.example.test") == 2
+
+
+async def test_local_answers_need_no_dns(resolver: Resolver, server: DNSServer) -> None:
+    assert _ips(await resolver.resolve("myhost.EXAMPLE")) == ["2001:db8::99", "10.1.2.3"]
+    assert _ips(await resolver.resolve("alias.example", socket.AF_INET)) == ["10.1.2.3"]
+    assert _ips(await resolver.resolve("localhost")) == ["::1", "127.0.0.1"]
+    assert _ips(await resolver.resolve("db.localhost")) == ["::1", "127.0.0.1"]
+    assert await resolver.resolve("fe80::1%lo") == [(ipaddress.IPv6Address("fe80::1"), "lo")]
+    assert _ips(await resolver.resolve("192.0.2.1")) == ["192.0.2.1"]
+    with pytest.raises(socket.gaierror) as info:
+        await resolver.resolve("192.0.2.1", socket.AF_INET6)
+    assert info.value.errno == getattr(socket, "EAI_ADDRFAMILY", socket.EAI_NONAME)
+    with pytest.raises(socket.gaierror) as info:
+        await resolver.resolve("alias.example", socket.AF_INET6)
+    assert info.value.errno == socket.EAI_NONAME  # what glibc says for a hosts-file name
+    assert server.queries == []
+
+
+async def test_idna_names(resolver: Resolver) -> None:
+    assert _ips(await resolver.resolve("bücher.example.test")) == ["2001:db8::70"]
+
+
+async def test_bad_input_fails_before_any_query(resolver: Resolver, server: DNSServer) -> None:
+    for bad in ("", "x" * 64 + ".test", "a\0b"):
+        with pytest.raises(ValueError):
+            await resolver.resolve(bad)
+    with pytest.raises(ValueError, match="family"):
+        await resolver.resolve("dual.example.test", socket.AF_UNIX)
+    assert server.queries == []
+
+
+async def test_nameserver_forms(server: DNSServer) -> None:
+    async with Resolver([("127.0.0.1", server.port)], hosts_path=None) as res:
+        assert _ips(await res.resolve("v4.example.test")) == ["192.0.2.20"]
+    async with _FailingServer(ZONE, "::1", 0) as v6server:
+        async with Resolver([f"[::1]:{v6server.port}"], hosts_path=None) as res:
+            assert _ips(await res.resolve("v4.example.test")) == ["192.0.2.20"]
+    for bad in ("dns.example:53", "127.0.0.1:0", "[::1]:99999", ""):
+        with pytest.raises((ValueError, TypeError)):
+            Resolver([bad])
+
+
+async def test_closed_resolver_refuses_dns_but_not_literals(server: DNSServer) -> None:
+    res = Resolver(server.nameservers, hosts_path=None)
+    await res.resolve("v4.example.test")
+    await res.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await res.resolve("dual.example.test")
+    assert _ips(await res.resolve("::1")) == ["::1"]
