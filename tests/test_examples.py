@@ -19,9 +19,14 @@ pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-async def example(lab: Lab, name: str, *argv: str, max_time: float = 60.0) -> ExecResult:
-    """Run ``examples/NAME`` inside the lab's client namespace."""
-    return await lab.exec("client", sys.executable, str(EXAMPLES / name), *argv, max_time=max_time)
+async def example(
+    lab: Lab, name: str, *argv: str, max_time: float = 60.0, **env: str
+) -> ExecResult:
+    """Run ``examples/NAME`` inside the lab's client namespace (``env``: extra variables)."""
+    prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+    return await lab.exec(
+        "client", *prefix, sys.executable, str(EXAMPLES / name), *argv, max_time=max_time
+    )
 
 
 def ns_args(lab: Lab) -> list[str]:
@@ -54,7 +59,7 @@ async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
 
 
 async def test_every_example_is_tested() -> None:
-    tested = {"aiohttp_client.py", "outbound_server.py", "wait_for_service.py"}
+    tested = {"aiohttp_client.py", "outbound_server.py", "wait_for_service.py", "sync_shim.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -116,3 +121,20 @@ async def test_outbound_server(healthy_lab: Lab, echo: EchoServer) -> None:
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()
+
+
+async def test_sync_shim(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.ula_source_trap())
+    res = await example(
+        lab,
+        "sync_shim.py",
+        lab.names.v6_only,
+        str(echo.port),
+        APR_ASYNC_NAMESERVERS=",".join(lab.dns_servers),
+        APR_ASYNC_TARGETS=f"{lab.server.v4[1]}:{echo.port},[{lab.server.v6[1]}]:{echo.port}",
+        APR_ASYNC_PROBE_INTERVAL="0.5",
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"connected from {lab.client.gua} to {lab.server.v6[0]}" in res.stdout
+    assert "'GUA_ok': True" in res.stdout
