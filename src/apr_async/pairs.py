@@ -265,7 +265,8 @@ def _sockaddr_text(addr: SockAddr) -> str:
 
 # --------------------------------------------------------------------------- getaddrinfo
 
-_KNOWN_FLAGS = (
+# int(): ~ on an IntFlag only flips the flag's own members, hiding unknown bits.
+_KNOWN_FLAGS = int(
     socket.AI_PASSIVE | socket.AI_CANONNAME | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
     | socket.AI_V4MAPPED | socket.AI_ALL | socket.AI_ADDRCONFIG
 )
@@ -355,6 +356,8 @@ async def getaddrinfo(  # noqa: PLR0917 - the stdlib's signature
         raise gaierror(socket.EAI_BADFLAGS)
     if spec is None and service is None:
         raise gaierror(socket.EAI_NONAME)
+    if type == socket.SOCK_RAW and service is not None:
+        raise gaierror(socket.EAI_SERVICE)  # glibc: raw sockets have no ports
     entries = _entry_ports(service if service is not None else 0, _socktypes(type, proto),
                            bool(flags & socket.AI_NUMERICSERV))
     ctx = context if context is not None else default_context()
