@@ -196,7 +196,9 @@ async def clock() -> Clock:
 @pytest.fixture
 async def resolver(server: DNSServer, clock: Clock, tmp_path: Path) -> AsyncIterator[Resolver]:
     hosts = tmp_path / "hosts"
-    hosts.write_text("10.1.2.3 MyHost.example  alias.example # comment\n2001:db8::99 myhost.example\n")
+    hosts.write_text(
+        "10.1.2.3 MyHost.example  alias.example # comment\n2001:db8::99 myhost.example\n"
+    )
     async with Resolver(server.nameservers, timeout=0.5, tries=1, clock=clock,
                         hosts_path=str(hosts)) as res:
         yield res
@@ -345,9 +347,11 @@ async def test_bad_input_fails_before_any_query(resolver: Resolver, server: DNSS
 async def test_nameserver_forms(server: DNSServer) -> None:
     async with Resolver([("127.0.0.1", server.port)], hosts_path=None) as res:
         assert _ips(await res.resolve("v4.example.test")) == ["192.0.2.20"]
-    async with _FailingServer(ZONE, "::1", 0) as v6server:
-        async with Resolver([f"[::1]:{v6server.port}"], hosts_path=None) as res:
-            assert _ips(await res.resolve("v4.example.test")) == ["192.0.2.20"]
+    async with (
+        _FailingServer(ZONE, "::1", 0) as v6server,
+        Resolver([f"[::1]:{v6server.port}"], hosts_path=None) as res,
+    ):
+        assert _ips(await res.resolve("v4.example.test")) == ["192.0.2.20"]
     for bad in ("dns.example:53", "127.0.0.1:0", "[::1]:99999", ""):
         with pytest.raises((ValueError, TypeError)):
             Resolver([bad])
