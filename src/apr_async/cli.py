@@ -117,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait for the first probe round (default 10)",
     )
-    p.add_argument("--interval", type=_seconds, default=None, help="seconds between probe rounds")
+    p.add_argument(
+        "--interval",
+        dest="probe_interval",
+        type=_seconds,
+        default=None,
+        help="seconds between probe rounds",
+    )
 
     p = add(
         "pairs",
@@ -226,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         dns,
         probing,
     )
-    p.add_argument("--interval", type=_seconds, default=None, help="seconds between probe rounds")
+    p.add_argument(
+        "--interval",
+        dest="probe_interval",
+        type=_seconds,
+        default=None,
+        help="seconds between probe rounds",
+    )
     p.add_argument(
         "--refresh", type=_seconds, default=1.0, help="seconds between screen refreshes (default 1)"
     )

@@ -96,8 +96,8 @@ class Settings:
             overrides["targets"] = tuple(args.target)
         if getattr(args, "icmp", None):
             overrides["icmp"] = args.icmp
-        if getattr(args, "interval", None) is not None and getattr(args, "probe_command", False):
-            overrides["probe_interval"] = args.interval
+        if getattr(args, "probe_interval", None) is not None:
+            overrides["probe_interval"] = args.probe_interval
         self.config = Config.from_env(**overrides)
         self._context: PairContext | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import socket
 import statistics
 from dataclasses import dataclass, field
@@ -67,7 +68,11 @@ class PairStats:
         if any(r.refused for r in self.results):
             return "refused (RST): path works"
         failed = [r for r in self.results if not r.ok]
-        return failed[-1].detail if failed and not self.received else ""
+        if not failed or self.received:
+            return ""
+        if failed[-1].error == errno.ETIMEDOUT:
+            return "no reply"
+        return failed[-1].detail
 
     def as_dict(self) -> dict[str, object]:
         """JSON form."""

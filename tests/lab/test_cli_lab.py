@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -178,3 +179,84 @@ async def test_interfaces_in_the_client_namespace(healthy_lab: Lab) -> None:
     assert kinds[lab.client.gua] == "GUA" and kinds[lab.client.ula] == "ULA"
     assert kinds[lab.client.v4] == "RFC 1918"
     assert {g["gateway"] for g in data["gateways"]} >= {lab.router.client_v4}
+
+
+def probe_args(lab: Lab, echo: EchoServer) -> list[str]:
+    return [
+        "--target",
+        f"{lab.server.v4[1]}:{echo.port}",
+        "--target",
+        f"[{lab.server.v6[1]}]:{echo.port}",
+        "--interval",
+        "0.5",
+        *ns_args(lab),
+    ]
+
+
+async def test_status_healthy(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    res = await cli(lab, "status", "--json", "--timeout", "10", *probe_args(lab, echo))
+    assert res.returncode == 0, res.stderr
+    data = as_json(res)
+    assert data["ready"]
+    status = data["status"]
+    assert status["GUA_ok"] and status["IPv4_ok"] and status["IPv6_ok"] and status["RFC1918"]
+    assert status["def_gateway4"] == lab.router.client_v4
+    assert lab.client.gua in {a["address"] for a in data["addresses"]}
+    res = await cli(lab, "status", "--timeout", "10", *probe_args(lab, echo))
+    assert res.returncode == 0
+    assert res.stdout.splitlines()[0].split() == ["flag", "value", "meaning"]
+    assert "connectivity:" in res.stdout
+
+
+async def test_status_ipv6_blackholed(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    res = await cli(lab, "status", "--json", "--timeout", "10", *probe_args(lab, echo))
+    assert res.returncode == 0, res.stderr  # IPv4 still works
+    status = as_json(res)["status"]
+    assert status["IPv4_ok"] and not status["GUA_ok"] and not status["IPv6_ok"]
+
+
+async def test_monitor_json_lines_for_a_bounded_duration(
+    healthy_lab: Lab, echo: EchoServer
+) -> None:
+    lab = healthy_lab
+    res = await cli(
+        lab, "monitor", "--json", "--duration", "2", "--refresh", "0.5", *probe_args(lab, echo)
+    )
+    assert res.returncode == 0, res.stderr
+    frames = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(frames) >= 3
+    last = frames[-1]
+    assert last["round"] >= 1
+    up = {(p["source"], p["destination"]) for p in last["paths"] if p["ok"]}
+    assert (lab.client.v4, lab.server.v4[1]) in up
+    assert (lab.client.gua, lab.server.v6[1]) in up
+
+
+async def test_monitor_stops_cleanly_on_sigint(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    proc = await lab.popen(
+        "client",
+        "env",
+        "NO_COLOR=1",
+        sys.executable,
+        "-m",
+        "apr_async",
+        "monitor",
+        "--refresh",
+        "0.2",
+        *probe_args(lab, echo),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert first.startswith(b"apr-async monitor")
+    await asyncio.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    assert b"source" in out  # frames were printed plainly (not a TTY)
