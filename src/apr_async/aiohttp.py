@@ -42,6 +42,7 @@ from aiohttp.helpers import ceil_timeout
 from apr_async.connect import AttemptRecorder, create_connection
 from apr_async.pairs import PairContext, get_addr_pairs
 from apr_async.resolver import Resolver
+from apr_async.service import current_service
 
 if TYPE_CHECKING:
     from aiohttp.client_proto import ResponseHandler
@@ -76,7 +77,8 @@ class AprConnector(aiohttp.TCPConnector):
             package's (fed by the probe service when it runs).
         nameservers: DNS servers to resolve with (a private context is created; closed with
             the connector). Mutually exclusive with ``context``.
-        service: receives every attempt's outcome (default: the context's tables).
+        service: receives every attempt's outcome (default: the package's probe service when
+            one runs on this loop and no ``context`` is given, else the context's tables).
         happy_eyeballs_delay: fixed Connection Attempt Delay in seconds (default: adaptive).
         interleave: First Address Family Count (default 1).
         race_tls: a pair wins only once its TLS handshake completed (HTTPS only).
@@ -146,6 +148,11 @@ class AprConnector(aiohttp.TCPConnector):
         server_hostname = (req.server_hostname or host).rstrip(".") if sslcontext else None
         if self._closed:
             raise aiohttp.ClientConnectionError("Connector is closed")
+        service = self._apr_service
+        if service is None and self._apr_context is None:
+            # The application's default probe service, if it runs on this loop: it ranks
+            # with live measurements and learns from these attempts (passive samples).
+            service = current_service()
         try:
             async with ceil_timeout(timeout.sock_connect, ceil_threshold=timeout.ceil_threshold):
                 transport, protocol = await create_connection(
@@ -158,7 +165,7 @@ class AprConnector(aiohttp.TCPConnector):
                     local_addr=self._apr_local_addr,
                     happy_eyeballs_delay=self._apr_delay,
                     interleave=self._apr_interleave,
-                    service=self._apr_service,
+                    service=service,
                     race_tls=self._apr_race_tls and sslcontext is not None,
                     context=self._apr_context,
                 )

@@ -360,3 +360,39 @@ async def test_apr_resolver_with_stock_connector(healthy_lab: Lab, web_server: W
         "client", fetch_with_apr_resolver, _url(web_server, lab.names.dual), lab.dns_servers
     )
     assert status == 200
+
+
+async def fetch_with_default_service(url: str, nameservers: list[str], target: str) -> Any:
+    from apr_async import service as service_module
+    from apr_async.config import Config
+    from apr_async.service import configure, default_service
+
+    previous = service_module._default_config  # restored below: other tests share it
+    configure(Config(targets=(target,), nameservers=tuple(nameservers), probe_interval=5.0))
+    service = default_service()
+    try:
+        async with (
+            aiohttp.ClientSession(connector=AprConnector()) as session,
+            session.get(url) as response,
+        ):
+            status = response.status
+        methods = {m.destination: m.methods for m in service.measurements()}
+        return status, methods
+    finally:
+        await service_module.aclose_default()
+        service_module._default_config = previous
+
+
+async def test_default_service_ranks_and_learns_from_connector_attempts(
+    healthy_lab: Lab, web_server: WebServer
+) -> None:
+    lab = healthy_lab
+    status, methods = await lab.run_in(
+        "client",
+        fetch_with_default_service,
+        _url(web_server, lab.names.dual),
+        lab.dns_servers,
+        f"{lab.server.v4[2]}:{web_server.http_port}",
+    )
+    assert status == 200  # resolved through the service's (lab) nameservers
+    assert "passive" in methods.get(lab.server.v6[0], ()), methods
