@@ -209,3 +209,29 @@ def test_cache_is_per_namespace_and_invalidated(netns: str) -> None:
     assert interfaces.get_snapshot() is host
     interfaces.invalidate_cache()
     assert call_in_netns(netns, interfaces.get_snapshot) is not inside
+
+
+def test_max_age_is_the_askers(netns: str) -> None:
+    def read(max_age: float) -> interfaces.HostSnapshot:
+        return call_in_netns(netns, lambda: interfaces.get_snapshot(max_age=max_age))
+
+    patient = read(60.0)
+    _ip("-n", netns, "addr", "add", "10.1.0.8/24", "dev", "a0")
+    try:
+        assert read(60.0) is patient
+        fresh = read(0.0)
+        assert ip4("10.1.0.8") in {s.address for s in fresh.sources}
+    finally:
+        _ip("-n", netns, "addr", "del", "10.1.0.8/24", "dev", "a0")
+
+
+def test_cached_view_looks_routes_up_once(netns: str) -> None:
+    def twice() -> tuple[object, object, bool]:
+        view = interfaces.cached_view(max_age=60.0)
+        key = (ip4("198.51.100.7"), None)
+        first = view.route_choices([key])[key]
+        second = view.route_choices([key])[key]
+        return first, second, interfaces.cached_view(max_age=60.0) is view
+
+    first, second, same = call_in_netns(netns, twice)
+    assert first is second and same

@@ -31,11 +31,13 @@ from types import MappingProxyType
 from apr_async.rfc6724 import SourceAddress
 
 __all__ = [
+    "CachedView",
     "Gateway",
     "HostSnapshot",
     "Interface",
     "LocalAddresses",
     "RouteChoice",
+    "cached_view",
     "get_snapshot",
     "invalidate_cache",
     "netns_id",
@@ -592,14 +594,30 @@ def netns_id() -> int:
         return 0
 
 
-@dataclass(slots=True)
-class _CacheEntry:
-    snapshot: HostSnapshot
-    expires: float
-    routes: dict[tuple[IPAddress, int | None], RouteChoice | None]
+class CachedView:
+    """A snapshot plus the kernel's route choices taken with it; both expire together."""
+
+    __slots__ = ("_routes", "snapshot", "taken")
+
+    def __init__(self, snapshot: HostSnapshot, taken: float) -> None:
+        self.snapshot = snapshot
+        self.taken = taken
+        self._routes: dict[tuple[IPAddress, int | None], RouteChoice | None] = {}
+
+    def route_choices(
+        self, destinations: Iterable[tuple[IPAddress, int | None]]
+    ) -> Mapping[tuple[IPAddress, int | None], RouteChoice | None]:
+        """The kernel's choice for each ``(destination, ifindex)``, looked up once per view."""
+        routes = self._routes
+        missing = [key for key in destinations if key not in routes]
+        if missing:
+            found = route_choices(missing, snapshot=self.snapshot)
+            with _cache_lock:
+                routes.update(found)
+        return routes
 
 
-_cache: dict[int, _CacheEntry] = {}
+_cache: dict[int, CachedView] = {}
 _cache_lock = threading.Lock()
 
 #: How long a snapshot (and the route choices taken with it) is reused.
@@ -608,31 +626,27 @@ DEFAULT_MAX_AGE = 2.0
 
 def get_snapshot(*, max_age: float = DEFAULT_MAX_AGE) -> HostSnapshot:
     """The calling thread's namespace's snapshot, re-read when older than ``max_age`` seconds."""
-    return _entry(max_age).snapshot
+    return cached_view(max_age=max_age).snapshot
 
 
-def cached_route_choices(
-    destinations: Iterable[tuple[IPAddress, int | None]], *, max_age: float = DEFAULT_MAX_AGE
-) -> tuple[HostSnapshot, dict[tuple[IPAddress, int | None], RouteChoice | None]]:
-    """The snapshot and the kernel's choice for each destination, both cached together."""
-    entry = _entry(max_age)
-    routes = entry.routes
-    missing = [key for key in destinations if key not in routes]
-    if missing:
-        found = route_choices(missing, snapshot=entry.snapshot)
-        with _cache_lock:
-            routes.update(found)
-    return entry.snapshot, routes
+def cached_view(*, max_age: float = DEFAULT_MAX_AGE) -> CachedView:
+    """The calling thread's namespace's cached snapshot and route choices.
+
+    Re-read when older than ``max_age`` seconds (0 forces a fresh read).
+    """
+    return _entry(max_age)
 
 
-def _entry(max_age: float) -> _CacheEntry:
+def _entry(max_age: float) -> CachedView:
     key = netns_id()
     now = time.monotonic()
     entry = _cache.get(key)
-    if entry is not None and now < entry.expires:
+    # Freshness is the asker's call: a caller wanting max_age=0 must not get a snapshot
+    # another caller was happy to keep for seconds.
+    if entry is not None and now - entry.taken < max_age:
         return entry
     snapshot = read_snapshot()
-    fresh = _CacheEntry(snapshot, now + max_age, {})
+    fresh = CachedView(snapshot, now)
     with _cache_lock:
         _cache[key] = fresh
     return fresh

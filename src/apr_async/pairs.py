@@ -163,12 +163,11 @@ async def _resolve(spec: HostSpec, family: int, resolver: Resolver) -> Resolutio
 def _rank(
     addresses: Sequence[Address], port: int, context: PairContext, host: str
 ) -> list[AddrPair]:
-    snapshot = interfaces.get_snapshot(max_age=context.snapshot_max_age)
+    view = interfaces.cached_view(max_age=context.snapshot_max_age)
+    snapshot = view.snapshot
     context.observe_network(snapshot.fingerprint)
     destinations = [(ip, _zone_index(zone, snapshot, host)) for ip, zone in addresses]
-    snapshot, routes = interfaces.cached_route_choices(
-        destinations, max_age=context.snapshot_max_age
-    )
+    routes = view.route_choices(destinations)
     kernel_sources: dict[IPAddress, IPAddress] = {}
     for key in destinations:
         choice = routes.get(key)
