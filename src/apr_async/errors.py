@@ -9,6 +9,7 @@ messages the stdlib's ``getaddrinfo`` uses, so existing ``except socket.gaierror
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -137,6 +138,8 @@ def parse_host(host: object) -> HostSpec:
     a label longer than 63 octets, an empty label, NUL or other control characters, or a zone
     on anything but an IPv6 address.
     """
+    if type(host) is str:
+        return _parse_text(host)
     if isinstance(host, (bytes, bytearray)):
         try:
             text = bytes(host).decode("ascii")
@@ -146,6 +149,13 @@ def parse_host(host: object) -> HostSpec:
         text = host
     else:
         raise TypeError(f"host must be str or bytes, not {type(host).__name__}")
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> HostSpec:
+    # Cached: the same few hosts are parsed on every connect, and telling a name from an
+    # address literal costs an exception from ipaddress each time.
     if not text:
         raise ValueError("host must not be empty")
     if "\0" in text:

@@ -370,7 +370,7 @@ async def getaddrinfo(  # noqa: PLR0917 - the stdlib's signature
         any6 = ipaddress.IPv6Address("::" if passive else "::1")
         chosen: list[IPAddress] = [any4, any6] if passive else [any6, any4]
         addrs: list[IPAddress] = [a for a in chosen if want in (0, _family_of(a))]
-        return _infos([(a, None) for a in addrs], entries, "", mapped)
+        return _infos([(str(a), a.version, 0) for a in addrs], entries, "", mapped)
 
     if spec.ip is None and flags & socket.AI_NUMERICHOST:
         raise gaierror(socket.EAI_NONAME, host=spec.text)
@@ -386,26 +386,26 @@ async def getaddrinfo(  # noqa: PLR0917 - the stdlib's signature
     if flags & socket.AI_CANONNAME:
         canonname = spec.text if spec.ip is not None else resolution.canonname
     pairs = _rank(addresses, entries[0][2], ctx, spec.text)
-    seen: set[tuple[IPAddress, int | None]] = set()
-    ranked: list[tuple[IPAddress, int | None]] = []
+    # Work on the sockaddr text ranking produced: no address objects rebuilt per pair.
+    seen: set[tuple[str, int]] = set()
+    ranked: list[tuple[str, int, int]] = []  # (address text, IP version, scope id)
     for pair in pairs:
         da = pair.destination
-        ip = ipaddress.ip_address(da[0].split("%", 1)[0])
-        scope = da[3] if len(da) == 4 else None
-        key = (ip, scope or None)
+        key = (da[0], da[3] if len(da) == 4 else 0)
         if key not in seen:
             seen.add(key)
-            ranked.append(key)
-    # getaddrinfo reports every address; those without a usable source (ranking drops
-    # their pairs) come last, in resolver order, as a plain resolver would return them.
-    for ip, zone in addresses:
-        scope = int(zone) if zone is not None and zone.isdigit() else None
-        if zone is not None and scope is None:
-            scope = interfaces.get_snapshot(max_age=ctx.snapshot_max_age).ifindex_of(zone)
-        key = (ip, scope)
-        if key not in seen and (ip, None) not in seen:
-            seen.add(key)
-            ranked.append(key)
+            ranked.append((da[0], 6 if len(da) == 4 else 4, key[1]))
+    if len(ranked) < len(addresses):
+        # getaddrinfo reports every address; those without a usable source (ranking drops
+        # their pairs) come last, in resolver order, as a plain resolver would return them.
+        for ip, zone in addresses:
+            scope = int(zone) if zone is not None and zone.isdigit() else None
+            if zone is not None and scope is None:
+                scope = interfaces.get_snapshot(max_age=ctx.snapshot_max_age).ifindex_of(zone)
+            text = str(ip)
+            if (text, scope or 0) not in seen and (text, 0) not in seen:
+                seen.add((text, scope or 0))
+                ranked.append((text, ip.version, scope or 0))
     if mapped and not ranked:
         raise gaierror(socket.EAI_NONAME, host=spec.text)
     return _infos(ranked, entries, canonname, mapped)
@@ -431,24 +431,24 @@ def _addrconfig_family(family: int, context: PairContext) -> int:
 
 
 def _infos(
-    destinations: Sequence[tuple[IPAddress, int | None]],
+    destinations: Sequence[tuple[str, int, int]],
     entries: list[tuple[int, int, int]],
     canonname: str,
     mapped: bool,
 ) -> list[AddrInfo]:
+    kinds = [(socket.SocketKind(t), p, port) for t, p, port in entries]
     out: list[AddrInfo] = []
-    for ip, scope in destinations:
-        for socktype, proto, port in entries:
+    for text, version, scope in destinations:
+        for kind, proto, port in kinds:
             sockaddr: SockAddr
-            if ip.version == 6:
-                fam = socket.AF_INET6
-                sockaddr = (str(ip), port, 0, scope or 0)
+            if version == 6:
+                family = socket.AF_INET6
+                sockaddr = (text, port, 0, scope)
             elif mapped:
-                fam = socket.AF_INET6
-                sockaddr = (f"::ffff:{ip}", port, 0, 0)
+                family = socket.AF_INET6
+                sockaddr = (f"::ffff:{text}", port, 0, 0)
             else:
-                fam = socket.AF_INET
-                sockaddr = (str(ip), port)
-            out.append((socket.AddressFamily(fam), socket.SocketKind(socktype), proto,
-                        canonname if not out else "", sockaddr))
+                family = socket.AF_INET
+                sockaddr = (text, port)
+            out.append((family, kind, proto, canonname if not out else "", sockaddr))
     return out
