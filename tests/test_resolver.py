@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import pickle
 import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -364,3 +365,44 @@ async def test_closed_resolver_refuses_dns_but_not_literals(server: DNSServer) -
     with pytest.raises(RuntimeError, match="closed"):
         await res.resolve("dual.example.test")
     assert _ips(await res.resolve("::1")) == ["::1"]
+
+
+class _CnameProtocol(asyncio.DatagramProtocol):
+    """Answers every query with ``<qname> CNAME target.example.test`` plus the target's
+    records of the asked type (A 192.0.2.80, AAAA 2001:db8::80), TTLs 30 and 600."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        end = 12
+        while data[end]:
+            end += 1 + data[end]
+        question = data[12:end + 5]
+        qtype = int.from_bytes(data[end + 1:end + 3], "big")
+        target = b"".join(bytes([len(p)]) + p for p in b"target.example.test".split(b".")) + b"\0"
+        records = [struct.pack("!HHHIH", 0xC00C, 5, 1, 30, len(target)) + target]
+        # 0xC000 | offset of the CNAME target inside the message
+        pointer = 0xC000 | (12 + len(question) + 12)
+        if qtype == 1:
+            records.append(struct.pack("!HHHIH", pointer, 1, 1, 600, 4) + bytes([192, 0, 2, 80]))
+        elif qtype == 28:
+            rdata = ipaddress.IPv6Address("2001:db8::80").packed
+            records.append(struct.pack("!HHHIH", pointer, 28, 1, 600, 16) + rdata)
+        header = data[:2] + struct.pack("!HHHHH", 0x8580, 1, len(records), 0, 0)
+        self.transport.sendto(header + question + b"".join(records), addr)  # type: ignore[attr-defined]
+
+
+async def test_cname_chain_gives_canonname_and_min_ttl(clock: Clock) -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(_CnameProtocol,
+                                                       local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        async with Resolver([("127.0.0.1", port)], hosts_path=None, clock=clock) as res:
+            resolution = await res.lookup("alias.example.test")
+            assert resolution.canonname == "target.example.test"
+            assert _ips(resolution.addresses) == ["2001:db8::80", "192.0.2.80"]
+            assert {a.ttl for a in resolution.answers} == {30.0}  # the CNAME's TTL bounds it
+    finally:
+        transport.close()
