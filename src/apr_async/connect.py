@@ -22,20 +22,21 @@ import logging
 import math
 import socket
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from apr_async import pairs
 from apr_async.addresses import IPAddress
 from apr_async.connect_errors import AllAttemptsFailedError
-from apr_async.errors import parse_host
+from apr_async.errors import HostSpec, parse_host
 from apr_async.pairs import PairContext, default_context
 from apr_async.schedule import (
     GiveUp,
     SchedulablePair,
     Schedule,
-    SetTimer,
     StartAttempt,
     Succeeded,
     attempt_delay,
@@ -82,7 +83,8 @@ ResultT = TypeVar("ResultT")
 
 #: ``source(host, port, family)`` yields ``(family, ranked_pairs)`` once per address family
 #: as each family's answer arrives (an empty list when that family has no address). It may
-#: yield the caller's re-ranking of every pair known so far. It raises ``socket.gaierror``
+#: yield the caller's re-ranking of every pair known so far. ``(AF_UNSPEC, ranked_pairs)``
+#: says every family's answer is in (a literal, a warm cache). It raises ``socket.gaierror``
 #: when the name cannot be resolved at all.
 PairSource = Callable[[str, int, int], AsyncIterator[tuple[int, Sequence[ConnectPair]]]]
 
@@ -169,7 +171,7 @@ async def _wait_cancelled(tasks: Iterable[asyncio.Future[Any]]) -> None:
 async def race(
     schedule: Schedule[SchedT],
     answers: AsyncIterator[tuple[int, Sequence[SchedT]]],
-    attempt: Callable[[SchedT], Awaitable[ResultT]],
+    attempt: Callable[[SchedT], Coroutine[Any, Any, ResultT]],
     discard: Callable[[ResultT], object],
     *,
     host: str = "",
@@ -185,87 +187,137 @@ async def race(
     resolution's ``gaierror`` when there was nothing to try.
     """
     loop = asyncio.get_running_loop()
-    attempts: dict[asyncio.Task[ResultT], SchedT] = {}
+
+    def start(pair: SchedT, notify: Callable[[], None]) -> asyncio.Future[ResultT]:
+        task = loop.create_task(attempt(pair))
+        task.add_done_callback(lambda _: notify())
+        return task
+
+    return await _race_core(schedule, answers, start, discard, host=host, port=port)
+
+
+async def _race_core(
+    schedule: Schedule[SchedT],
+    answers: AsyncIterator[tuple[int, Sequence[SchedT]]] | None,
+    start: Callable[[SchedT, Callable[[], None]], asyncio.Future[ResultT]],
+    discard: Callable[[ResultT], object],
+    *,
+    host: str,
+    port: int,
+    first: tuple[int, Sequence[SchedT]] | None = None,
+) -> tuple[SchedT, ResultT]:
+    """:func:`race` over attempts that wake the race themselves (one loop turn per event).
+
+    ``first`` is an answer already at hand (then ``answers`` may be ``None``).
+    """
+    loop = asyncio.get_running_loop()
+    attempts: dict[asyncio.Future[ResultT], SchedT] = {}
     feeder: asyncio.Task[tuple[int, Sequence[SchedT]] | _Sentinel] | None = None
     failures: list[tuple[SchedT, OSError]] = []
     resolution_error: OSError | None = None
     winner: tuple[SchedT, ResultT] | None = None
     returned = False
+    wake: asyncio.Future[None] | None = None
+    timer_fired = False
+
+    def notify(*_: object) -> None:
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def on_timer() -> None:
+        nonlocal timer_fired
+        timer_fired = True
+        notify()
 
     def carry_out(actions: Iterable[object]) -> bool:
         """Apply the schedule's actions; True once the race is decided."""
         for action in actions:
             if isinstance(action, StartAttempt):
                 pair = cast(SchedT, action.pair)
-                task = loop.create_task(_as_coroutine(attempt(pair)))
-                attempts[task] = pair
+                attempts[start(pair, notify)] = pair
             elif isinstance(action, Succeeded | GiveUp):
                 return True
-            else:
-                assert isinstance(action, SetTimer)  # read back through schedule.timer_at
+            # SetTimer: the timer is read back through schedule.timer_at
         return False
 
-    def end_of_answers(now: float) -> bool:
-        decided = False
-        for family in sorted(schedule.pending_families):
-            decided = carry_out(schedule.answers(family, [], now)) or decided
-        return decided
+    def take_answer(answer: tuple[int, Sequence[SchedT]] | _Sentinel, now: float) -> bool:
+        """Feed one answer (or the end of answers) to the schedule; True once decided."""
+        if isinstance(answer, _Sentinel):
+            return carry_out(schedule.answers_all((), now))
+        family, pairs = answer
+        if family == socket.AF_UNSPEC:  # every family's answer at once (literal, warm cache)
+            return carry_out(schedule.answers_all(pairs, now))
+        return carry_out(schedule.answers(family, pairs, now))
+
+    def next_feeder() -> None:
+        nonlocal feeder
+        if answers is None:
+            feeder = None
+            end_now = take_answer(_END, loop.time())
+            assert end_now
+            return
+        feeder = loop.create_task(_next_answer(answers))
+        feeder.add_done_callback(notify)
 
     try:
-        feeder = loop.create_task(_next_answer(answers))
-        decided = False
-        while not decided:
-            waitset: set[asyncio.Future[Any]] = set(attempts)
-            if feeder is not None:
-                waitset.add(feeder)
-            timer_at = schedule.timer_at
-            delay = None if timer_at is None else max(0.0, timer_at - loop.time())
-            if waitset:
-                done, _ = await asyncio.wait(
-                    waitset, timeout=delay, return_when=asyncio.FIRST_COMPLETED
-                )
+        opening: tuple[int, Sequence[SchedT]] | _Sentinel = _END
+        if first is not None:
+            opening = first
+        elif answers is not None:
+            # Nothing can happen before the first answer: wait for it without a task.
+            try:
+                opening = await _next_answer(answers)
+            except OSError as exc:  # gaierror included
+                resolution_error = exc
+        decided = take_answer(opening, loop.time())
+        if not decided and schedule.pending_families:
+            next_feeder()
+        if not decided and feeder is None and len(attempts) == 1 and schedule.timer_at is None:
+            # The common case (one pair, all answers in): nothing to race, just wait for it.
+            lone, pair = next(iter(attempts.items()))
+            try:
+                result = await lone
+            except OSError as exc:
+                del attempts[lone]
+                failures.append((pair, exc))
+                decided = carry_out(schedule.attempt_failed(pair, loop.time()))
             else:
-                if delay is None:  # pragma: no cover - the schedule always has a way out
-                    raise RuntimeError("Happy Eyeballs race stalled")
-                await asyncio.sleep(delay)
-                done = set()
+                del attempts[lone]
+                winner = (pair, result)
+                decided = carry_out(schedule.attempt_succeeded(pair, loop.time()))
+        while not decided:
+            done = [f for f in attempts if f.done()]
+            answered = feeder is not None and feeder.done()
             now = loop.time()
-            if not done:
-                # The loop may wake a timer up to its clock resolution early (and virtual
-                # clocks round): the timer fired, so its time has come.
-                if timer_at is not None:
-                    now = max(now, timer_at)
-                decided = carry_out(schedule.timer(now))
+            timer_at = schedule.timer_at
+            if not done and not answered:
+                if timer_at is not None and (timer_fired or now >= timer_at):
+                    # The loop may fire a timer up to its clock resolution early (and virtual
+                    # clocks round): it fired, so its time has come.
+                    timer_fired = False
+                    decided = carry_out(schedule.timer(max(now, timer_at)))
+                    continue
+                if not attempts and feeder is None:  # pragma: no cover - cannot stall
+                    raise RuntimeError("Happy Eyeballs race stalled")
+                wake = loop.create_future()
+                handle = loop.call_at(timer_at, on_timer) if timer_at is not None else None
+                try:
+                    await wake
+                finally:
+                    wake = None
+                    if handle is not None:
+                        handle.cancel()
                 continue
             # Successes first: a failure handled before them would start a needless attempt.
-            ordered = sorted(
-                done,
-                key=lambda t: t is feeder or t.cancelled() or t.exception() is not None,
-            )
-            for task in ordered:
-                if task is feeder:
-                    feeder = None
-                    try:
-                        answer = task.result()
-                    except OSError as exc:  # gaierror included
-                        resolution_error = exc
-                        decided = end_of_answers(now) or decided
-                        continue
-                    if isinstance(answer, _Sentinel):
-                        decided = end_of_answers(now) or decided
-                        continue
-                    family, pairs = answer
-                    decided = carry_out(schedule.answers(family, pairs, now)) or decided
-                    if not decided:
-                        feeder = loop.create_task(_next_answer(answers))
-                    continue
-                pair = attempts.pop(task)  # type: ignore[call-overload]
-                if task.cancelled():
+            done.sort(key=lambda f: f.cancelled() or f.exception() is not None)
+            for fut in done:
+                pair = attempts.pop(fut)
+                if fut.cancelled():
                     # Only we cancel attempts, and not while the race runs: someone else did.
                     raise asyncio.CancelledError
-                error = task.exception()
+                error = fut.exception()
                 if error is None:
-                    result = task.result()
+                    result = fut.result()
                     if winner is None:
                         winner = (pair, result)
                         decided = carry_out(schedule.attempt_succeeded(pair, now)) or decided
@@ -277,6 +329,17 @@ async def race(
                         decided = carry_out(schedule.attempt_failed(pair, now)) or decided
                 else:
                     raise error
+            if answered and feeder is not None:
+                task, feeder = feeder, None
+                try:
+                    answer = task.result()
+                except OSError as exc:  # gaierror included
+                    resolution_error = exc
+                    answer = _END
+                if not decided:
+                    decided = take_answer(answer, now)
+                    if not decided and schedule.pending_families:
+                        next_feeder()
         if winner is None:
             if not failures and resolution_error is not None:
                 raise resolution_error
@@ -288,13 +351,12 @@ async def race(
         if feeder is not None:
             leftovers.append(feeder)
         try:
-            await _wait_cancelled(leftovers)
+            if leftovers:
+                await _wait_cancelled(leftovers)
         finally:
-            for task in attempts:
-                if task.cancelled():
-                    continue
-                if task.exception() is None:
-                    discard(task.result())
+            for fut in leftovers:
+                if not fut.cancelled() and fut.exception() is None and fut is not feeder:
+                    discard(fut.result())
             if winner is not None and not returned:
                 discard(winner[1])
             aclose = getattr(answers, "aclose", None)
@@ -302,11 +364,29 @@ async def race(
                 await aclose()
 
 
-async def _as_coroutine(awaitable: Awaitable[ResultT]) -> ResultT:
-    return await awaitable
-
-
 # -- one attempt ----------------------------------------------------------------------------
+
+
+_Deferred = tuple["AttemptRecorder", Any, int, tuple[bool, float | None, int | None]]
+_deferred = threading.local()
+
+
+def _defer_record(loop: asyncio.AbstractEventLoop, item: _Deferred) -> None:
+    """Record a success after the waiter's wake-up: bookkeeping once the caller has its
+    socket. Flushed at the latest when the next connection in this thread ranks its pairs."""
+    queue: list[_Deferred] | None = getattr(_deferred, "queue", None)
+    if queue is None:
+        queue = _deferred.queue = []
+    if not queue:
+        loop.call_soon(_flush_records)
+    queue.append(item)
+
+
+def _flush_records() -> None:
+    queue: list[_Deferred] | None = getattr(_deferred, "queue", None)
+    while queue:
+        recorder, pair, port, outcome = queue.pop(0)
+        _record(recorder, pair, port, outcome)
 
 
 def _record(
@@ -324,47 +404,116 @@ def _record(
         log.exception("record_attempt failed for %r", pair)
 
 
-async def _connect_pair(
-    pair: ConnectPair,
-    *,
-    port: int,
-    bind_to: tuple[Any, ...] | None,
-    recorder: AttemptRecorder | None,
-    delay_override: float | None,
-) -> socket.socket:
-    """Connect one non-blocking TCP socket for ``pair``; the caller owns the result."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(pair.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    started = loop.time()
-    answered = False
-    try:
-        sock.setblocking(False)
-        if bind_to is not None:
-            if bind_to[1] == 0:
-                # Let connect() pick the port with the full 4-tuple in mind, so many
-                # concurrent attempts from one source do not exhaust its ephemeral ports.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind(bind_to)
-        started = loop.time()
-        await loop.sock_connect(sock, pair.destination)
-        answered = True
-        _record(recorder, pair, port, (True, loop.time() - started, None))
-        return sock
-    except asyncio.CancelledError:
-        sock.close()
-        waited = loop.time() - started
-        if not answered and waited > attempt_delay(pair, delay_override):
-            _record(recorder, pair, port, (False, None, errno_codes.ETIMEDOUT))
-        raise
-    except BaseException as exc:
-        sock.close()
-        if not answered:
-            number = getattr(exc, "errno", None)
-            # A refusal is an answer from the far end: the path itself works.
-            rtt = loop.time() - started if number == errno_codes.ECONNREFUSED else None
-            _record(recorder, pair, port, (False, rtt, number))
-        raise
+class _Connecting(asyncio.Future[socket.socket]):
+    """One TCP connection attempt as a future, driven by a writability callback.
+
+    It costs no task: the attempt wakes the race itself the moment ``connect()`` is answered.
+    Cancelling it unregisters the callback and closes the socket at once (not a loop turn
+    later), so a race that ends and a loop that stops right after leave nothing open.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pair: ConnectPair,
+        *,
+        port: int,
+        bind_to: tuple[Any, ...] | None,
+        recorder: AttemptRecorder | None,
+        delay_override: float | None,
+        notify: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(loop=loop)
+        self._loop_ref = loop
+        self._pair = pair
+        self._port = port
+        self._recorder = recorder
+        self._delay_override = delay_override
+        self._notify = notify
+        self._fd = -1
+        self._started = loop.time()
+        self._sock: socket.socket | None = socket.socket(
+            pair.family, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )
+        sock = self._sock
+        try:
+            sock.setblocking(False)
+            if bind_to is not None:
+                if bind_to[1] == 0:
+                    # Let connect() pick the port with the full 4-tuple in mind, so many
+                    # concurrent attempts from one source do not exhaust its ephemeral ports.
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind(bind_to)
+            self._started = loop.time()
+            sock.connect(pair.destination)
+        except (BlockingIOError, InterruptedError):
+            try:
+                loop.add_writer(sock.fileno(), self._on_writable)
+            except BaseException:
+                self._release()
+                raise
+            self._fd = sock.fileno()
+        except OSError as exc:
+            self._fail(exc)
+        except BaseException:
+            self._release()
+            raise
+        else:
+            self._succeed()
+
+    def _release(self) -> None:
+        if self._fd != -1:
+            self._loop_ref.remove_writer(self._fd)
+            self._fd = -1
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _fail(self, exc: OSError) -> None:
+        self._release()
+        number = exc.errno
+        # A refusal is an answer from the far end: the path itself works.
+        rtt = self._loop_ref.time() - self._started if number == errno_codes.ECONNREFUSED else None
+        _record(self._recorder, self._pair, self._port, (False, rtt, number))
+        self.set_exception(exc)
+        if self._notify is not None:
+            self._notify()
+
+    def _succeed(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        if self._fd != -1:
+            self._loop_ref.remove_writer(self._fd)
+            self._fd = -1
+        self._sock = None
+        rtt = self._loop_ref.time() - self._started
+        self.set_result(sock)
+        if self._notify is not None:
+            self._notify()
+        if self._recorder is not None:
+            _defer_record(
+                self._loop_ref, (self._recorder, self._pair, self._port, (True, rtt, None))
+            )
+
+    def _on_writable(self) -> None:
+        if self.done() or self._sock is None:
+            return
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            self._succeed()
+        elif err not in (errno_codes.EINPROGRESS, errno_codes.EALREADY):
+            self._fail(OSError(err, f"Connect call failed {self._pair.destination}"))
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Stop the attempt: unregister, close the socket, cancel the future."""
+        if self.done():
+            return False
+        self._release()
+        waited = self._loop_ref.time() - self._started
+        if waited > attempt_delay(self._pair, self._delay_override):
+            _record(self._recorder, self._pair, self._port, (False, None, errno_codes.ETIMEDOUT))
+        return super().cancel(msg)
 
 
 # -- the default pair source ----------------------------------------------------------------
@@ -382,7 +531,7 @@ async def _filtered(
     """Drop pairs of families we cannot use (for instance with ``local_addr``)."""
     try:
         async for family, pairs in answers:
-            if family in families:
+            if family in families or family == socket.AF_UNSPEC:
                 yield family, [p for p in pairs if p.family in families]
     finally:
         aclose = getattr(answers, "aclose", None)
@@ -393,9 +542,10 @@ async def _filtered(
 # -- argument checking (before any I/O) -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Options:
     host: str
+    spec: HostSpec
     port: int
     family: int
     local_addr: tuple[str, int] | None
@@ -405,10 +555,6 @@ class _Options:
     recorder: AttemptRecorder | None
     pair_source: PairSource | None
     context: PairContext
-
-
-def _check_host(host: object) -> str:
-    return parse_host(host).text
 
 
 def _check_port(port: object) -> int:
@@ -446,7 +592,7 @@ def _options(
     pair_source: object,
     context: object,
 ) -> _Options:
-    checked_host = _check_host(host)
+    spec = parse_host(host)
     checked_port = _check_port(port)
     if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
         raise ValueError(f"family must be 0, AF_INET or AF_INET6, got {family!r}")
@@ -475,7 +621,8 @@ def _options(
     if recorder is None:
         recorder = ContextRecorder(ctx)
     return _Options(
-        host=checked_host,
+        host=spec.text,
+        spec=spec,
         port=checked_port,
         family=cast(int, family),
         local_addr=checked_local,
@@ -579,12 +726,14 @@ async def _local_binds(local_addr: tuple[str, int]) -> dict[int, tuple[Any, ...]
 class _Race:
     """Everything one race needs, prepared from the checked options."""
 
-    schedule: Schedule[ConnectPair]
-    answers: AsyncIterator[tuple[int, Sequence[ConnectPair]]]
-    connect: Callable[[ConnectPair], Awaitable[socket.socket]]
+    families: tuple[int, ...]
+    answers: AsyncIterator[tuple[int, Sequence[ConnectPair]]] | None
+    connect: Callable[[ConnectPair, Callable[[], None] | None], asyncio.Future[socket.socket]]
+    first: tuple[int, Sequence[ConnectPair]] | None = None
 
 
 async def _prepare(opts: _Options) -> _Race:
+    _flush_records()  # what the last connections taught comes before this ranking
     families = _families_for(opts.family)
     binds: dict[int, tuple[Any, ...]] = {}
     if opts.local_addr is not None:
@@ -595,26 +744,52 @@ async def _prepare(opts: _Options) -> _Race:
                 errno_codes.EAFNOSUPPORT,
                 f"local_addr {opts.local_addr[0]!r} has no address of the requested family",
             )
-    source: PairSource = opts.pair_source or _ranked_source(opts.context)
     # Ask only for what can be used (local_addr may rule a family out).
     family = families[0] if len(families) == 1 else opts.family
-    answers = _filtered(source(opts.host, opts.port, family), families)
-    schedule: Schedule[ConnectPair] = Schedule(
-        families,
-        happy_eyeballs_delay=opts.happy_eyeballs_delay,
-        interleave=opts.interleave,
-    )
+    answers: AsyncIterator[tuple[int, Sequence[ConnectPair]]] | None = None
+    first: tuple[int, Sequence[ConnectPair]] | None = None
+    if opts.pair_source is None and (
+        opts.spec.ip is not None or opts.context.get_resolver().cached(opts.spec, family)
+    ):
+        # Every answer is at hand (a literal or a warm cache): rank once, no generator.
+        now = opts.context.clock()
+        ranked = _memo.get(opts.context, opts.host, opts.port, family, now)
+        if ranked is None:
+            ranked = list(
+                await pairs.get_addr_pairs(
+                    opts.host, opts.port, family=family, context=opts.context
+                )
+            )
+            _memo.put(opts.context, (opts.host, opts.port, family), ranked, now)
+        first = (socket.AF_UNSPEC, [p for p in ranked if p.family in families])
+    else:
+        source = opts.pair_source or _ranked_source(opts.context)
+        answers = _filtered(source(opts.host, opts.port, family), families)
 
-    def connect(pair: ConnectPair) -> Awaitable[socket.socket]:
-        return _connect_pair(
+    loop = asyncio.get_running_loop()
+
+    def connect(
+        pair: ConnectPair, notify: Callable[[], None] | None
+    ) -> asyncio.Future[socket.socket]:
+        return _Connecting(
+            loop,
             pair,
             port=opts.port,
             bind_to=binds.get(pair.family) if binds else pair.source,
             recorder=opts.recorder,
             delay_override=opts.happy_eyeballs_delay,
+            notify=notify,
         )
 
-    return _Race(schedule, answers, connect)
+    return _Race(families, answers, connect, first)
+
+
+def _schedule_for(opts: _Options, families: tuple[int, ...]) -> Schedule[ConnectPair]:
+    return Schedule(
+        families,
+        happy_eyeballs_delay=opts.happy_eyeballs_delay,
+        interleave=opts.interleave,
+    )
 
 
 def _raise_all_errors(exc: AllAttemptsFailedError, all_errors: bool) -> None:
@@ -625,14 +800,24 @@ def _raise_all_errors(exc: AllAttemptsFailedError, all_errors: bool) -> None:
 async def _race_sockets(opts: _Options, *, all_errors: bool) -> socket.socket:
     """Resolve and race; return the winning connected socket."""
     prepared = await _prepare(opts)
+    if prepared.first is not None and len(prepared.first[1]) == 1:
+        # One pair and every answer in (a literal host, typically): nothing to race.
+        pair = prepared.first[1][0]
+        try:
+            return await prepared.connect(pair, None)
+        except OSError as exc:
+            error = AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)])
+            _raise_all_errors(error, all_errors)
+            raise error from None
     try:
-        _, sock = await race(
-            prepared.schedule,
+        _, sock = await _race_core(
+            _schedule_for(opts, prepared.families),
             prepared.answers,
             prepared.connect,
             _close_socket,
             host=opts.host,
             port=opts.port,
+            first=prepared.first,
         )
     except AllAttemptsFailedError as exc:
         _raise_all_errors(exc, all_errors)
@@ -650,17 +835,25 @@ async def _race_finished(
     """Resolve and race, each attempt only succeeding once ``finish`` (TLS) completed."""
     prepared = await _prepare(opts)
 
+    loop = asyncio.get_running_loop()
+
     async def connect_and_finish(pair: ConnectPair) -> ResultT:
-        return await finish(await prepared.connect(pair))
+        return await finish(await prepared.connect(pair, None))
+
+    def start(pair: ConnectPair, notify: Callable[[], None]) -> asyncio.Future[ResultT]:
+        task = loop.create_task(connect_and_finish(pair))
+        task.add_done_callback(lambda _: notify())
+        return task
 
     try:
-        _, result = await race(
-            prepared.schedule,
+        _, result = await _race_core(
+            _schedule_for(opts, prepared.families),
             prepared.answers,
-            connect_and_finish,
+            start,
             discard,
             host=opts.host,
             port=opts.port,
+            first=prepared.first,
         )
     except AllAttemptsFailedError as exc:
         _raise_all_errors(exc, all_errors)
@@ -672,13 +865,80 @@ def _close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
+_ip_cache: dict[str, IPAddress | None] = {}
+_MISSING: Any = object()
+
+
 def _ip_of(address: tuple[Any, ...] | None) -> IPAddress | None:
     if not address:
         return None
-    try:
-        return ipaddress.ip_address(str(address[0]).split("%", 1)[0])
-    except ValueError:
-        return None
+    text = str(address[0])
+    ip = _ip_cache.get(text, _MISSING)
+    if ip is _MISSING:
+        try:
+            ip = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            ip = None
+        if len(_ip_cache) > 4096:
+            _ip_cache.clear()
+        _ip_cache[text] = ip
+    return cast(IPAddress | None, ip)
+
+
+class _RankMemo:
+    """Ranked pairs reused for a moment, per context, host, port and family.
+
+    Ranking costs tens of microseconds, as much as a loopback connect itself; a client that
+    connects to the same place in a loop should not pay it every time. An entry lives for
+    ``TTL`` seconds and dies at once when a failure is recorded through this module (a path
+    just broke: re-rank now). Measurements arriving from elsewhere (the probe service) are
+    seen within ``TTL``; the interface snapshot itself is cached longer than that.
+    """
+
+    TTL = 1.0
+    MAX = 1024
+
+    def __init__(self) -> None:
+        # Contexts are mutable dataclasses (unhashable): key by id, check identity by weakref.
+        self._entries: dict[
+            tuple[int, str, int, int],
+            tuple[weakref.ref[PairContext], float, int, list[ConnectPair]],
+        ] = {}
+        self._epochs: dict[int, tuple[weakref.ref[PairContext], int]] = {}
+
+    def _epoch(self, context: PairContext) -> int:
+        hit = self._epochs.get(id(context))
+        return hit[1] if hit is not None and hit[0]() is context else 0
+
+    def get(
+        self, context: PairContext, host: str, port: int, family: int, now: float
+    ) -> list[ConnectPair] | None:
+        """The ranking stored for this place, if still good."""
+        hit = self._entries.get((id(context), host, port, family))
+        if hit is None:
+            return None
+        ref, expires, epoch, ranked = hit
+        if ref() is not context or now >= expires or epoch != self._epoch(context):
+            return None
+        return ranked
+
+    def put(
+        self, context: PairContext, key: tuple[str, int, int], ranked: list[ConnectPair], now: float
+    ) -> None:
+        """Store a fresh ranking."""
+        if len(self._entries) >= self.MAX:
+            self._entries.clear()
+        entry = (weakref.ref(context), now + self.TTL, self._epoch(context), ranked)
+        self._entries[(id(context), *key)] = entry
+
+    def failure(self, context: PairContext) -> None:
+        """A failure was recorded in ``context``: its stored rankings are stale."""
+        if len(self._epochs) >= self.MAX:
+            self._epochs = {k: v for k, v in self._epochs.items() if v[0]() is not None}
+        self._epochs[id(context)] = (weakref.ref(context), self._epoch(context) + 1)
+
+
+_memo = _RankMemo()
 
 
 class ContextRecorder:
@@ -692,6 +952,7 @@ class ContextRecorder:
     def record_attempt(
         self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
     ) -> None:
+        """Record one attempt's outcome in the context's latency and failure tables."""
         src = _ip_of(getattr(pair, "source", None))
         dst = _ip_of(getattr(pair, "destination", None))
         if src is None or dst is None:
@@ -706,6 +967,7 @@ class ContextRecorder:
         else:
             name = errno_codes.errorcode.get(errno, None) if errno is not None else None
             ctx.failures.record_failure(src, dst, port, now, error=name or "failed")
+            _memo.failure(ctx)
 
 
 def _context_of(context: object, service: object) -> PairContext:
@@ -733,9 +995,10 @@ def _ranked_source(context: PairContext) -> PairSource:
         families = _families_for(family)
         resolver = context.get_resolver()
         if resolver.cached(host, family) is not None:
-            ranked = await pairs.get_addr_pairs(host, port, family=family, context=context)
-            for index, fam in enumerate(families):
-                yield fam, ranked if index == 0 else []
+            yield (
+                socket.AF_UNSPEC,
+                await pairs.get_addr_pairs(host, port, family=family, context=context),
+            )
             return
         loop = asyncio.get_running_loop()
         lookups = {

@@ -240,24 +240,19 @@ class Schedule(Generic[P]):
         """
         if family not in self._families:
             raise ValueError(f"family {family!r} was not announced to this schedule")
-        if self.done:
-            self._pending.discard(family)
-            return []
         self._pending.discard(family)
-        listed: list[P] = []
-        seen: set[P] = set()
-        for pair in pairs:
-            if pair in seen:
-                continue
-            seen.add(pair)
-            if pair in self._known and pair not in self._untried:
-                continue  # already attempted
-            listed.append(pair)
-        self._known.update(listed)
-        listed_set = set(listed)
-        self._untried = listed + [p for p in self._untried if p not in listed_set]
-        if listed and self._first_answer_at is None:
-            self._first_answer_at = now
+        if self.done:
+            return []
+        self._merge(pairs, now)
+        return self._advance(now)
+
+    def answers_all(self, pairs: Sequence[P], now: float) -> list[Action[P]]:
+        """Every pending family's answer at once (a literal host, a warm cache): ``pairs``
+        ranked across families, as :meth:`answers` takes them."""
+        self._pending.clear()
+        if self.done:
+            return []
+        self._merge(pairs, now)
         return self._advance(now)
 
     def attempt_failed(self, pair: P, now: float) -> list[Action[P]]:
@@ -291,6 +286,30 @@ class Schedule(Generic[P]):
         return self._advance(now)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _merge(self, pairs: Sequence[P], now: float) -> None:
+        if not pairs:
+            return
+        if not self._known:
+            # The common case, first answer: one pass (tuple hashes are not cached).
+            listed = list(dict.fromkeys(pairs))
+            self._known = set(listed)
+            self._untried = listed
+        else:
+            listed = []
+            seen: set[P] = set()
+            untried = set(self._untried)
+            for pair in pairs:
+                if pair in seen:
+                    continue
+                seen.add(pair)
+                if pair in self._known and pair not in untried:
+                    continue  # already attempted
+                listed.append(pair)
+            self._known.update(listed)
+            self._untried = listed + [p for p in self._untried if p not in seen]
+        if listed and self._first_answer_at is None:
+            self._first_answer_at = now
 
     def _end_attempt(self, pair: P) -> None:
         try:

@@ -321,8 +321,8 @@ async def test_slower_ipv6_wins_cold_and_loses_once_measured(
     # Once both families were measured (passive samples), the faster IPv4 goes first.
     families = [{"family": socket.AF_INET6}, {"family": socket.AF_INET}]
     warm = await run(lab, servers, variant, lab.names.dual, warm_up=families)
-    assert (warm.peer, warm.local) == (lab.client.v4, lab.server.v4[0])
-    assert warm.tried == [lab.server.v4[0]]
+    assert (warm.peer, warm.local) == (lab.client.v4, lab.server.v4[0]), warm
+    assert warm.tried == [lab.server.v4[0]], warm
 
 
 async def test_ula_source_trap_uses_the_gua_source(
