@@ -25,7 +25,7 @@ NOW = 1_700_000_000.0
 
 def entry(src: str = "2001:db8::1", dst: str = "2001:db8:1::1", seen: float = NOW,
           ewma: float = 0.01) -> CachedLatency:
-    return CachedLatency(src, dst, ewma, ewma / 2, ewma, 5, 0.2, seen)
+    return CachedLatency(src, dst, ewma, ewma / 2, ewma, 5, 0b10, 6, seen)
 
 
 def test_round_trip_private_file(tmp_path: Path) -> None:
@@ -97,11 +97,12 @@ def test_malformed_entries_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixt
     path = tmp_path / "c.json"
     good = entry().to_json()
     doc = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
-           "entries": [good, {"src": 1}, dict(good, loss=7), dict(good, ewma=float("nan")), 5]}
+           "entries": [good, {"src": 1}, dict(good, fill=70), dict(good, ewma=float("nan")), 5,
+                       dict(good, lost=-1), dict(good, n=True)]}
     path.write_text(json.dumps(doc))
     path.chmod(0o600)
     assert load_cache(path, now=NOW) == [entry()]
-    assert "4 malformed" in caplog.text
+    assert "6 malformed" in caplog.text
 
 
 def test_foreign_owner_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

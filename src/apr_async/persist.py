@@ -62,17 +62,20 @@ class CacheBusyError(OSError):
 class CachedLatency:
     """One (source, destination) latency record as stored on disk.
 
-    ``seen`` is the wall-clock time (``time.time()``) of the newest sample; RTTs are seconds;
-    ``loss`` is the loss ratio in [0, 1].
+    The fields mirror :meth:`apr_async.latency.LatencyTable.snapshot` rows: RTTs in seconds
+    (``None`` when no probe was ever answered), ``samples`` answered probes, ``lost`` the
+    bitmap of lost probes in the last ``fill`` probes, and ``seen`` the wall-clock time
+    (``time.time()``) of the newest probe.
     """
 
     source: str
     destination: str
-    ewma: float
-    minimum: float
-    last: float
+    ewma: float | None
+    last: float | None
+    minimum: float | None
     samples: int
-    loss: float
+    lost: int
+    fill: int
     seen: float
 
     def to_json(self) -> dict[str, Any]:
@@ -81,10 +84,11 @@ class CachedLatency:
             "src": self.source,
             "dst": self.destination,
             "ewma": self.ewma,
-            "min": self.minimum,
             "last": self.last,
+            "min": self.minimum,
             "n": self.samples,
-            "loss": self.loss,
+            "lost": self.lost,
+            "fill": self.fill,
             "seen": self.seen,
         }
 
@@ -94,21 +98,29 @@ class CachedLatency:
         if not isinstance(obj, dict):
             raise ValueError("entry is not an object")
         try:
-            entry = cls(
+            return cls(
                 source=_addr(obj["src"]),
                 destination=_addr(obj["dst"]),
-                ewma=_num(obj["ewma"]),
-                minimum=_num(obj["min"]),
-                last=_num(obj["last"]),
-                samples=int(obj["n"]),
-                loss=_num(obj["loss"]),
+                ewma=_opt_num(obj["ewma"]),
+                last=_opt_num(obj["last"]),
+                minimum=_opt_num(obj["min"]),
+                samples=_count(obj["n"], 1 << 62),
+                lost=_count(obj["lost"], 1 << 64),
+                fill=_count(obj["fill"], 64),
                 seen=_num(obj["seen"]),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"bad entry: {exc}") from None
-        if entry.samples < 1 or not 0 <= entry.loss <= 1:
-            raise ValueError("bad entry: sample count or loss out of range")
-        return entry
+
+
+def _count(value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise TypeError(f"{value!r} is not a count in 0..{limit}")
+    return value
+
+
+def _opt_num(value: Any) -> float | None:
+    return None if value is None else _num(value)
 
 
 def _num(value: Any) -> float:
