@@ -33,7 +33,7 @@ from apr_async.connect import (
 )
 from apr_async.connect_errors import AllAttemptsFailedError
 from apr_async.lab.dnsserver import DNSServer, ZoneEntry
-from apr_async.pairs import PairContext
+from apr_async.pairs import PairContext, get_addr_pairs
 from apr_async.ranking import AddrPair
 from apr_async.resolver import Resolver
 
@@ -454,6 +454,23 @@ async def test_no_pair_at_all() -> None:
         await connect_socket("h", 80, pair_source=source_of())
     assert info.value.attempts == ()
     assert "no address pair" in str(info.value)
+
+
+async def test_outcomes_feed_the_context_tables(servers: Servers) -> None:
+    # Without a service, refusals mark the pair failing and a success records its RTT.
+    ctx = PairContext()
+    port = closed_port()
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            await connect_socket("127.0.0.1", port, context=ctx)
+    await settle()
+    ranked = await get_addr_pairs("127.0.0.1", port, context=ctx)
+    assert ranked and all(p.failing for p in ranked)
+    sock = await connect_socket("127.0.0.1", servers.port, context=ctx)
+    sock.close()
+    await settle()
+    ranked = await get_addr_pairs("127.0.0.1", servers.port, context=ctx)
+    assert ranked[0].rtt is not None and not ranked[0].failing
 
 
 # -- names through a DNS server on loopback --------------------------------------------------------

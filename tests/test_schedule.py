@@ -180,6 +180,20 @@ def test_failing_attempt_does_not_hold_back_a_usable_pair() -> None:
     assert timers(actions) == [pytest.approx(0.35)]
 
 
+def test_answers_all_resolves_every_family_at_once() -> None:
+    sched: Schedule[Pair] = Schedule()
+    ranked = [four("v4a", rtt=0.001), six("v6a", rtt=0.05)]
+    actions = sched.answers_all(ranked, 0.0)
+    assert started(actions) == ["v4a"]  # no resolution delay: nothing is pending
+    assert sched.pending_families == frozenset()
+    assert timers(actions) == [pytest.approx(0.012)]
+
+
+def test_answers_all_empty_gives_up() -> None:
+    sched: Schedule[Pair] = Schedule()
+    assert sched.answers_all([], 0.0) == [GiveUp(0)]
+
+
 # -- ordering ---------------------------------------------------------------------------------
 
 
