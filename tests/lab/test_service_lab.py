@@ -210,7 +210,13 @@ async def test_corrupt_cache_is_ignored(
     assert "corrupt" in caplog.text
 
 
-async def test_default_service_lazy_configure_and_close(listener: socket.socket) -> None:
+async def test_default_service_lazy_configure_and_close(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import apr_async.service
+
+    # whatever this test configures is undone afterwards for the rest of the suite
+    monkeypatch.setattr(apr_async.service, "_default_config", None)
     port = listener.getsockname()[1]
     assert current_service() is None
     configure(loopback_config(port))
@@ -227,8 +233,6 @@ async def test_default_service_lazy_configure_and_close(listener: socket.socket)
         assert default_service().config.probe_interval == 0.3
     finally:
         await aclose_default()
-        configure(Config(targets=(), probe_gateways=False, nat64_discovery=False,
-                         autostart=False, netwatch="off"))
     assert current_service() is None
     with pytest.raises(TypeError):
         configure(loopback_config(port), probe_interval=1.0)
