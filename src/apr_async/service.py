@@ -283,13 +283,15 @@ class ProbeService:
                 debounce=self.config.netwatch_debounce,
             )
             self._watcher.start()
+            if self.config.atlas:
+                self._start_atlas(loop)
             if self._install:
                 self._previous_context = pairs.default_context()
                 pairs.set_default_context(self.context)
             self._task = loop.create_task(self._run(), name="apr_async-probe-service")
-            if self.config.atlas:
-                self._start_atlas(loop)
         except BaseException:
+            if self._atlas_task is not None:
+                self._atlas_task.cancel()
             self._release_sync()
             self._state = "closed"
             raise
@@ -400,7 +402,7 @@ class ProbeService:
                     source=str(src),
                     destination=str(dst),
                     methods=tuple(sorted({o.method for o in items})),
-                    ok=any(o.ok for o in items if o.at == latest.at) or latest.ok,
+                    ok=any(o.ok for o in items),  # the latest result of any method
                     rtt=estimate.rtt if exact and estimate is not None else None,
                     min_rtt=estimate.min if exact and estimate is not None else None,
                     loss=estimate.loss if exact and estimate is not None else 0.0,
@@ -425,8 +427,10 @@ class ProbeService:
             return
         src, _ = src_info
         dst, scope = dst_info
-        if src.version != dst.version:
-            return
+        valid_rtt = rtt is None or (isinstance(rtt, int | float) and 0 <= rtt < 3600)
+        valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+        if src.version != dst.version or not valid_rtt or not valid_port:
+            return  # a sample that cannot be right is dropped; the connector must not fail
         now = self._clock()
         if rtt is not None or not ok:
             self.latency.record(src, dst, rtt, now)
@@ -455,7 +459,11 @@ class ProbeService:
         try:
             while True:
                 started = loop.time()
-                await self._round(spread_out=not urgent)
+                try:
+                    await self._round(spread_out=not urgent)
+                except Exception:
+                    # a bug in one round must not silently end the service for good
+                    log.exception("apr_async probe round failed")
                 jitter = self.config.probe_jitter
                 interval = self.config.probe_interval * (1 + self._rng.uniform(-jitter, jitter))
                 # start-to-start schedule: a slow round does not stretch the period
@@ -489,7 +497,11 @@ class ProbeService:
                 if spread_out:
                     spread = min(self.config.probe_jitter * self.config.probe_interval,
                                  self.config.probe_interval / 2)
-                await asyncio.gather(*(self._probe(p, spread) for p in plan))
+                outcomes = await asyncio.gather(*(self._probe(p, spread) for p in plan),
+                                                return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, Exception):
+                        log.error("apr_async probe failed", exc_info=outcome)
             if nat64 is not None:
                 await nat64
         finally:
