@@ -56,6 +56,24 @@ async def test_clean_exit_leaves_nothing() -> None:
     assert_nothing_left(lab, before)
 
 
+def root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(":")[1].strip() for line in out.splitlines()}
+
+
+async def test_no_link_to_the_host_namespace() -> None:
+    before = root_links()
+    async with Lab() as lab:
+        assert root_links() == before  # every veth end was created inside a lab namespace
+        for host in ("client", "router", "server"):
+            result = await lab.exec(host, "ip", "-o", "link", "show", check=True)
+            names = {line.split(":")[1].strip().split("@")[0]
+                     for line in result.stdout.splitlines()}
+            assert "eth0" not in names
+    assert root_links() == before
+
+
 async def test_exception_inside_leaves_nothing() -> None:
     before = children()
     lab = Lab()

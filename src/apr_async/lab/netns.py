@@ -247,11 +247,17 @@ async def _await_uncancellable(fut: Awaitable[Any]) -> None:
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     try:
-        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for t in pending:
-            t.cancel()
-        if pending:
+        # Cancelling a task can start others (a server accepting, a transport closing), so
+        # repeat until nothing is left, then give pending close callbacks a last turn.
+        for _ in range(20):
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
     finally:

@@ -91,21 +91,22 @@ class EchoServer:
         """Stop listening and close every connection."""
         if self._server is not None:
             self._server.close()
-        # Let connections already accepted by the loop reach their handler, so they are
-        # known below rather than leaked half-made.
-        for _ in range(3):
+        # A connection the loop already accepted reaches its handler a few iterations later;
+        # keep sweeping until none turns up, so nothing is leaked half-made.
+        for sweep in range(10):
             await asyncio.sleep(0)
-        for writer in list(self._writers):
-            # abort, not close: a peer that stopped acknowledging (blackholed mid-test) would
-            # keep a closing transport, and its socket, alive forever.
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+            for writer in list(self._writers):
+                # abort, not close: a peer that stopped acknowledging (blackholed mid-test)
+                # would keep a closing transport, and its socket, alive forever.
+                writer.transport.abort()
+            tasks = [t for t in self._tasks if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            elif sweep >= 3 and not self._writers:
+                break
+        self._server = None
 
     async def __aenter__(self) -> Self:
         await self.start()
