@@ -22,6 +22,7 @@ import logging
 import math
 import socket
 import ssl as ssl_module
+import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -616,10 +617,14 @@ def _options(
         raise TypeError("service must have a record_attempt(pair, port, ok, rtt, errno) method")
     if pair_source is not None and not callable(pair_source):
         raise TypeError("pair_source must be callable")
+    if service is None and context is None:
+        service = _running_default_service()
     ctx = _context_of(context, service)
-    recorder = cast(AttemptRecorder | None, service)
-    if recorder is None:
+    recorder: AttemptRecorder
+    if service is None:
         recorder = ContextRecorder(ctx)
+    else:
+        recorder = _ServiceRecorder(cast(AttemptRecorder, service), ctx)
     return _Options(
         host=spec.text,
         spec=spec,
@@ -968,6 +973,34 @@ class ContextRecorder:
             name = errno_codes.errorcode.get(errno, None) if errno is not None else None
             ctx.failures.record_failure(src, dst, port, now, error=name or "failed")
             _memo.failure(ctx)
+
+
+def _running_default_service() -> object | None:
+    """The package's default probe service for this loop, if one runs (never starts one).
+
+    Looked up without importing ``apr_async.service``: if it was never imported, no default
+    service can be running.
+    """
+    module = sys.modules.get("apr_async.service")
+    if module is None:
+        return None
+    current: Callable[[], object | None] = module.current_service
+    return current()
+
+
+class _ServiceRecorder:
+    """Forwards outcomes to a service; a failure also retires the memoised rankings."""
+
+    def __init__(self, service: AttemptRecorder, context: PairContext) -> None:
+        self._service = service
+        self._context = context
+
+    def record_attempt(
+        self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
+    ) -> None:
+        self._service.record_attempt(pair, port, ok, rtt, errno)
+        if not ok:
+            _memo.failure(self._context)
 
 
 def _context_of(context: object, service: object) -> PairContext:
