@@ -34,8 +34,8 @@ async def test_answers_over_the_lab_network(healthy_lab: Lab, over: str) -> None
     lab = healthy_lab
     ns = [getattr(lab, over)]
     names, server = lab.names, lab.server
-    assert await lab.run_in("client", lookup, ns, names.dual, "A") == (
-        "ok", [server.v4[0]], pytest.approx(0, abs=1))
+    assert (await lab.run_in("client", lookup, ns, names.dual, "A"))[:2] == (
+        "ok", [server.v4[0]])
     status, addrs, _ = await lab.run_in("client", lookup, ns, names.multi, "AAAA")
     assert (status, sorted(addrs)) == ("ok", sorted(server.v6))
     status, addrs, _ = await lab.run_in("client", lookup, ns, names.multi, "A")

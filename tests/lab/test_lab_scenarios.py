@@ -94,8 +94,8 @@ async def test_delay_line_adds_configured_rtt(
     rtt4 = await lab.run_in("client", echo_rtt, v4, echo.port)
     rtt6 = await lab.run_in("client", echo_rtt, v6, echo.port)
     slowed, other, base = (rtt6, rtt4, base6) if slow == 6 else (rtt4, rtt6, base4)
-    assert delay <= slowed - base < delay + 0.04, (slowed, base)
-    assert other < 0.02
+    assert delay <= slowed - base < 2 * delay, (slowed, base)
+    assert other < 0.05  # the other family is not slowed
 
 
 async def test_delay_combines_with_nat44(healthy_lab: Lab, echo: EchoServer) -> None:
