@@ -873,3 +873,41 @@ def test_eager_task_factory() -> None:
         pytest.skip(f"the eager-capable Python lacks a dependency: {result.stderr[-300:]}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "EAGER OK" in result.stdout
+
+
+def test_uvloop_tls_and_tls_race(tls_files: tuple[Path, Path, Path]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.new_event_loop().close()
+    ca, cert, key = tls_files
+
+    async def body() -> list[str]:
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(str(cert), str(key))
+        client_ctx = ssl.create_default_context(cafile=str(ca))
+        srv = await Servers().start(server_ctx)
+        out = []
+        try:
+            for race_tls in (False, True):
+                reader, writer = await open_connection(
+                    "localhost", srv.port, ssl=client_ctx, race_tls=race_tls
+                )
+                out.append(await exchange(reader, writer))
+            with pytest.raises(AllAttemptsFailedError) as info:
+                await open_connection(
+                    "127.0.0.1",
+                    srv.port,
+                    ssl=client_ctx,
+                    server_hostname="bad.test",
+                    race_tls=True,
+                )
+            assert isinstance(info.value, ssl.SSLCertVerificationError)
+        finally:
+            await srv.close()
+        await settle()
+        return out
+
+    fds = open_fds()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        greetings = runner.run(body())
+    assert len(greetings) == 2 and all(g.startswith("hello ") for g in greetings)
+    assert open_fds() == fds
