@@ -135,14 +135,33 @@ async def test_passive_samples_feed_tables_status_and_recent_targets(
         assert estimate is not None and estimate.rtt == pytest.approx(0.002)
         # the used destination is re-probed on its own port, not on some default
         await svc.wait_rounds(2, timeout=5)
-        recent = [t for t in svc.targets() if t.kind == "recent"]
-        assert [(str(t.ip), t.port) for t in recent] in ([("127.0.0.5", port)], [])
         seen = [m for m in svc.measurements() if m.destination == "127.0.0.5"]
         assert seen and "tcp" in seen[0].methods
         # garbage is ignored, never raised into the connector
         svc.record_attempt(object(), port, True, 0.1, None)
         svc.record_attempt(AddrPair(socket.AF_INET6, ("::1", 0), ("127.0.0.1", 1)), 1, True,
                            None, None)
+
+
+async def test_recent_destinations_reprobed_on_their_port_rate_limited(
+    listener: socket.socket,
+) -> None:
+    port = listener.getsockname()[1]
+    cfg = loopback_config(1, targets=(), probe_interval=0.1, probe_jitter=0.0,
+                          recent_probe_interval=0.45)
+    async with ProbeService(cfg, install=False) as svc:
+        svc.note_destination(*_ips("127.0.0.6"), port)  # type: ignore[arg-type]
+        started = time.monotonic()
+        probed = 0
+        while time.monotonic() - started < 1.0:
+            await svc.wait_rounds(1, timeout=5)
+            recent = [t for t in svc.targets() if t.kind == "recent"]
+            assert all((str(t.ip), t.port) == ("127.0.0.6", port) for t in recent)
+            probed += len(recent)
+        rounds = svc.rounds
+    # about ten rounds ran, but the used destination was probed at most every 0.45 s
+    assert rounds >= 5
+    assert 1 <= probed <= 3
 
 
 def _ips(*texts: str) -> tuple[object, ...]:
@@ -585,3 +604,45 @@ async def test_lab_service_leaves_no_fd_task_or_thread(healthy_lab: Lab, echo: E
     # probes are tasks, not threads (pycares keeps one process-wide channel-reaper thread)
     new = {t.name for t in running - before if "shutdown_loop" not in t.name}
     assert not new
+
+
+@lab_test
+async def test_lab_atlas_anchors_become_targets(healthy_lab: Lab, echo: EchoServer) -> None:
+    """Atlas on: anchors fetched from a local server with the API's JSON shape are probed."""
+    from aiohttp import web
+
+    lab = healthy_lab
+    anchors = [
+        {"id": 1, "fqdn": "a1.anchors.atlas.ripe.net", "probe": 6001, "is_disabled": False,
+         "date_decommissioned": None, "ip_v4": lab.server.v4[1], "ip_v6": lab.server.v6[1]},
+        {"id": 2, "fqdn": "a2.anchors.atlas.ripe.net", "probe": 6002, "is_disabled": True,
+         "date_decommissioned": None, "ip_v4": lab.server.v4[2], "ip_v6": lab.server.v6[2]},
+    ]
+
+    async def run() -> tuple[set[str], bool]:
+        app = web.Application()
+
+        async def anchor_list(request: web.Request) -> web.Response:
+            return web.json_response({"count": 2, "next": None, "previous": None,
+                                      "results": anchors})
+
+        app.router.add_get("/api/v2/anchors/", anchor_list)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            cfg = lab_config(lab, echo.port, targets=(), probe_gateways=False, atlas=True,
+                             atlas_url=f"http://127.0.0.1:{port}/api/v2/",
+                             probe_port=echo.port)
+            async with ProbeService(cfg, install=False) as svc:
+                status = await svc.wait_status(lambda s: s.GUA_ok and s.IPv4_ok, timeout=5)
+                chosen = {str(t.ip) for t in svc.targets() if t.kind == "atlas"}
+        finally:
+            await runner.cleanup()
+        return chosen, status.GUA_ok and status.IPv4_ok
+
+    chosen, works = await lab.run_in("client", run)
+    assert chosen == {lab.server.v4[1], lab.server.v6[1]}  # the disabled anchor is not used
+    assert works
