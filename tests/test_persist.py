@@ -172,3 +172,10 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         p.join(30)
         assert p.exitcode == 0
     assert len(load_cache(path, now=NOW)) == 80
+
+
+def test_entry_without_any_answer_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    lost = CachedLatency("10.0.0.1", "10.0.0.9", None, None, None, 0, 0b111, 3, NOW)
+    save_cache(path, [lost], now=NOW)
+    assert load_cache(path, now=NOW) == [lost]

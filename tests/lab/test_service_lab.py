@@ -41,7 +41,7 @@ from apr_async.status import ConnectivityStatus
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 INTERVAL = 0.5
-PROBE_TIMEOUT = 0.3
+PROBE_TIMEOUT = 0.5
 
 
 def open_fds() -> int:
