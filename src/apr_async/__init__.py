@@ -3,10 +3,62 @@
 Instead of a list of destination addresses, apr_async ranks (source, destination) address
 pairs using RFC 6724, what the kernel's routes say, and what background probes measured,
 then races them Happy-Eyeballs style (RFC 8305) with each attempt bound to its source.
+
+The aiohttp integration lives in :mod:`apr_async.aiohttp` and the server-side helpers in
+:mod:`apr_async.server`; importing this package imports neither aiohttp nor the lab.
 """
 
 from __future__ import annotations
 
+from apr_async.addresses import AddressKind, Scope, kind_of, parse_address, scope_of
+from apr_async.config import Config
+from apr_async.connect import connect_socket, create_connection, open_connection
+from apr_async.connect_errors import AllAttemptsFailedError
+from apr_async.latency import Estimate, FailureTable, LatencyTable
+from apr_async.pairs import PairContext, explain, explain_text, get_addr_pairs, getaddrinfo
+from apr_async.ranking import AddrPair, rank_pairs
+from apr_async.rfc6724 import (
+    DEFAULT_POLICY_TABLE,
+    PolicyTable,
+    SourceAddress,
+    select_source,
+    sort_destinations,
+)
+from apr_async.service import ProbeService, configure, status, wait_ready
+from apr_async.status import ConnectivityStatus
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "DEFAULT_POLICY_TABLE",
+    "AddrPair",
+    "AddressKind",
+    "AllAttemptsFailedError",
+    "Config",
+    "ConnectivityStatus",
+    "Estimate",
+    "FailureTable",
+    "LatencyTable",
+    "PairContext",
+    "PolicyTable",
+    "ProbeService",
+    "Scope",
+    "SourceAddress",
+    "__version__",
+    "configure",
+    "connect_socket",
+    "create_connection",
+    "explain",
+    "explain_text",
+    "get_addr_pairs",
+    "getaddrinfo",
+    "kind_of",
+    "open_connection",
+    "parse_address",
+    "rank_pairs",
+    "scope_of",
+    "select_source",
+    "sort_destinations",
+    "status",
+    "wait_ready",
+]
