@@ -16,6 +16,14 @@ import pytest_asyncio
 
 from apr_async.lab import HEALTHY, Lab, lab_unavailable_reason
 
+# The network rule: nothing in the suite may probe the library's built-in public targets or the
+# host's own gateways. The default service is therefore never started implicitly and has no
+# targets; tests that want probing configure a ProbeService with lab or loopback targets.
+# Set before any test runs so subprocesses (CLI, examples) inherit it too.
+os.environ["APR_ASYNC_AUTOSTART"] = "0"
+os.environ["APR_ASYNC_TARGETS"] = "none"
+os.environ["APR_ASYNC_PROBE_GATEWAYS"] = "0"
+
 
 def require_lab() -> None:
     """Skip (or fail, with ``APR_ASYNC_REQUIRE_LAB=1``) when no lab can be built here."""
