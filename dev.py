@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 VENV_BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".apr-async-installed"
+VENV_EAGER = ROOT / ".venv-eager"
 
 # command the lab needs -> Debian package providing it
 DEBIAN_TOOLS = {
@@ -89,6 +90,40 @@ def ensure_venv() -> None:
     STAMP.write_text(digest)
 
 
+def find_eager_python() -> str | None:
+    """A Python >= 3.12 (which has asyncio.eager_task_factory) if this machine has one."""
+    candidates = [shutil.which(n) for n in ("python3.13", "python3.12")]
+    pyenv = sorted(Path.home().glob(".pyenv/versions/3.1[2-9]*/bin/python3"))
+    candidates += [str(p) for p in pyenv]
+    for cand in candidates:
+        if cand and subprocess.run([cand, "-c", "import asyncio, venv; asyncio.eager_task_factory"],
+                                   capture_output=True, check=False).returncode == 0:
+            return cand
+    return None
+
+
+def ensure_eager_venv() -> str | None:
+    """A second venv on Python >= 3.12 for the eager-task-factory test, when one exists here.
+
+    The project supports Python 3.11, which has no eager task factory; that test runs the
+    connector under one in a subprocess of a newer interpreter and skips (saying so) without it.
+    """
+    python = VENV_EAGER / "bin" / "python"
+    stamp = VENV_EAGER / ".apr-async-installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text() == digest:
+        return str(python)
+    base = find_eager_python()
+    if base is None:
+        return None
+    log(f"creating {VENV_EAGER} with {base} for the eager-task-factory test")
+    run([base, "-m", "venv", "--clear", str(VENV_EAGER)])
+    run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT),
+         "pytest", "pytest-asyncio"])
+    stamp.write_text(digest)
+    return str(python)
+
+
 def tool(name: str) -> str:
     return str(VENV_BIN / name)
 
@@ -100,6 +135,9 @@ def cmd_test(args: list[str]) -> int:
         # Here (root on Linux) and in CI the lab tests must run: make a missing lab an error
         # instead of a skip, so a broken lab cannot hide behind green skips.
         env.setdefault("APR_ASYNC_REQUIRE_LAB", "1")
+    eager = ensure_eager_venv()
+    if eager is not None:
+        env.setdefault("APR_ASYNC_EAGER_PYTHON", eager)
     steps = [
         ["ruff", [tool("ruff"), "check", "src", "tests", "examples", "benchmarks", "dev.py"]],
         ["mypy --strict", [tool("mypy"), "--strict"]],
