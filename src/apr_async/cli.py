@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from apr_async.demo import run_demo  # noqa: PLC0415
 
         try:
-            return int(run_demo(json_output=args.json))
+            return int(run_demo(json_output=args.json, color=args.color))
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
     return run_command(args)
