@@ -139,8 +139,8 @@ async def test_ipv4_only_client_gets_ipv4_pairs_first(healthy_lab: Lab, echo: Ec
     families = [row.family for row in out.rows]
     assert families[0] == socket.AF_INET
     assert families == sorted(families, key=lambda f: f != socket.AF_INET)
-    assert [row.destination[0] for row in out.rows if row.family == socket.AF_INET] == list(
-        lab.server.v4)
+    public = [row for row in out.rows if _src(row) == lab.client.v4]
+    assert [row.destination[0] for row in public] == list(lab.server.v4), out.rows
     assert out.connected[0] == lab.client.v4
 
 
@@ -161,9 +161,20 @@ async def test_several_answers_rank_per_the_rules(healthy_lab: Lab, echo: EchoSe
     # Unmeasured: RFC 6724. IPv6 (GUA source) before IPv4, each family in DNS order, and the
     # ULA source (no NPTv6 seen) only after every other pair.
     usable = [row for row in out.rows if _src(row) != lab.client.ula]
-    assert [row.destination[0] for row in usable] == [*lab.server.v6, *lab.server.v4]
-    assert {_src(row) for row in usable} == {lab.client.gua, lab.client.v4}
     assert out.rows[: len(usable)] == usable
+    # Labs whose client also has an RFC 1918 source (the NAT44 one) next to its public IPv4.
+    private_v4 = getattr(lab.client, "private_v4", None)
+    expected = {lab.client.gua, lab.client.v4} | ({private_v4} if private_v4 else set())
+    assert {_src(row) for row in usable} == expected
+    preferred = [row for row in usable if _src(row) != private_v4]
+    assert [row.destination[0] for row in preferred] == [*lab.server.v6, *lab.server.v4], (
+        out.rows)
+    # The RFC 1918 source is an alternative: each of its pairs right after the public source's
+    # pair to the same destination (source rule 8, longest matching prefix).
+    for i, row in enumerate(usable):
+        if private_v4 is not None and _src(row) == private_v4:
+            assert _src(usable[i - 1]) == lab.client.v4, out.rows
+            assert usable[i - 1].destination == row.destination
     assert out.connected == {0: lab.client.gua, 3: lab.client.v4}
 
 
