@@ -1,8 +1,8 @@
 """How long ``get_addr_pairs`` takes with a warm DNS cache, next to ``loop.getaddrinfo``.
 
-Runs in the network lab's client namespace, given 3 sources per family (IPv4: three RFC 1918
-addresses; IPv6: two GUAs and a ULA, plus link-local), for a name with 4 A and 4 AAAA
-answers served by the lab DNS server. Rows:
+Runs in the network lab's client namespace, topped up to 3 sources per family (IPv4: the
+lab's own plus RFC 1918 extras; IPv6: two GUAs and a ULA, plus link-local), for a name with
+4 A and 4 AAAA answers served by the lab DNS server. Rows:
 
 * ``get_addr_pairs`` warm: answers from the resolver cache, snapshot and route choices from
   the interface cache, empty latency table (RFC 6724 order);
@@ -127,15 +127,20 @@ async def main() -> int:
     zone[NAME] = ZoneEntry(a=v4, aaaa=v6, ttl=3600)
     async with Lab(dns_zone=zone) as lab:
         c = lab.client
-        extra_v4 = ["10.0.1.3", "10.0.1.4"]
+        # The lab's client has one or two IPv4 sources depending on its plan; add RFC 1918
+        # ones from its subnet until there are three.
+        own_v4 = [c.v4, *([c.private_v4] if hasattr(c, "private_v4") else [])]
+        prefixlen = getattr(c, "private_v4_prefixlen", c.v4_prefixlen)
+        subnet = ipaddress.ip_network(f"{own_v4[-1]}/{prefixlen}", strict=False)
+        extra_v4 = [str(a) for a in subnet.hosts() if str(a) not in own_v4][50:53 - len(own_v4)]
         extra_v6 = ["2001:db8:c::3"]
         for address in extra_v4:
-            await lab.exec("client", "ip", "addr", "add", f"{address}/24", "dev", c.ifname,
-                           check=True)
+            await lab.exec("client", "ip", "addr", "add", f"{address}/{prefixlen}", "dev",
+                           c.ifname, check=True)
         for address in extra_v6:
             await lab.exec("client", "ip", "addr", "add", f"{address}/64", "dev", c.ifname,
                            "nodad", check=True)
-        sources = [c.v4, *extra_v4, c.gua, *extra_v6, c.ula]
+        sources = [*own_v4, *extra_v4, c.gua, *extra_v6, c.ula]
         ours = await lab.run_in("client", client_side, lab.dns_servers, rounds, per_round,
                                 lab_v4=v4, lab_v6=v6, sources=sources)
         theirs = await asyncio.to_thread(peer, lab.netns("client"), lab.dns_v4,
