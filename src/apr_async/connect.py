@@ -28,7 +28,6 @@ import logging
 import math
 import socket
 import ssl as ssl_module
-import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -48,6 +47,7 @@ from apr_async.schedule import (
     Succeeded,
     attempt_delay,
 )
+from apr_async.service import implicit_service
 
 __all__ = [
     "AttemptRecorder",
@@ -983,16 +983,9 @@ class ContextRecorder:
 
 
 def _running_default_service() -> object | None:
-    """The package's default probe service for this loop, if one runs (never starts one).
-
-    Looked up without importing ``apr_async.service``: if it was never imported, no default
-    service can be running.
-    """
-    module = sys.modules.get("apr_async.service")
-    if module is None:
-        return None
-    current: Callable[[], object | None] = module.current_service
-    return current()
+    """The package's default probe service for this loop: started now, in the background,
+    when its configuration allows (``autostart``); ``None`` otherwise."""
+    return implicit_service()
 
 
 class _ServiceRecorder:

@@ -99,6 +99,21 @@ def default_context() -> PairContext:
     return _default
 
 
+#: Called before a module-level function falls back to the default context, so that the
+#: package's lazily started default probe service can start and install its live tables
+#: (``apr_async.service`` registers it; a hook because that module imports this one).
+before_default_use: Callable[[], object] | None = None
+
+
+def implicit_context() -> PairContext:
+    """The context used when a caller passes none: the default probe service's once it runs
+    (it is started here, in the background, when its configuration allows), else the default.
+    """
+    if before_default_use is not None:
+        before_default_use()
+    return default_context()
+
+
 def set_default_context(context: PairContext | None) -> None:
     """Replace the module-level default context (``None``: a fresh one on next use)."""
     global _default  # noqa: PLW0603
@@ -208,7 +223,7 @@ async def get_addr_pairs(
     service = validate_port(port)
     type = _check_type(type)
     family = validate_family(family)
-    ctx = context if context is not None else default_context()
+    ctx = context if context is not None else implicit_context()
     number = _service_port(service, type)
     resolution = await _resolve(spec, family, resolver or ctx.get_resolver())
     return _rank(resolution.addresses, number, ctx, spec.text)
@@ -359,7 +374,7 @@ async def getaddrinfo(  # noqa: PLR0917 - the stdlib's signature
         raise gaierror(socket.EAI_SERVICE)  # glibc: raw sockets have no ports
     entries = _entry_ports(service if service is not None else 0, _socktypes(type, proto),
                            bool(flags & socket.AI_NUMERICSERV))
-    ctx = context if context is not None else default_context()
+    ctx = context if context is not None else implicit_context()
     mapped = family == socket.AF_INET6 and bool(flags & socket.AI_V4MAPPED)
     want = socket.AF_UNSPEC if mapped else family
 

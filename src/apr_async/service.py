@@ -69,6 +69,7 @@ __all__ = [
     "configure",
     "current_service",
     "default_service",
+    "implicit_service",
     "status",
     "wait_ready",
 ]
@@ -887,6 +888,8 @@ _default_config: Config | None = None
 _defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProbeService] = (
     weakref.WeakKeyDictionary()
 )
+#: Loops on which implicit use found autostart off (so the configuration is not re-read).
+_declined: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def configure(config: Config | None = None, **changes: Any) -> Config:
@@ -906,6 +909,7 @@ def configure(config: Config | None = None, **changes: Any) -> Config:
         _default_config = new
         old = list(_defaults.items())
         _defaults.clear()
+        _declined.clear()
     for loop, service in old:
         _close_soon(loop, service)
     return new
@@ -957,6 +961,34 @@ def default_service() -> ProbeService:
     if config.autostart:
         service.start_nowait()
     return service
+
+
+def implicit_service() -> ProbeService | None:
+    """The running loop's default service for module-level calls, started now (in the
+    background: this never waits for the network) unless the configuration says
+    ``autostart=False``. ``None`` outside an event loop or when autostart is off.
+
+    Called on every ``get_addr_pairs``/``open_connection`` without an explicit context, so the
+    common path is one dictionary lookup; the configuration is read once per loop.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    service = _defaults.get(loop)
+    if service is not None:
+        return service if service.running else None
+    if loop in _declined:
+        return None
+    config = _default_config if _default_config is not None else Config.from_env()
+    if not config.autostart:
+        _declined.add(loop)
+        return None
+    service = default_service()
+    return service if service.running else None
+
+
+pairs.before_default_use = implicit_service
 
 
 def status() -> ConnectivityStatus:
