@@ -22,8 +22,7 @@ from apr_async.cli_common import (
     sockaddr_text,
 )
 from apr_async.cli_render import Progress, format_duration, format_ms, render_table
-from apr_async.connect import ContextRecorder, connect_socket, open_connection
-from apr_async.connect import _ranked_source as ranked_source
+from apr_async.connect import ContextRecorder, connect_socket, open_connection, ranked_source
 from apr_async.forward import Forwarder, RelayRecord
 from apr_async.pairs import get_addr_pairs
 from apr_async.ranking import AddrPair

@@ -49,7 +49,7 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-def _status_rows(status: ConnectivityStatus, out: Output) -> list[list[str]]:
+def status_rows(status: ConnectivityStatus, out: Output) -> list[list[str]]:
     st = out.style
     rows = []
     for name in (
@@ -124,7 +124,7 @@ async def cmd_status(args: argparse.Namespace, out: Output, settings: Settings) 
         )
     else:
         st = out.style
-        out.print(render_table(["flag", "value", "meaning"], _status_rows(status, out), st))
+        out.print(render_table(["flag", "value", "meaning"], status_rows(status, out), st))
         out.print()
         rows = [
             [

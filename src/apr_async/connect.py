@@ -59,6 +59,7 @@ __all__ = [
     "create_connection",
     "open_connection",
     "race",
+    "ranked_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -775,7 +776,7 @@ async def _prepare(opts: _Options) -> _Race:
             _memo.put(opts.context, (opts.host, opts.port, family), ranked, now)
         first = (socket.AF_UNSPEC, [p for p in ranked if p.family in families])
     else:
-        source = opts.pair_source or _ranked_source(opts.context)
+        source = opts.pair_source or ranked_source(opts.context)
         answers = _filtered(source(opts.host, opts.port, family), families)
 
     loop = asyncio.get_running_loop()
@@ -1013,7 +1014,7 @@ def _context_of(context: object, service: object) -> PairContext:
     return context
 
 
-def _ranked_source(context: PairContext) -> PairSource:
+def ranked_source(context: PairContext) -> PairSource:
     """The default pairs: ``apr_async.pairs`` ranking, one family at a time as answers come.
 
     With every answer at hand (a literal, the hosts file or a warm cache) the whole ranking

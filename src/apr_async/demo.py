@@ -38,10 +38,9 @@ from apr_async.cli_commands import Timeline, pair_dict, pairs_table
 from apr_async.cli_common import Output, family_name, sockaddr_text
 from apr_async.cli_exit import EXIT_FAILED, EXIT_OK
 from apr_async.cli_render import Progress, Style, format_duration, format_ms, render_table
-from apr_async.cli_status import _status_rows as status_rows
+from apr_async.cli_status import status_rows
 from apr_async.config import Config
-from apr_async.connect import ContextRecorder, open_connection
-from apr_async.connect import _ranked_source as ranked_source
+from apr_async.connect import ContextRecorder, open_connection, ranked_source
 from apr_async.lab import EchoServer, Lab, Scenario, combine, lab_unavailable_reason
 from apr_async.lab.netns import NetnsError
 from apr_async.pairs import PairContext, get_addr_pairs
