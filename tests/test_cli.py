@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from apr_async.cli import build_parser, main
-from apr_async.cli_exit import EXIT_CODES_HELP, EXIT_USAGE
+from apr_async.cli_commands import TIMELINE_HEADERS, timeline_rows
+from apr_async.cli_exit import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE
 from apr_async.cli_render import LiveView, Progress, Style, render_table, visible_len
 
 
@@ -67,6 +68,8 @@ def test_every_subcommand_is_wired() -> None:
         ["connect", "host", "80", "--timeout", "-1"],
         ["wait", "host", "80", "--timeout", "nan"],
         ["ping", "-c", "0", "host"],
+        # ping probes the hosts it is given: it has no probe targets to take
+        ["ping", "--target", "t.invalid", "host"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,6 +110,12 @@ def test_forward_cannot_bind_is_a_system_error() -> None:
         rc, _, err = run_cli("forward", f"127.0.0.1:{port}", "[::1]:9")
     assert rc == 4, err
     assert "address already in use" in err.lower() and "Traceback" not in err
+
+
+def test_ping_with_icmp_off_needs_a_tcp_port() -> None:
+    rc, _, err = run_cli("ping", "--icmp", "off", "127.0.0.1")
+    assert rc == EXIT_USAGE
+    assert err == "apr-async: error: ICMP is off: pass --tcp-port to probe with TCP\n"
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -169,6 +178,55 @@ def test_progress_is_silent_off_a_tty() -> None:
     progress.update("waiting")
     progress.clear()
     assert "waiting" in tty.getvalue() and tty.getvalue().endswith("\r\x1b[K")
+
+
+def test_timeline_rows_render_answers_and_attempts() -> None:
+    events = [
+        {"t": 1.5, "kind": "answer", "family": "IPv6", "pairs": 2},
+        {"t": 2.0, "kind": "answer", "family": "IPv4", "addresses": 1},
+        {"t": 3.25, "kind": "attempt", "family": "IPv6", "source": "2001:db8::1",
+         "destination": "[2001:db8::2]:80", "ok": False, "outcome": "refused", "rtt": 0.5},
+        {"t": 250.0, "kind": "attempt", "family": "IPv6", "source": "2001:db8::1",
+         "destination": "[2001:db8::3]:80", "ok": False, "outcome": "timed out", "rtt": None},
+        {"t": 260.0, "kind": "attempt", "family": "IPv4", "source": "10.0.0.1",
+         "destination": "10.0.0.2:80", "ok": True, "outcome": "connected", "rtt": 9.75},
+    ]  # fmt: skip
+    rows = timeline_rows(events, Style(False))
+    assert all(len(row) == len(TIMELINE_HEADERS) for row in rows)
+    assert rows[0] == ["1.5 ms", "IPv6", "answer", "", "2 pair(s)"]
+    assert rows[1][-1] == "1 address(es), system order"
+    assert rows[2] == ["3.2 ms", "IPv6", "2001:db8::1", "[2001:db8::2]:80", "refused in 0.5 ms"]
+    assert rows[3][-1] == "timed out"
+    assert rows[4] == ["260.0 ms", "IPv4", "10.0.0.1", "10.0.0.2:80", "connected in 9.8 ms"]
+    coloured = timeline_rows(events, Style(True))
+    assert "\x1b[32mconnected" in coloured[4][-1] and "\x1b[31mrefused" in coloured[2][-1]
+
+
+# --- connect on loopback (a literal: no DNS) ---------------------------------------------------
+
+
+def test_connect_json_timeline_on_loopback() -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        rc, out, err = run_cli("connect", "127.0.0.1", str(port), "--json")
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["connected"] and data["winner"]["destination"] == f"127.0.0.1:{port}"
+    answer, attempt = data["events"]
+    # a literal is every family's answer at once
+    assert answer["kind"] == "answer" and answer["family"] == "both" and answer["pairs"] == 1
+    assert attempt["ok"] and attempt["outcome"] == "connected"
+    assert 0 <= answer["t"] <= attempt["t"] < 1000 * 10  # milliseconds, in order
+    # the port is closed now: refused, with the time the RST took
+    rc, out, err = run_cli("connect", "127.0.0.1", str(port), "--color", "never")
+    assert rc == EXIT_FAILED, err
+    lines = out.splitlines()
+    assert lines[0].split() == list(TIMELINE_HEADERS)
+    assert "refused in" in lines[2] and lines[-1].startswith("failed: ")
 
 
 # --- interfaces (reads netlink, sends nothing) -----------------------------------------------

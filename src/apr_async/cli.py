@@ -78,18 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("-4", dest="family", action="store_const", const=4, help="IPv4 only")
     dns.add_argument("-6", dest="family", action="store_const", const=6, help="IPv6 only")
 
-    probing = argparse.ArgumentParser(add_help=False)
+    icmp = argparse.ArgumentParser(add_help=False)
+    icmp.add_argument(
+        "--icmp",
+        choices=("auto", "privileged", "unprivileged", "off"),
+        help="ICMP probes: raw socket, ping socket, or off (TCP only)",
+    )
+    # The probe service's targets: status and monitor only (ping probes the hosts it is given).
+    probing = argparse.ArgumentParser(add_help=False, parents=[icmp])
     probing.add_argument(
         "--target",
         action="append",
         metavar="HOST[:PORT]",
         help="probe target beyond the gateway (repeatable; default: APR_ASYNC_TARGETS or the "
         "built-in public resolvers)",
-    )
-    probing.add_argument(
-        "--icmp",
-        choices=("auto", "privileged", "unprivileged", "off"),
-        help="ICMP probes: raw socket, ping socket, or off (TCP only)",
     )
 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ICMP (TCP fallback) from every source address to each HOST: RTT, loss, "
         "which hosts are down",
         dns,
-        probing,
+        icmp,
     )
     p.add_argument("hosts", nargs="+", metavar="HOST")
     p.add_argument("-c", "--count", type=_count, default=3, help="probes per pair (default 3)")

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from apr_async import interfaces
@@ -18,20 +19,37 @@ from apr_async.cli_common import (
     EXIT_RESOLUTION,
     Output,
     Settings,
+    family_arg,
     family_name,
     sockaddr_text,
 )
-from apr_async.cli_render import Progress, format_duration, format_ms, render_table
-from apr_async.connect import ContextRecorder, connect_socket, open_connection, ranked_source
+from apr_async.cli_render import Progress, Style, format_duration, format_ms, render_table
+from apr_async.connect import (
+    AttemptRecorder,
+    ConnectPair,
+    ContextRecorder,
+    PairSource,
+    connect_socket,
+    open_connection,
+    ranked_source,
+)
 from apr_async.forward import Forwarder, RelayRecord
 from apr_async.pairs import get_addr_pairs
 from apr_async.ranking import AddrPair
 
-__all__ = ["cmd_connect", "cmd_forward", "cmd_interfaces", "cmd_pairs", "cmd_wait"]
-
-
-def _family_arg(args: argparse.Namespace) -> int:
-    return {None: 0, 4: socket.AF_INET, 6: socket.AF_INET6}[getattr(args, "family", None)]
+__all__ = [
+    "TIMELINE_HEADERS",
+    "Timeline",
+    "cmd_connect",
+    "cmd_forward",
+    "cmd_interfaces",
+    "cmd_pairs",
+    "cmd_wait",
+    "pair_dict",
+    "pairs_table",
+    "timeline_event_json",
+    "timeline_rows",
+]
 
 
 def _error_text(exc: BaseException) -> str:
@@ -142,7 +160,7 @@ def pair_dict(rank: int, pair: AddrPair) -> dict[str, object]:
         "family": family_name(pair.family),
         "source": sockaddr_text(pair.source, port=False),
         "destination": sockaddr_text(pair.destination),
-        "rtt_ms": None if pair.rtt is None else round(pair.rtt * 1000, 3),
+        "rtt_ms": _ms(pair.rtt),
         "failing": pair.failing,
         "reason": pair.reason,
     }
@@ -176,7 +194,7 @@ def pairs_table(pairs: list[AddrPair], out: Output) -> str:
 async def cmd_pairs(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """The ranked (source, destination) pairs for HOST PORT, with latency and reasons."""
     pairs = await get_addr_pairs(
-        args.host, args.port, family=_family_arg(args), context=settings.context()
+        args.host, args.port, family=family_arg(args), context=settings.context()
     )
     if out.json:
         out.emit(
@@ -198,10 +216,12 @@ class Timeline:
     """Collects what happened during one race, with times relative to its start.
 
     It is the race's ``service`` (``record_attempt``) and wraps its pair source, so it sees
-    each family's answer and each attempt's outcome as they happen.
+    each family's answer and each attempt's outcome as they happen. ``events`` hold times in
+    seconds; :func:`timeline_event_json` gives their JSON form and :func:`timeline_rows` a
+    table.
     """
 
-    def __init__(self, source: Any, recorder: Any = None) -> None:
+    def __init__(self, source: PairSource, recorder: AttemptRecorder | None = None) -> None:
         self._source = source
         self._recorder = recorder
         self.t0 = time.monotonic()
@@ -216,12 +236,7 @@ class Timeline:
         """Called by the race for every attempt that has an outcome."""
         if self._recorder is not None:  # the context still learns, as without a timeline
             self._recorder.record_attempt(pair, port, ok, rtt, errno)
-        if ok and errno is None:
-            outcome = "connected"
-        elif ok or errno == errno_codes.ECONNREFUSED:
-            outcome = "refused"
-        else:
-            outcome = _errno_text(errno)
+        connected = ok and errno is None
         self.events.append(
             {
                 "t": self._at(),
@@ -229,16 +244,18 @@ class Timeline:
                 "family": family_name(pair.family),
                 "source": sockaddr_text(pair.source, port=False),
                 "destination": sockaddr_text(pair.destination),
-                "ok": ok and errno is None,
-                "outcome": outcome,
+                "ok": connected,
+                "outcome": "connected" if connected else _errno_text(errno),
                 "rtt": rtt,
             }
         )
 
-    def pair_source(self, host: str, port: int, family: int) -> Any:
+    def pair_source(
+        self, host: str, port: int, family: int
+    ) -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
         """The wrapped pair source, noting when each family's answer arrived."""
 
-        async def gen() -> Any:
+        async def gen() -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
             agen = self._source(host, port, family)
             try:
                 async for fam, pairs in agen:
@@ -246,13 +263,18 @@ class Timeline:
                         {
                             "t": self._at(),
                             "kind": "answer",
-                            "family": family_name(fam),
+                            # AF_UNSPEC: every family at once (a literal, a warm cache).
+                            "family": "both" if fam == socket.AF_UNSPEC else family_name(fam),
                             "pairs": len(pairs),
                         }
                     )
                     yield fam, pairs
             finally:
-                await agen.aclose()
+                # A PairSource is any async iterator; the ones that are generators get closed
+                # here, in this task, rather than by the garbage collector later.
+                aclose = getattr(agen, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
         return gen()
 
@@ -260,22 +282,64 @@ class Timeline:
 def _errno_text(errno: int | None) -> str:
     if errno is None:
         return "failed"
+    if errno == errno_codes.ECONNREFUSED:
+        return "refused"
     if errno == errno_codes.ETIMEDOUT:
+        # The race reports an attempt it abandoned (after its delay) as ETIMEDOUT.
         return "timed out / lost the race"
     return os.strerror(errno).lower()
+
+
+#: Column headers of :func:`timeline_rows`.
+TIMELINE_HEADERS = ("t", "family", "source", "destination", "outcome")
+
+
+def timeline_event_json(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A :class:`Timeline` event (seconds) in its JSON form: ``t`` and ``rtt`` in ms."""
+    out = {**event, "t": _ms(event["t"])}
+    if "rtt" in event:
+        out["rtt"] = _ms(event["rtt"])
+    return out
+
+
+def timeline_rows(events: Iterable[Mapping[str, Any]], style: Style) -> list[list[str]]:
+    """Table rows under :data:`TIMELINE_HEADERS` for events in their JSON form (ms).
+
+    An ``answer`` event counts ``pairs`` (a ranked answer) or ``addresses`` (an unranked
+    one, in the system's order); an ``attempt`` shows its outcome and, when one came, the
+    time the far end took to answer.
+    """
+    rows = []
+    for e in events:
+        t = format_ms(e["t"] / 1000)
+        if e["kind"] == "answer":
+            what = (
+                f"{e['pairs']} pair(s)"
+                if "pairs" in e
+                else f"{e['addresses']} address(es), system order"
+            )
+            rows.append([t, e["family"], style("answer", "dim"), "", what])
+            continue
+        outcome = style.ok(e["outcome"]) if e["ok"] else style.bad(e["outcome"])
+        if e.get("rtt") is not None:
+            outcome += f" in {format_ms(e['rtt'] / 1000)}"
+        rows.append([t, e["family"], e["source"], e["destination"], outcome])
+    return rows
 
 
 async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """Race HOST PORT and show the timeline of attempts and the winner."""
     context = settings.context()
     timeline = Timeline(ranked_source(context), ContextRecorder(context))
-    error: BaseException | None = None
+    error: OSError | None = None
     sock: socket.socket | None = None
+    local: tuple[Any, ...] = ()
+    peer: tuple[Any, ...] = ()
     try:
         sock = await connect_socket(
             args.host,
             args.port,
-            family=_family_arg(args),
+            family=family_arg(args),
             timeout=args.timeout,
             happy_eyeballs_delay=args.delay,
             service=timeline,
@@ -289,13 +353,17 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
         if sock is not None:
             sock.close()
     elapsed = time.monotonic() - timeline.t0
+    # The race records its winner one loop turn after handing the socket over (bookkeeping
+    # stays off the caller's path): let it land before the timeline is read.
+    await asyncio.sleep(0)
+    events = [timeline_event_json(e) for e in timeline.events]
     if out.json:
         out.emit(
             {
                 "host": args.host,
                 "port": args.port,
                 "connected": error is None,
-                "elapsed_ms": round(elapsed * 1000, 3),
+                "elapsed_ms": _ms(elapsed),
                 "winner": None
                 if error is not None
                 else {
@@ -303,47 +371,12 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
                     "destination": sockaddr_text(peer),
                 },
                 "error": None if error is None else _error_text(error),
-                "events": [
-                    {**e, "t": round(e["t"] * 1000, 3), "rtt": _ms(e.get("rtt"))}
-                    for e in timeline.events
-                ],
+                "events": events,
             }
         )
     else:
         st = out.style
-        rows = []
-        for e in timeline.events:
-            if e["kind"] == "answer":
-                rows.append(
-                    [
-                        format_ms(e["t"]),
-                        e["family"],
-                        st("answer", "dim"),
-                        "",
-                        "",
-                        f"{e['pairs']} pair(s)",
-                    ]
-                )
-            else:
-                outcome = st.ok(e["outcome"]) if e["ok"] else st.bad(e["outcome"])
-                rows.append(
-                    [
-                        format_ms(e["t"]),
-                        e["family"],
-                        e["source"],
-                        e["destination"],
-                        format_ms(e["rtt"]),
-                        outcome,
-                    ]
-                )
-        out.print(
-            render_table(
-                ["t", "family", "source", "destination", "rtt", "outcome"],
-                rows,
-                st,
-                align_right=[0],
-            )
-        )
+        out.print(render_table(TIMELINE_HEADERS, timeline_rows(events, st), st, align_right=[0]))
         out.print()
         if error is None:
             out.print(
@@ -363,6 +396,7 @@ def _hostport(host: str, port: int) -> str:
 
 
 def _ms(seconds: float | None) -> float | None:
+    """Seconds as milliseconds for JSON (microsecond precision)."""
     return None if seconds is None else round(seconds * 1000, 3)
 
 
@@ -389,7 +423,7 @@ async def cmd_wait(args: argparse.Namespace, out: Output, settings: Settings) ->
                     args.host,
                     args.port,
                     timeout=min(remaining, args.attempt_timeout),
-                    family=_family_arg(args),
+                    family=family_arg(args),
                     context=context,
                 )
             except OSError as exc:
@@ -416,7 +450,7 @@ async def cmd_wait(args: argparse.Namespace, out: Output, settings: Settings) ->
                 "host": args.host,
                 "port": args.port,
                 "ready": connected,
-                "elapsed_ms": round(elapsed * 1000, 3),
+                "elapsed_ms": _ms(elapsed),
                 "attempts": attempts,
                 "last_error": None if last is None or connected else _error_text(last),
             }

@@ -33,6 +33,8 @@ __all__ = [
     "CliError",
     "Output",
     "Settings",
+    "family_arg",
+    "family_name",
     "sockaddr_text",
 ]
 
@@ -51,6 +53,11 @@ def sockaddr_text(addr: Sequence[Any] | None, *, port: bool = True) -> str:
     if not port or not addr[1]:
         return host
     return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+
+
+def family_arg(args: argparse.Namespace) -> int:
+    """The address family asked for with ``-4``/``-6`` (0: both)."""
+    return {None: 0, 4: socket.AF_INET, 6: socket.AF_INET6}[getattr(args, "family", None)]
 
 
 def family_name(family: int) -> str:

@@ -19,6 +19,7 @@ from apr_async.cli_common import (
     CliError,
     Output,
     Settings,
+    family_arg,
     family_name,
     sockaddr_text,
 )
@@ -134,6 +135,8 @@ async def cmd_ping(args: argparse.Namespace, out: Output, settings: Settings) ->
     if icmp_mode is None and args.tcp_port is None:
         if args.tcp:
             raise CliError("--tcp needs --tcp-port", EXIT_USAGE)
+        if settings.config.icmp == "off":
+            raise CliError("ICMP is off: pass --tcp-port to probe with TCP", EXIT_USAGE)
         raise CliError(
             "ICMP is not available here (no raw socket, no ping group): pass --tcp-port",
             EXIT_SYSTEM,
@@ -143,7 +146,7 @@ async def cmd_ping(args: argparse.Namespace, out: Output, settings: Settings) ->
 
     async def resolve(host: str) -> list[AddrPair] | socket.gaierror:
         try:
-            return await get_addr_pairs(host, port, family=_family(args), context=context)
+            return await get_addr_pairs(host, port, family=family_arg(args), context=context)
         except socket.gaierror as exc:
             return exc
 
@@ -231,7 +234,3 @@ async def cmd_ping(args: argparse.Namespace, out: Output, settings: Settings) ->
     if unresolved and len(unresolved) == len(args.hosts):
         return EXIT_RESOLUTION
     return EXIT_FAILED if down else EXIT_OK
-
-
-def _family(args: argparse.Namespace) -> int:
-    return {None: 0, 4: socket.AF_INET, 6: socket.AF_INET6}[args.family]
