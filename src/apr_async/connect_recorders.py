@@ -1,0 +1,73 @@
+"""Where attempt outcomes go: a pair context's own tables (no probe service), or a probe
+service; either way a failure retires the memoised rankings of that context."""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import functools
+import ipaddress
+from typing import Any
+
+from apr_async.addresses import IPAddress
+from apr_async.connect_rank_memo import rank_memo
+from apr_async.connect_types import AttemptRecorder
+from apr_async.pairs import PairContext
+
+__all__ = ["ContextRecorder", "ServiceRecorder"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _ip_of(address: tuple[Any, ...] | None) -> IPAddress | None:
+    return _parse_ip(str(address[0])) if address else None
+
+
+class ContextRecorder:
+    """An :class:`AttemptRecorder` feeding a ``PairContext``'s tables (the default when no
+    ``service`` is given): failed pairs rank last for a while, a success clears that, and
+    every measured RTT (a refusal's too) shapes the next ranking and attempt delay."""
+
+    def __init__(self, context: PairContext) -> None:
+        self._context = context
+
+    def record_attempt(
+        self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
+    ) -> None:
+        """Record one attempt's outcome in the context's latency and failure tables."""
+        src = _ip_of(getattr(pair, "source", None))
+        dst = _ip_of(getattr(pair, "destination", None))
+        if src is None or dst is None:
+            return
+        ctx = self._context
+        now = ctx.clock()
+        if rtt is not None or not ok:
+            # A refusal still measured the path; a silent attempt counts as a loss.
+            ctx.latency.record(src, dst, rtt, now)
+        if ok:
+            ctx.failures.record_success(src, dst, port)
+        else:
+            name = errno_codes.errorcode.get(errno, None) if errno is not None else None
+            ctx.failures.record_failure(src, dst, port, now, error=name or "failed")
+            rank_memo.failure(ctx)
+
+
+class ServiceRecorder:
+    """Forwards outcomes to a service; a failure also retires the memoised rankings."""
+
+    def __init__(self, service: AttemptRecorder, context: PairContext) -> None:
+        self._service = service
+        self._context = context
+
+    def record_attempt(
+        self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
+    ) -> None:
+        """Forward one attempt's outcome."""
+        self._service.record_attempt(pair, port, ok, rtt, errno)
+        if not ok:
+            rank_memo.failure(self._context)
