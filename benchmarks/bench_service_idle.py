@@ -7,7 +7,8 @@ The service runs alone in a child process inside the lab's client namespace (``i
 so the process CPU time it reports (``getrusage``: user + system) is the service's and nothing
 else's: the lab's DNS server, delay line and echo server live in this parent process. The
 targets are extra addresses on the lab server (half IPv4, half IPv6), each probed with ICMP and
-a TCP connect to the echo server's port from every usable source (one IPv4, a GUA and a ULA),
+a TCP connect to the echo server's port from every source (a public-looking and an RFC 1918 IPv4,
+a GUA and a ULA; the private and ULA ones are lost on the lab's NAT-free internet),
 plus the two default gateways, with the default probe interval unless ``--interval`` says
 otherwise. Memory is the child's resident set size just before the service starts and at the
 end. The issue's budget: under 1 % of one core over 60 s.

@@ -44,8 +44,10 @@ async def test_answers_over_the_lab_network(healthy_lab: Lab, over: str) -> None
     assert (await lab.run_in("client", lookup, ns, names.v6_only, "A"))[0] == "nodata"
     assert (await lab.run_in("client", lookup, ns, names.v6_only, "AAAA"))[1] == [server.v6[0]]
     assert (await lab.run_in("client", lookup, ns, names.nxdomain, "A"))[0] == "nxdomain"
-    # the query really came over the lab network, from the client's own address
-    assert lab.dns.queries[-1].peer in (lab.client.v4, lab.client.gua)
+    # the query really came over the lab network, from the client's own address (the DNS
+    # server's IPv4 is on the link of the client's RFC 1918 address)
+    expected = lab.client.private_v4 if over == "dns_v4" else lab.client.gua
+    assert lab.dns.queries[-1].peer == expected
 
 
 async def test_dead_addresses_are_served(healthy_lab: Lab) -> None:

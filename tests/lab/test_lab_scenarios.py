@@ -33,6 +33,39 @@ async def test_healthy_reaches_every_server_address(healthy_lab: Lab, echo: Echo
         assert peer_of(out.greeting) == expected  # no translation when healthy
 
 
+async def test_internet_drops_untranslated_private_and_ula_sources(
+    healthy_lab: Lab, echo: EchoServer
+) -> None:
+    lab = healthy_lab
+    before = len(echo.accepted)
+    for source, address in ((lab.client.private_v4, lab.server.v4[0]),
+                            (lab.client.ula, lab.server.v6[0])):
+        out = await lab.run_in("client", tcp_connect, address, echo.port, source=source,
+                               limit=SHORT)
+        assert out.timed_out, (source, out.error_name)
+    assert len(echo.accepted) == before  # dropped on the way out: the server never saw them
+    # the public-looking IPv4 source and the GUA are what a plain, unbound socket uses
+    for address, expected in ((lab.server.v4[0], lab.client.v4),
+                              (lab.server.v6[0], lab.client.gua)):
+        out = await lab.run_in("client", tcp_connect, address, echo.port, read_greeting=True)
+        assert out.ok and out.local == expected, (address, out.error_name)
+        assert peer_of(out.greeting) == expected
+    public = await lab.run_in("client", tcp_connect, lab.server.v4[2], echo.port,
+                              source=lab.client.v4, read_greeting=True)
+    assert public.ok and peer_of(public.greeting) == lab.client.v4
+
+
+async def test_private_sources_still_reach_the_lab_dns_link(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    for scenario in (Scenario.healthy(), Scenario.nat44_masquerade(),
+                     Scenario.nptv6_translation(), Scenario.ula_source_trap()):
+        await lab.set_scenario(scenario)
+        route = await lab.exec("client", "ip", "-4", "route", "get", lab.dns_v4, check=True)
+        assert f"src {lab.client.private_v4}" in route.stdout, (scenario, route.stdout)
+        out = await lab.run_in("client", tcp_connect, lab.dns_v4, 53, limit=SHORT)
+        assert out.ok and out.local == lab.client.private_v4, (scenario, out.error_name)
+
+
 async def test_dead_addresses_are_silently_dropped(healthy_lab: Lab, echo: EchoServer) -> None:
     lab = healthy_lab
     for address in (lab.server.dead_v4[0], lab.server.dead_v6[0]):
@@ -128,9 +161,24 @@ async def test_nat44_rewrites_source(healthy_lab: Lab, echo: EchoServer) -> None
     await lab.set_scenario(Scenario.nat44_masquerade())
     out = await lab.run_in("client", tcp_connect, lab.server.v4[2], echo.port,
                            read_greeting=True)
-    assert out.ok and out.local == lab.client.v4  # the client still sees its RFC 1918 source
+    # the default route now leaves from the RFC 1918 source, which the client still sees
+    assert out.ok and out.local == lab.client.private_v4
     assert peer_of(out.greeting) == lab.router.server_v4
     assert echo.accepted[-1].peer == lab.router.server_v4
+    # toggled independently: the public source is not translated, the ULA is still dropped
+    public = await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port,
+                              source=lab.client.v4, read_greeting=True)
+    assert public.ok and peer_of(public.greeting) == lab.client.v4
+    ula = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port,
+                           source=lab.client.ula, limit=SHORT)
+    assert ula.timed_out
+    # and back to healthy: the private source is dropped again, the route uses the public one
+    await lab.set_scenario(Scenario.healthy())
+    private = await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port,
+                               source=lab.client.private_v4, limit=SHORT)
+    assert private.timed_out
+    plain = await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port)
+    assert plain.ok and plain.local == lab.client.v4
 
 
 async def test_nptv6_translates_ula_prefix(healthy_lab: Lab, echo: EchoServer) -> None:
@@ -146,6 +194,10 @@ async def test_nptv6_translates_ula_prefix(healthy_lab: Lab, echo: EchoServer) -
     gua = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port,
                            source=lab.client.gua, read_greeting=True)
     assert peer_of(gua.greeting) == lab.client.gua
+    # NPTv6 does not translate IPv4: the RFC 1918 source is still dropped
+    private = await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port,
+                               source=lab.client.private_v4, limit=SHORT)
+    assert private.timed_out
 
 
 async def test_ipv4_only_client(healthy_lab: Lab, echo: EchoServer) -> None:

@@ -119,7 +119,8 @@ class Lab:
 
     @property
     def client(self) -> ClientPlan:
-        """Client addresses: ``v4`` (RFC 1918), ``gua``, ``ula``, direct-link link-local."""
+        """Client addresses: ``v4`` (public-looking, the healthy IPv4 source), ``private_v4``
+        (RFC 1918, the NAT44 source), ``gua``, ``ula``, direct-link link-local."""
         return self.topology.client
 
     @property

@@ -15,6 +15,8 @@ from apr_async.lab.topology import Topology
 
 __all__ = [
     "HEALTHY",
+    "NON_INTERNET_V4",
+    "NON_INTERNET_V6",
     "REJECT_HAIR",
     "PathMode",
     "Scenario",
@@ -27,6 +29,11 @@ __all__ = [
 REJECT_HAIR = 0.001
 
 MAX_DELAY = 10.0
+
+#: Sources the lab's "internet" (the router's server side) drops unless a scenario translates
+#: them: RFC 1918 and the CGN shared space (RFC 6598), and ULA (RFC 4193).
+NON_INTERNET_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+NON_INTERNET_V6 = "fc00::/7"
 
 
 class PathMode(enum.StrEnum):
@@ -59,10 +66,14 @@ class Scenario:
             always dropped, whatever the scenario).
         v4_delay, v6_delay: extra round-trip time in seconds added by the router's delay
             line (applied to server -> client packets).
-        ula_trap: the client's IPv6 default route prefers its ULA source (``src``), and the
-            router does not route the ULA prefix back; the GUA source keeps working.
-        nat44: the router masquerades the client's RFC 1918 source towards the server.
-        nptv6: the router translates the client's ULA /48 to a GUA /48 (RFC 6296).
+        ula_trap: the client's IPv6 default route prefers its ULA source (``src``), which the
+            lab's "internet" drops like every untranslated ULA source; the GUA source keeps
+            working.
+        nat44: the client's IPv4 default route uses its RFC 1918 source (``src``) and the
+            router masquerades it towards the server. Without it the client uses its
+            public-looking IPv4 source, and RFC 1918 sources are dropped at the router.
+        nptv6: the router translates the client's ULA /48 to a GUA /48 (RFC 6296). Without it
+            ULA sources are dropped at the router.
         client_v4, client_v6: whether the client has IPv4 / global IPv6 at all.
     """
 
@@ -92,6 +103,10 @@ class Scenario:
             raise ValueError("a client without IPv4 and without IPv6 cannot reach anything")
         if self.ula_trap and not self.client_v6:
             raise ValueError("ula_trap needs client IPv6")
+        if self.nptv6 and not self.client_v6:
+            raise ValueError("nptv6 needs client IPv6")
+        if self.nat44 and not self.client_v4:
+            raise ValueError("nat44 needs client IPv4")
 
     # -- presets ----------------------------------------------------------------------------
 
@@ -129,12 +144,12 @@ class Scenario:
 
     @classmethod
     def ula_source_trap(cls) -> Scenario:
-        """The client's route prefers a ULA source that is not routed back."""
+        """The client's route prefers its ULA source, which the lab's internet drops."""
         return cls(ula_trap=True)
 
     @classmethod
     def nat44_masquerade(cls) -> Scenario:
-        """The router masquerades the client's IPv4 source."""
+        """The client's IPv4 goes out from its RFC 1918 source, masqueraded by the router."""
         return cls(nat44=True)
 
     @classmethod
@@ -206,6 +221,7 @@ _ICMP_REJECT = {
 def router_base_ruleset(topo: Topology) -> str:
     """The router's permanent nftables tables (dead addresses, empty scenario chains)."""
     r, s = topo.router, topo.server
+    private4 = ", ".join(NON_INTERNET_V4)
     dead4 = ", ".join(s.dead_v4)
     dead6 = ", ".join(s.dead_v6)
     return f"""
@@ -222,6 +238,14 @@ table inet aprlab {{
         jump scenario
     }}
     chain scenario {{
+    }}
+    chain internet {{
+        # The server side is "the internet": it does not carry private or ULA sources. This
+        # hook runs after NAT44 (srcnat) and NPTv6 (ip6tables mangle, priority -150), so it
+        # sees sources as the server would, and translated ones pass in their scenarios.
+        type filter hook postrouting priority srcnat + 10; policy accept;
+        oifname "{r.server_ifname}" ip saddr {{ {private4} }} drop
+        oifname "{r.server_ifname}" ip6 saddr {NON_INTERNET_V6} drop
     }}
 }}
 table ip aprlab_nat {{
@@ -243,12 +267,9 @@ def router_scenario_rules(topo: Topology, scenario: Scenario) -> str:
         if mode is PathMode.BLACKHOLE:
             fwd.append(f'iifname "{r.client_ifname}" oifname "{r.server_ifname}"'
                        f" meta nfproto {proto} drop")
-    if scenario.ula_trap:
-        # "not routed back": the server's answers to the ULA source die at the router
-        fwd.append(f'iifname "{r.server_ifname}" ip6 daddr {c.ula_prefix} drop')
     nat: list[str] = []
     if scenario.nat44:
-        nat.append(f'oifname "{r.server_ifname}" ip saddr {c.v4}/{c.v4_prefixlen} masquerade')
+        nat.append(f'oifname "{r.server_ifname}" ip saddr {c.private_v4_prefix} masquerade')
     lines = ["flush chain inet aprlab scenario", "flush chain ip aprlab_nat scenario"]
     lines += [f"add rule inet aprlab scenario {rule}" for rule in fwd]
     lines += [f"add rule ip aprlab_nat scenario {rule}" for rule in nat]
@@ -316,17 +337,24 @@ def nptv6_rules(topo: Topology, enable: bool) -> list[list[str]]:
 
 
 def client_changes(topo: Topology, old: Scenario, new: Scenario) -> str:
-    """``ip -batch`` text moving the client from ``old`` to ``new`` (family presence, ULA
-    source preference); empty when nothing on the client changes."""
+    """``ip -batch`` text moving the client from ``old`` to ``new`` (family presence, the
+    IPv4 source under NAT44, ULA source preference); empty when nothing on the client changes."""
     c, r = topo.client, topo.router
     lines: list[str] = []
+    # NAT44 is the one scenario where plain IPv4 connects leave from the RFC 1918 source.
+    v4_src = c.private_v4 if new.nat44 else c.v4
+    v4_route = f"route replace default via {r.client_v4} dev {c.ifname} src {v4_src}"
     if old.client_v4 != new.client_v4:
         if new.client_v4:
             lines += [f"addr add {c.v4}/{c.v4_prefixlen} dev {c.ifname}",
-                      f"route replace default via {r.client_v4} dev {c.ifname}"]
+                      f"addr add {c.private_v4}/{c.private_v4_prefixlen} dev {c.ifname}",
+                      v4_route]
         else:
             lines += [f"route del default via {r.client_v4} dev {c.ifname}",
-                      f"addr del {c.v4}/{c.v4_prefixlen} dev {c.ifname}"]
+                      f"addr del {c.v4}/{c.v4_prefixlen} dev {c.ifname}",
+                      f"addr del {c.private_v4}/{c.private_v4_prefixlen} dev {c.ifname}"]
+    elif new.client_v4 and old.nat44 != new.nat44:
+        lines.append(v4_route)
     if old.client_v6 != new.client_v6 and not new.client_v6:
         lines += [f"route del ::/0 via {r.client_link_local} dev {c.ifname}",
                   f"addr del {c.gua}/{c.v6_prefixlen} dev {c.ifname}",

@@ -41,13 +41,23 @@ def new_lab_prefix() -> str:
 
 @dataclass(frozen=True)
 class ClientPlan:
-    """The client host: an RFC 1918 IPv4 source, a GUA and a ULA IPv6 source."""
+    """The client host: a public-looking and an RFC 1918 IPv4 source, a GUA and a ULA IPv6
+    source.
+
+    The lab's "internet" (the router's server side) drops private and ULA sources it is not
+    told to translate, so ``v4`` is the source a healthy path uses and ``private_v4`` only
+    gets through in the NAT44 scenario (``ula`` only in the NPTv6 one).
+    """
 
     netns: str
     ifname: str = "up0"
     ifindex: int = 10
-    v4: str = "10.0.1.2"
-    v4_prefixlen: int = 24
+    #: public-looking IPv4 source (the default route's ``src`` unless the scenario is NAT44)
+    v4: str = "203.0.113.194"
+    v4_prefixlen: int = 26
+    #: RFC 1918 IPv4 source, on the same link as the lab DNS server
+    private_v4: str = "10.0.1.2"
+    private_v4_prefixlen: int = 24
     gua: str = "2001:db8:c::2"
     ula: str = "fd12:3456:789a:c::2"
     v6_prefixlen: int = 64
@@ -56,6 +66,12 @@ class ClientPlan:
     direct_ifname: str = "ll0"
     direct_ifindex: int = 14
     direct_link_local: str = "fe80::c"
+
+    @property
+    def private_v4_prefix(self) -> str:
+        """The RFC 1918 client subnet (the inside of the NAT44 scenario, the DNS server's link)."""
+        return str(ipaddress.IPv4Network(f"{self.private_v4}/{self.private_v4_prefixlen}",
+                                         strict=False))
 
     @property
     def ula_prefix(self) -> str:
@@ -74,8 +90,10 @@ class RouterPlan:
     server_ifindex: int = 12
     delay_ifname: str = "dly0"
     delay_table: int = 100
-    #: gateway addresses on the client side
+    #: gateway addresses on the client side (the IPv4 default route goes via ``client_v4``
+    #: whichever source it uses; ``client_public_v4`` makes the client's public /26 on-link)
     client_v4: str = "10.0.1.1"
+    client_public_v4: str = "203.0.113.193"
     client_gua: str = "2001:db8:c::1"
     client_ula: str = "fd12:3456:789a:c::1"
     client_link_local: str = "fe80::1"
@@ -170,10 +188,11 @@ class Topology:
         lines = ["link set lo up", *_static_link(c.ifname, c.link_local)]
         lines += [
             f"addr add {c.v4}/{c.v4_prefixlen} dev {c.ifname}",
+            f"addr add {c.private_v4}/{c.private_v4_prefixlen} dev {c.ifname}",
             f"addr add {c.gua}/{c.v6_prefixlen} dev {c.ifname} nodad",
             f"addr add {c.ula}/{c.v6_prefixlen} dev {c.ifname} nodad",
             f"link set {c.ifname} up",
-            f"route add default via {r.client_v4} dev {c.ifname}",
+            f"route add default via {r.client_v4} dev {c.ifname} src {c.v4}",
             f"route add ::/0 via {r.client_link_local} dev {c.ifname}",
         ]
         if self.direct_link:
@@ -183,10 +202,11 @@ class Topology:
 
     def router_batch(self) -> str:
         """Router addresses, routes to the server's extra prefixes, the delay-line table."""
-        r, s = self.router, self.server
+        c, r, s = self.client, self.router, self.server
         lines = ["link set lo up", *_static_link(r.client_ifname, r.client_link_local)]
         lines += [
-            f"addr add {r.client_v4}/24 dev {r.client_ifname}",
+            f"addr add {r.client_v4}/{c.private_v4_prefixlen} dev {r.client_ifname}",
+            f"addr add {r.client_public_v4}/{c.v4_prefixlen} dev {r.client_ifname}",
             f"addr add {r.dns_v4}/32 dev {r.client_ifname}",
             f"addr add {r.client_gua}/64 dev {r.client_ifname} nodad",
             f"addr add {r.client_ula}/64 dev {r.client_ifname} nodad",
