@@ -1,14 +1,17 @@
 """The getapr-compatible sync shim (``apr_async.compat``).
 
-Everything that starts the probe service runs as a separate Python process inside the lab's
-client namespace, with targets and DNS set through ``APR_ASYNC_*`` (never the defaults), so
-the process's interpreter exit (atexit shutdown) is tested too.
+Everything that starts the probe service runs as a separate Python process, so its
+interpreter exit (the atexit shutdown) is tested too: on loopback with nothing to probe, or
+inside the lab's client namespace with targets and DNS set through ``APR_ASYNC_*`` (never the
+defaults).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -38,6 +41,104 @@ def test_bad_input_raises_before_anything_starts() -> None:
         compat.init_getapr(config="targets")  # type: ignore[arg-type]
     assert threading.active_count() == threads  # no background thread was started
     compat.shutdown()  # nothing to stop: a no-op
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import atexit, json, sys, threading, time
+    report = {}
+
+    def after_shutdown():
+        # Registered before compat's own handler, so it runs after it (atexit is LIFO).
+        report["exit_s"] = time.monotonic() - report.pop("t_exit")
+        stuck.join(5)
+        report["compat_threads"] = [
+            t.name for t in threading.enumerate() if t.name.startswith("apr_async")
+        ]
+        report["loop_closed"] = loop.is_closed()
+        print(json.dumps(report), flush=True)
+
+    atexit.register(after_shutdown)
+    from apr_async import compat as getapr
+
+    barrier = threading.Barrier(8)
+    firsts = []
+
+    def first_use():
+        barrier.wait()
+        firsts.append(getapr.get_addr_pairs("127.0.0.1", int(sys.argv[1])))
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report["first_use_s"] = time.monotonic() - t0
+    report["pairs"] = [[int(af), list(sa), list(da)] for af, sa, da in firsts[0]]
+    t0 = time.monotonic()
+    report["init"] = getapr.init_getapr()
+    report["init_s"] = time.monotonic() - t0
+    loop = getapr._background.loop()
+
+    async def services():
+        import asyncio
+        return sum(t.get_name() == "apr_async-probe-service" for t in asyncio.all_tasks())
+
+    report["services"] = getapr._background.call(services())
+
+    def stuck_call():
+        try:
+            getapr.get_addr_pairs("unanswered.test", 80)  # the DNS server never answers
+        except Exception as exc:
+            report["stuck"] = f"{type(exc).__name__}: {exc}"
+
+    stuck = threading.Thread(target=stuck_call, daemon=True)
+    stuck.start()
+    time.sleep(0.3)
+    atexit.register(lambda: report.__setitem__("t_exit", time.monotonic()))  # runs first
+    """
+)
+
+
+def test_first_use_is_quick_and_exit_is_clean_with_a_call_in_flight() -> None:
+    # Loopback only: a literal (no DNS) for the answers, no probe target, no gateway probe,
+    # no NAT64 discovery, and a DNS server that is a local UDP socket nobody reads.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent_dns:
+        silent_dns.bind(("127.0.0.1", 0))
+        env = {
+            **os.environ,
+            "APR_ASYNC_TARGETS": "none",
+            "APR_ASYNC_PROBE_GATEWAYS": "0",
+            "APR_ASYNC_NAT64_DISCOVERY": "0",
+            "APR_ASYNC_NAMESERVERS": f"127.0.0.1:{silent_dns.getsockname()[1]}",
+            "APR_ASYNC_DNS_TIMEOUT": "30",
+        }
+        start = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-W", "error", "-c", EXIT_SCRIPT, "9"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no warning, no traceback, not even from the stuck thread
+    data = json.loads(proc.stdout)
+    assert data["pairs"] == [[socket.AF_INET, ["127.0.0.1", 0], ["127.0.0.1", 9]]]
+    assert list(data["init"]) == list(PROTOTYPE_FIELDS)
+    # First use starts a thread and the service, and waits for no probe round (generous
+    # bounds on a loaded machine: blocking would take seconds).
+    assert data["first_use_s"] < 1.0 and data["init_s"] < 1.0, data
+    assert data["services"] == 1  # eight threads arriving first at once share one service
+    # Exit did not wait for the call in flight (DNS timeout 30 s) nor for SHUTDOWN_TIMEOUT:
+    # the call was told why it ended, the thread was joined and the loop closed.
+    assert data["exit_s"] < 2.0, data
+    assert data["stuck"] == "RuntimeError: apr_async.compat was shut down during this call"
+    assert data["compat_threads"] == [] and data["loop_closed"]
+    assert elapsed < 30
 
 
 SCRIPT = textwrap.dedent(

@@ -8,10 +8,13 @@
     getapr.status()["GUA_ok"]
 
 The asynchronous probe service runs on a background event loop in a daemon thread, started
-lazily on first use and stopped at interpreter exit (``atexit``: stop the service, stop and
-close the loop, join the thread). Nothing here blocks for a probe round: the first
-``get_addr_pairs`` answers at once from RFC 6724 and the kernel's routes, and the background
-probes refine the order for later calls. Return shapes are the prototype's: a list of
+lazily on first use (by whichever thread comes first) and stopped at interpreter exit
+(``atexit``: stop the service, stop and close the loop, join the thread); a call still waiting
+then raises ``RuntimeError`` at once rather than holding the exit up.
+
+Nothing here blocks for a probe round: the first ``get_addr_pairs`` answers at once from
+RFC 6724 and the kernel's routes, and the background probes refine the order for later calls.
+Return shapes are the prototype's: a list of
 ``(AF, SA, DA)`` tuples (``AddrPair`` named tuples, which also carry ``reason`` and ``rtt``),
 ``getaddrinfo`` entries like :func:`socket.getaddrinfo`, and ``status()`` a plain ``dict``
 with ``GUA_ok, IPv4_ok, LLA_ok, NAT44, NPTv6, RFC1918, ULA_ok, ULA_present, def_gateway4,
@@ -60,6 +63,9 @@ class _Background:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Held while the service starts: threads that arrive first at once share one service.
+        # Separate from _lock, which call() needs meanwhile.
+        self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._service: ProbeService | None = None
@@ -98,30 +104,34 @@ class _Background:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"apr_async.compat call did not finish in {timeout} s") from None
+        except concurrent.futures.CancelledError:
+            # shutdown() (or interpreter exit) cancelled what was still running on the loop.
+            raise RuntimeError("apr_async.compat was shut down during this call") from None
 
     def service(self, config: Config | None = None) -> ProbeService:
         """The probe service, started on first use (its start reads the interfaces and
         schedules the first probe round; it does not wait for the network)."""
-        with self._lock:
-            service = self._service
-        if service is not None and service.running:
-            if config is not None and config != service.config:
+        with self._start_lock:
+            with self._lock:
+                service = self._service
+            if service is not None and service.running:
+                if config is None or config == service.config:
+                    return service
                 # A new configuration replaces the running service.
                 self.call(service.aclose(), SHUTDOWN_TIMEOUT)
-            else:
-                return service
 
-        async def start() -> ProbeService:
-            # install=False: the process-wide default context stays the asyncio users' own;
-            # this service's context is passed explicitly to every call below.
-            new = ProbeService(config if config is not None else Config.from_env(), install=False)
-            await new.start()
-            return new
+            async def start() -> ProbeService:
+                # install=False: the process-wide default context stays the asyncio users'
+                # own; this service's context is passed explicitly to every call below.
+                settings = config if config is not None else Config.from_env()
+                new = ProbeService(settings, install=False)
+                await new.start()
+                return new
 
-        service = self.call(start())
-        with self._lock:
-            self._service = service
-        return service
+            service = self.call(start())
+            with self._lock:
+                self._service = service
+            return service
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Stop the service, stop and close the loop, join the thread. Idempotent."""
