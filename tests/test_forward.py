@@ -136,9 +136,8 @@ async def test_curl_through_relay_crosses_families(listen_host: str, server_host
     upstream = f"[{server_host}]:{port}" if ":" in server_host else f"{server_host}:{port}"
     listen = f"[{listen_host}]:0" if ":" in listen_host else f"{listen_host}:0"
     try:
-        async with Forwarder(
-            listen, upstream, connect=plain_connect, on_close=closed.append
-        ) as fwd:
+        # The default connect: apr_async's open_connection, as the CLI relays.
+        async with Forwarder(listen, upstream, on_close=closed.append) as fwd:
             lport = fwd.addresses[0][1]  # type: ignore[index]
             url_host = f"[{listen_host}]" if ":" in listen_host else listen_host
             rc, out, err = await curl(f"http://{url_host}:{lport}/")
@@ -357,9 +356,7 @@ async def test_200_concurrent_connections_without_loss_or_leak() -> None:
     async with TcpServer(echo_until_eof, host="::1") as server:
         fds_before = _open_fds()
         tasks_before = len(asyncio.all_tasks())
-        async with Forwarder(
-            "127.0.0.1:0", f"[::1]:{server.port}", connect=plain_connect, backlog=256
-        ) as fwd:
+        async with Forwarder("127.0.0.1:0", f"[::1]:{server.port}", backlog=256) as fwd:
             lport = fwd.addresses[0][1]  # type: ignore[index]
             results = await asyncio.wait_for(asyncio.gather(*(one(n, lport) for n in sizes)), 30)
             assert all(results)
