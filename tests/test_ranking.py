@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from apr_async import ranking
+from apr_async.addresses import kind_of
 from apr_async.latency import FailureTable, LatencyTable
 from apr_async.ranking import AddrPair, Translator, rank_pairs
 from apr_async.rfc6724 import SourceAddress, sort_destinations
@@ -145,13 +147,13 @@ def test_ula_source_to_gua_goes_last_unless_a_translator_was_seen() -> None:
         ("fd00:1::10", "2001:db8:2::1"),
         ("fd00:1::10", "2001:db8:3::1"),
     ]
-    assert "last: ULA source" in pairs[2].reason and "NPTv6" in pairs[2].reason
+    assert pairs[2].reason.startswith("ULA -> GUA: last: needs NPTv6/NAT66, none seen; ")
     for translator in (Translator.NPTV6, "nat66"):
         pairs = rank_pairs(dests(*D6, *D4), [ULA, V4], 443, translators_seen={translator})
         assert simple(pairs)[0] == ("192.168.1.10", "198.51.100.1")  # RFC 6724 rule 5 label
         assert "last:" not in pairs[2].reason
     pairs = rank_pairs(dests(*D6, *D4), [ULA, V4], 443, translators_seen={Translator.NAT64})
-    assert "last: ULA source" in pairs[2].reason
+    assert "last: needs NPTv6/NAT66" in pairs[2].reason
     # The GUA source comes first whatever the kernel would have picked.
     pairs = rank_pairs(dests(D6[0]), [ULA, GUA], 443, kernel_sources={D6[0]: ULA.address})
     assert simple(pairs) == [("2001:db8:1::10", "2001:db8:2::1"), ("fd00:1::10", "2001:db8:2::1")]
@@ -169,7 +171,7 @@ def test_loopback_destination_prefers_loopback_source() -> None:
     # Without a loopback source, the others are kept, last.
     pairs = rank_pairs(dests("::1", "198.51.100.1"), [GUA, V4], 8080)
     assert simple(pairs) == [("192.168.1.10", "198.51.100.1"), ("2001:db8:1::10", "::1")]
-    assert "last: non-loopback source to a loopback destination" in pairs[1].reason
+    assert pairs[1].reason.startswith("GUA -> loopback: last: not a loopback source; ")
     # A loopback source never goes anywhere else.
     assert all(p.source[0] not in ("::1", "127.0.0.1") for p in rank_pairs(dests(*D6, *D4), ALL, 1))
 
@@ -189,7 +191,10 @@ def test_failing_pairs_move_after_the_others_until_they_expire() -> None:
     ]
     last = pairs[-1]
     assert last.failing and not pairs[0].failing
-    assert "after others: failed 12 s ago (ECONNREFUSED); reordered, not removed" in last.reason
+    assert last.reason == (
+        "GUA -> GUA: after the others: failed 12 s ago (ECONNREFUSED); no RTT yet; "
+        "RFC 6724: before 2001:db8:3::1 (destination rule 10, input order), only usable source"
+    )
     # Other ports are not affected, and the entry expires 600 s after the failure.
     assert simple(rank_pairs(dests(*D6), [GUA], 80, failures=failures, now=112))[0][1] == str(D6[0])
     later = rank_pairs(dests(*D6, *D4), [GUA, V4], 443, failures=failures, now=700)
@@ -220,9 +225,11 @@ def test_ipv6_bias(v6_ms: float, v6_first: bool) -> None:
     assert pairs[0].rtt is not None and pairs[1].rtt is not None
     v6 = next(p for p in pairs if p.family == socket.AF_INET6)
     if 0 < v6_ms <= 5:
-        assert "IPv6 preferred within 5 ms bias" in v6.reason
+        assert v6.reason.endswith(", IPv6 preferred: within the 5 ms bias")
     if v6_ms > 5:
-        assert "more than the 5 ms bias" in v6.reason
+        assert v6.reason.endswith(f", IPv6 {v6_ms:.1f} ms slower than IPv4, beyond the 5 ms bias")
+    if v6_ms < 0:
+        assert v6.reason.endswith(", faster than IPv4")
 
 
 def test_bias_is_configurable() -> None:
@@ -231,7 +238,12 @@ def test_bias_is_configurable() -> None:
     latency.record(GUA.address, D6[0], 0.012, now=0)
     pairs = rank_pairs(dests(D6[0], D4[0]), [GUA, V4], 443, latency=latency, ipv6_bias_ms=0)
     assert pairs[0].family == socket.AF_INET
-    assert "IPv4 first: IPv6 is 2.0 ms slower, more than the 0 ms bias" in pairs[0].reason
+    assert pairs[0].reason == (
+        "RFC 1918 -> public IPv4: RTT 10.0 ms (1 sample), "
+        "ahead of IPv6: IPv6 2.0 ms slower, beyond the 0 ms bias"
+    )
+    assert pairs[1].reason == "GUA -> GUA: RTT 12.0 ms (1 sample), IPv6 2.0 ms slower than IPv4, " \
+        "beyond the 0 ms bias"
 
 
 def test_measured_pairs_come_first_fastest_first() -> None:
@@ -245,8 +257,10 @@ def test_measured_pairs_come_first_fastest_first() -> None:
         ("192.168.1.10", "198.51.100.1"),  # 30 ms inherited
         ("192.168.1.10", "198.51.100.2"),  # 30 ms
     ]
-    assert "measured 20.0 ms (EWMA of 1)" in pairs[0].reason
-    assert "20.0 ms inherited from 198.51.100.0/30 (1 measured destination)" in pairs[1].reason
+    assert pairs[0].reason == "RFC 1918 -> public IPv4: RTT 20.0 ms (1 sample)"
+    assert pairs[1].reason == (
+        "RFC 1918 -> public IPv4: RTT 20.0 ms inherited from 198.51.100.0/30 (1 destination)"
+    )
     assert pairs[1].rtt == pytest.approx(0.020)
 
 
@@ -259,7 +273,8 @@ def test_unmeasured_pairs_follow_measured_ones_in_rfc_order() -> None:
         ("2001:db8:1::10", "2001:db8:2::1"),
         ("2001:db8:1::10", "2001:db8:3::1"),
     ]
-    assert pairs[1].rtt is None and "no latency known" in pairs[1].reason
+    assert pairs[1].rtt is None
+    assert pairs[1].reason.startswith("GUA -> GUA: no RTT yet; RFC 6724: ")
 
 
 def test_all_probes_lost_counts_as_unmeasured() -> None:
@@ -268,7 +283,9 @@ def test_all_probes_lost_counts_as_unmeasured() -> None:
     latency.record(GUA.address, D6[0], 0.5, now=0)
     pairs = rank_pairs(dests(D4[0], D6[0]), [GUA, V4], 443, latency=latency)
     assert simple(pairs)[0] == ("2001:db8:1::10", "2001:db8:2::1")
-    assert "100% of probes lost" in pairs[1].reason
+    assert pairs[1].reason.startswith(
+        "RFC 1918 -> public IPv4: no RTT: 100% probe loss; RFC 6724: "
+    )
 
 
 def test_results_follow_table_changes() -> None:
@@ -296,7 +313,7 @@ def test_rfc_order_without_measurements_matches_sort_destinations() -> None:
     pairs = rank_pairs(dests(*destinations), sources, 443)
     order = list(dict.fromkeys(p.destination[0] for p in pairs))
     assert order == expected
-    assert "destination rule 6 (higher precedence)" in pairs[-1].reason
+    assert "(destination rule 6, higher precedence)" in pairs[-1].reason
 
 
 def test_rfc_source_first_then_other_sources() -> None:
@@ -306,8 +323,12 @@ def test_rfc_source_first_then_other_sources() -> None:
         ("2001:db8:2::99", "2001:db8:2::1"),
         ("2001:db8:1::10", "2001:db8:2::1"),
     ]
-    assert "source rule 8 (longest matching prefix)" in pairs[0].reason
-    assert "alternative source, 2001:db8:2::99 wins by source rule 8" in pairs[1].reason
+    assert pairs[0].reason.endswith(
+        "source over 2001:db8:1::10 (source rule 8, longest matching prefix)"
+    )
+    assert pairs[1].reason.endswith(
+        "alternative to 2001:db8:2::99 (source rule 8, longest matching prefix)"
+    )
 
 
 def test_kernel_choice_breaks_ties_between_equal_sources() -> None:
@@ -317,7 +338,13 @@ def test_kernel_choice_breaks_ties_between_equal_sources() -> None:
     assert simple(rank_pairs(d, [a, b], 443))[0][0] == "2001:db8:1::10"
     pairs = rank_pairs(d, [a, b], 443, kernel_sources={d[0][0]: b.address})
     assert simple(pairs)[0][0] == "2001:db8:1::20"
-    assert "the kernel's choice among equally good sources" in pairs[0].reason
+    assert pairs[0].reason.endswith("source over 2001:db8:1::10 (kernel's choice, RFC 6724 tie)")
+    assert pairs[1].reason.endswith(
+        "alternative to 2001:db8:1::20 (kernel's choice, RFC 6724 tie)"
+    )
+    assert rank_pairs(d, [a, b], 443)[0].reason.endswith(
+        "source over 2001:db8:1::20 (input order, RFC 6724 tie)"
+    )
     # The kernel cannot override a real RFC 6724 preference (rule 3, deprecated).
     old = S("2001:db8:1::30", prefixlen=64, deprecated=True)
     pairs = rank_pairs(d, [a, old], 443, kernel_sources={d[0][0]: old.address})
@@ -342,7 +369,7 @@ def test_mobility_flags_use_pairwise_rule_4() -> None:
         dests("2001:db8:1::1", "fe80::1"), [coa, home, S("fe80::2", ifindex=2, care_of=True)], 80
     )
     assert simple(pairs)[0] == ("2001:db8:3::1", "2001:db8:1::1")
-    assert "source rule 4" in pairs[0].reason
+    assert "(source rule 4, prefer home addresses)" in pairs[0].reason
 
 
 # --- input checks -----------------------------------------------------------------------------
@@ -390,6 +417,40 @@ def test_cache_gives_the_same_answer_for_equal_inputs() -> None:
     assert rank_pairs(dests(*D6, *D4), ALL, 444)[0].destination[1] == 444
 
 
+def test_identity_cache_never_serves_a_plan_to_new_objects() -> None:
+    # A fresh source each round, dropped right after: CPython hands its memory, hence its
+    # id, to the next round's source. Only the anchors kept next to each cached plan stop a
+    # later round from getting an earlier round's plan. The value-keyed cache also holds
+    # sources, but it is bounded and cleared on its own schedule: emptied here each round so
+    # that nothing else keeps them alive.
+    dst = D4[0]
+    for i in range(300):
+        ranking._PLANS_BY_VALUE.clear()
+        src = S(f"10.{i // 250}.{i % 250}.1", prefixlen=8)
+        pairs = rank_pairs([(dst, None)], [src], 443)
+        assert pairs == [(socket.AF_INET, (str(src), 0), (str(dst), 443))]
+        del src, pairs
+
+
+def test_identity_cache_tells_a_kernel_choice_from_one_more_source() -> None:
+    a = S("2001:db8:1::10", prefixlen=64)
+    b = S("2001:db8:1::20", prefixlen=64)
+    d = dests("2001:db8:9::1")
+    assert simple(rank_pairs(d, [a, b], 443)) == [
+        ("2001:db8:1::10", "2001:db8:9::1"),
+        ("2001:db8:1::20", "2001:db8:9::1"),
+    ]
+    # The same objects in the same order, cut differently: b is now the kernel's choice.
+    assert simple(rank_pairs(d, [a], 443, kernel_sources={d[0][0]: b})) == [
+        ("2001:db8:1::10", "2001:db8:9::1")
+    ]
+
+
+def test_destinations_may_be_any_iterable_once() -> None:
+    pairs = rank_pairs(iter(dests(*D6)), iter([GUA]), 443)  # type: ignore[arg-type]
+    assert simple(pairs) == [("2001:db8:1::10", str(D6[0])), ("2001:db8:1::10", str(D6[1]))]
+
+
 # --- properties -------------------------------------------------------------------------------
 
 SOURCE_POOL = [*ALL, APIPA, S("fe80::10", ifindex=3), S("2001:db8:1::99", temporary=True)]
@@ -428,6 +489,34 @@ fail_st = st.lists(
 )
 
 
+def check_reason(pair: AddrPair) -> None:
+    """One short clause per level that applies, in the order of the levels, none repeated."""
+    source, destination = ip(pair.source[0]), ip(pair.destination[0])
+    head, _, rest = pair.reason.partition(": ")
+    assert head == f"{kind_of(source)} -> {kind_of(destination)}", pair.reason
+    clauses = rest.split("; ")
+    level = 0
+    for clause in clauses:
+        if clause.startswith("last: "):
+            this = 1
+        elif clause.startswith("after the others: failed "):
+            this = 2
+            assert pair.failing, pair.reason
+        elif clause.startswith(("RTT ", "no RTT")):
+            this = 3
+            assert clause.startswith("no RTT") == (pair.rtt is None), pair.reason
+        else:
+            assert clause.startswith("RFC 6724: "), pair.reason
+            this = 4
+            assert pair.rtt is None, pair.reason  # latency decided: RFC 6724 did not
+        assert this > level, f"clauses out of order or repeated: {pair.reason}"
+        level = this
+    assert pair.failing == ("after the others: " in pair.reason)
+    assert sum(c.startswith(("RTT ", "no RTT")) for c in clauses) == 1, pair.reason
+    # Short: beyond the two address texts it may name, a line of prose.
+    assert len(pair.reason) <= 150 + 2 * 39, pair.reason
+
+
 @settings(max_examples=300, deadline=None)
 @given(dests_st, sources_st, measure_st, fail_st, st.floats(-5, 20))
 def test_ranking_properties(
@@ -454,9 +543,9 @@ def test_ranking_properties(
     assert len(set(pairs)) == len(pairs)
     local = {str(s.address): s for s in sources}
     given_dests = {str(d.ipv4_mapped or d) if d.version == 6 else str(d) for d, _ in destinations}  # type: ignore[union-attr]
-    for pair in pairs:
+    for pair in [*pairs, *plain]:
         af, sa, da = pair
-        assert pair.reason
+        check_reason(pair)
         assert sa[0] in local and da[0] in given_dests and da[1] == 443
         assert len(sa) == len(da) == (4 if af == socket.AF_INET6 else 2)
         assert local[sa[0]].address.version == (6 if af == socket.AF_INET6 else 4)

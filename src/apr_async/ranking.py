@@ -32,16 +32,15 @@ import ipaddress
 import math
 import socket
 from collections.abc import Collection, Mapping, Sequence
-from enum import StrEnum
-from typing import Any, Final, NamedTuple
+from enum import Enum, StrEnum
+from typing import Any, Final, Literal, NamedTuple
 
+from apr_async import reasons
 from apr_async.addresses import AddressKind, IPAddress, Scope, address_key, kind_of, scope_of
 from apr_async.latency import Estimate, Failure, FailureTable, LatencyTable
 from apr_async.rfc6724 import (
     DEFAULT_POLICY_TABLE,
-    DESTINATION_RULES,
     SOURCE_KEY_RULES,
-    SOURCE_RULES,
     PolicyTable,
     SourceAddress,
     apply_rule9,
@@ -116,7 +115,7 @@ class AddrPair(_AddrPairFields):
         reason = meta[0]
         if not isinstance(reason, str):
             # Dynamic reasons are formatted only when read: most callers never look.
-            reason = _format_dynamic(reason)
+            reason = reasons.dynamic_reason(reason)
             self.__dict__["_meta"] = (reason, meta[1], meta[2])
         return reason
 
@@ -156,7 +155,17 @@ def _make_pair(
 
 # --- reachability ---------------------------------------------------------------------------
 
-_IMPOSSIBLE: Final = 2
+
+
+class _Unreachable(Enum):
+    """The source cannot possibly reach the destination: the pair is dropped."""
+
+    PAIR = "unreachable"
+
+
+_IMPOSSIBLE: Final = _Unreachable.PAIR
+_DOUBT_LOOPBACK: Final = "not a loopback source"
+_DOUBT_ULA: Final = "needs NPTv6/NAT66, none seen"
 _LOCAL_KINDS: Final = frozenset({AddressKind.LOOPBACK, AddressKind.UNSPECIFIED})
 _NOT_SOURCES: Final = frozenset({AddressKind.UNSPECIFIED, AddressKind.MULTICAST})
 _ULA_BLOCKED_KINDS: Final = frozenset(
@@ -217,33 +226,37 @@ def _reach(
     zone: int | None,
     local: frozenset[IPAddress],
     ula_translated: bool,
-) -> tuple[int, str | None]:
-    """0 usable, 1 doubtful (with why), 2 impossible (with why)."""
+) -> str | Literal[_Unreachable.PAIR] | None:
+    """``None`` if *src* can reach *dst*, a doubt (kept, placed last) or :data:`_IMPOSSIBLE`."""
     skind = src.kind
     if skind in _NOT_SOURCES:
-        return _IMPOSSIBLE, f"{skind} address is not a source"
+        return _IMPOSSIBLE
     if dst.kind in _LOCAL_KINDS:
-        if skind is AddressKind.LOOPBACK:
-            return 0, None
-        return 1, "non-loopback source to a loopback destination"
+        # Linux answers connect() to 127/8 or ::1 from any local address, but nothing
+        # guarantees another system does: keep such pairs, after the loopback ones.
+        return None if skind is AddressKind.LOOPBACK else _DOUBT_LOOPBACK
     if dst.view in local:
-        return 0, None  # one of this host's own addresses: routed through loopback
+        return None  # one of this host's own addresses: routed through loopback
     if skind is AddressKind.LOOPBACK:
-        return _IMPOSSIBLE, "loopback source cannot leave the host"
+        return _IMPOSSIBLE  # RFC 1122 / RFC 4291: loopback sources never leave the host
     if dst.needs_zone:
+        # A link-local destination is reachable only from a link-local source on the link
+        # named by its zone (RFC 4007); without a zone, from each link-local source whose
+        # interface index gives the zone.
         if skind is not AddressKind.LINK_LOCAL:
-            return _IMPOSSIBLE, "link-local destination needs a link-local source"
+            return _IMPOSSIBLE
         if zone is not None:
             if src.ifindex is not None and src.ifindex != zone:
-                return _IMPOSSIBLE, "source is on another interface than the destination's zone"
+                return _IMPOSSIBLE
         elif src.ifindex is None:
-            return _IMPOSSIBLE, "no interface index to scope the link-local destination"
-        return 0, None
+            return _IMPOSSIBLE
+        return None
     if src.scope < dst.scope:
-        return _IMPOSSIBLE, f"{src.scope.name.lower()} source cannot reach a wider scope"
+        return _IMPOSSIBLE  # routers do not forward a smaller-scope source (RFC 4007 9)
     if skind is AddressKind.ULA and dst.kind in _ULA_BLOCKED_KINDS and not ula_translated:
-        return 1, "ULA source to a global destination needs NPTv6/NAT66, none seen"
-    return 0, None
+        # An undetected NPTv6 may exist, so the pair is kept, last.
+        return _DOUBT_ULA
+    return None
 
 
 # --- the cached RFC 6724 plan -----------------------------------------------------------------
@@ -259,8 +272,8 @@ class _Entry(NamedTuple):
     fail_key: tuple[int, int, int]  # FailureTable key
     v6: bool
     doubt: str | None
-    head: str  # "IPv6 GUA source a -> b"
-    static: str  # the RFC 6724 part of the reason
+    head: str  # "GUA -> GUA"
+    rfc: str  # the RFC 6724 clause of the reason
     base_key: tuple[int, int, int, float, int, int]  # sort key when nothing is measured
 
 
@@ -274,17 +287,13 @@ class _Plan(NamedTuple):
     memo: list[tuple[LatencyTable, int, float, tuple[AddrPair, ...]]]
 
 
-# Two caches of plans. The fast one is keyed by id() of the input objects (hashing ipaddress
-# objects runs Python code) and keeps those objects alive next to the plan, so that no id can
-# be reused by another object while its entry exists. The other is keyed by value, for inputs
-# made of new but equal objects (a numeric host parsed again, a new interface snapshot).
-_PLANS: dict[tuple[Any, ...], tuple[_Plan, tuple[object, ...]]] = {}
+# Two caches of plans. The fast one is keyed by id() of the input objects, because hashing
+# ipaddress objects runs Python code, and keeps those objects alive next to the plan (see
+# _identity_key for why a hit is always right). The other is keyed by value, for inputs made
+# of new but equal objects (a numeric host parsed again, a new interface snapshot).
+_PLANS: dict[tuple[object, ...], tuple[_Plan, tuple[object, ...]]] = {}
 _PLANS_BY_VALUE: dict[tuple[Any, ...], _Plan] = {}
 _PLANS_MAX: Final = 512
-
-
-def _family_name(v6: bool) -> str:
-    return "IPv6" if v6 else "IPv4"
 
 
 def _first_difference(a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
@@ -302,8 +311,8 @@ def _source_order(
     kernel_ip: IPAddress | None,
     outgoing: str | int | None,
     mobility: bool,
-) -> tuple[list[tuple[int, SourceAddress, str | None]], str, list[str]]:
-    """Sort one destination's sources by RFC 6724 source rules; explain the order."""
+) -> tuple[list[tuple[int, SourceAddress, str | None]], list[str]]:
+    """Sort one destination's sources by RFC 6724 source rules; a clause for each says why."""
     label = policy.lookup(dst.view)[1]
     keys = {
         index: source_key(
@@ -342,21 +351,18 @@ def _source_order(
     ) -> str:
         position = _first_difference(keys[a[0]], keys[b[0]])
         if (position is None or position > 4) and mobility and home_preference(a[1], b[1]):
-            return f"source rule 4 ({SOURCE_RULES[4]})"
+            return reasons.source_rule(4)
         if position is not None:
-            rule = SOURCE_KEY_RULES[position]
-            return f"source rule {rule} ({SOURCE_RULES[rule]})"
+            return reasons.source_rule(SOURCE_KEY_RULES[position])
         if kernel_ip is not None and a[1].address == kernel_ip:
-            return "the kernel's choice among equally good sources"
-        return "input order among equally good sources"
+            return reasons.KERNEL_TIE
+        return reasons.ORDER_TIE
 
     first = ordered[0]
-    if len(ordered) == 1:
-        first_why = "its only usable source"
-    else:
-        first_why = f"source chosen by {why(first, ordered[1])} over {ordered[1][1]}"
-    others = [f"alternative source, {first[1]} wins by {why(first, item)}" for item in ordered[1:]]
-    return ordered, first_why, others
+    clauses = reasons.source_clauses(
+        [item[1].text for item in ordered], [why(first, item) for item in ordered[1:]]
+    )
+    return ordered, clauses
 
 
 def _compare_source_keys(
@@ -391,9 +397,9 @@ def _build_plan(
         for index, src in enumerate(sources):
             if (src.address.version == 6) != dst.v6:
                 continue
-            level, why = _reach(src, dst, zone, local, ula_translated)
-            if level != _IMPOSSIBLE:
-                candidates.append((index, src, why))
+            doubt = _reach(src, dst, zone, local, ula_translated)
+            if doubt is not _IMPOSSIBLE:
+                candidates.append((index, src, doubt))
         if dst.kind in _LOCAL_KINDS and any(c[2] is None for c in candidates):
             # Another source cannot do better than the loopback one: it would only add
             # doomed attempts after a refusal.
@@ -415,7 +421,7 @@ def _build_plan(
             outgoing = (
                 kernel_src.ifindex if kernel_src.ifindex is not None else kernel_src.interface
             )
-        ordered, first_why, other_whys = _source_order(
+        ordered, source_clauses = _source_order(
             dst,
             candidates,
             policy=policy,
@@ -430,12 +436,12 @@ def _build_plan(
             if dst.v6 and not any(dst.view in p for p in skip_rule9 if p.version == 6)
             else None
         )
-        per_dest.append((dst, zone, ordered, first_why, other_whys, key, rule9))
+        per_dest.append((dst, zone, ordered, source_clauses, key, rule9))
 
     count = len(per_dest)
     indexes = list(range(count))
-    keys = [d[5] for d in per_dest]
-    rule9s = [d[6] for d in per_dest]
+    keys = [d[4] for d in per_dest]
+    rule9s = [d[5] for d in per_dest]
     chosen_src = [d[2][0][1] for d in per_dest]
 
     def cmp(i: int, j: int) -> int:
@@ -471,19 +477,19 @@ def _build_plan(
     slots: dict[int, int] = {}
     emitted: set[tuple[int, SockAddr, SockAddr]] = set()
     for position, i in enumerate(order):
-        dst, zone, ordered, first_why, other_whys, _, _ = per_dest[i]
+        dst, zone, ordered, source_clauses, _, _ = per_dest[i]
+        # Each destination is explained against its neighbour: the first one against the
+        # second, every other one against the one just before it.
         if count == 1:
-            dest_why = "the only destination"
+            dest_clause = reasons.destination_clause(None, True, None)
         elif position == 0:
             other = per_dest[order[1]][0]
-            rule = dest_rule(i, order[1])
-            dest_why = f"destination rule {rule} ({DESTINATION_RULES[rule]}) before {other.text}"
+            dest_clause = reasons.destination_clause(dest_rule(i, order[1]), True, other.text)
         else:
-            other = per_dest[order[position - 1]][0]
-            rule = dest_rule(order[position - 1], i)
-            dest_why = f"destination rule {rule} ({DESTINATION_RULES[rule]}) after {other.text}"
+            before = order[position - 1]
+            other = per_dest[before][0]
+            dest_clause = reasons.destination_clause(dest_rule(before, i), False, other.text)
         for rank, (_, src, doubt) in enumerate(ordered):
-            src_why = first_why if rank == 0 else other_whys[rank - 1]
             family = socket.AF_INET6 if dst.v6 else socket.AF_INET
             if dst.v6:
                 src_scope = (src.ifindex or 0) if src.kind is AddressKind.LINK_LOCAL else 0
@@ -498,11 +504,9 @@ def _build_plan(
             if (family, sa, da) in emitted:
                 continue  # e.g. fe80::1 given both with and without its zone
             emitted.add((family, sa, da))
-            head = f"{_family_name(dst.v6)} {src.kind} source {src.text} -> {dst.text}"
-            static = f"RFC 6724: {dest_why}; {src_why}"
-            reason = f"{head}: {static}; no latency known"
-            if doubt is not None:
-                reason = f"{head}: last: {doubt}; {static}"
+            head = reasons.head(src.kind, dst.kind)
+            rfc = f"RFC 6724: {dest_clause}, {source_clauses[rank]}"
+            reason = reasons.static_reason(head, doubt, rfc)
             src_key = address_key(src.address)
             slot = slots.get(src_key)
             if slot is None:
@@ -518,7 +522,7 @@ def _build_plan(
                 dst.v6,
                 doubt,
                 head,
-                static,
+                rfc,
                 (0, 0, 0, 0.0, 0, 0),  # final value set below, once the order is known
             )
             (usable if doubt is None else doubtful).append(entry)
@@ -527,63 +531,6 @@ def _build_plan(
         for index, entry in enumerate(usable + doubtful)
     )
     return _Plan(entries, tuple(e.pair for e in entries), tuple(source_keys), [])
-
-
-# --- dynamic reasons --------------------------------------------------------------------------
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1000.0
-    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
-
-
-_Recipe = tuple[_Entry, Failure | None, Estimate | None, float, float | None, float]
-
-
-def _format_dynamic(recipe: _Recipe) -> str:
-    entry, failure, estimate, now, best_other, bias_ms = recipe
-    parts = []
-    if entry.doubt is not None:
-        parts.append(f"last: {entry.doubt}")
-    if failure is not None:
-        age = max(0.0, now - failure.last)
-        error = f" ({failure.error})" if failure.error else ""
-        times = f", {failure.count} failures" if failure.count > 1 else ""
-        parts.append(f"after others: failed {age:.0f} s ago{error}{times}; reordered, not removed")
-    if estimate is not None and estimate.rtt is not None:
-        if estimate.inherited:
-            count = estimate.destinations
-            measured = (
-                f"{_ms(estimate.rtt)} inherited from {estimate.prefix} "
-                f"({count} measured destination{'s' if count != 1 else ''})"
-            )
-        else:
-            measured = f"measured {_ms(estimate.rtt)} (EWMA of {estimate.samples})"
-        if estimate.loss:
-            measured += f", {estimate.loss:.0%} loss"
-        bias = f"{bias_ms:g} ms bias"
-        if best_other is not None:
-            diff_ms = (estimate.rtt - best_other) * 1000.0
-            if entry.v6:
-                if diff_ms <= 0:
-                    measured += ", faster than IPv4"
-                elif diff_ms <= bias_ms:
-                    measured += f", IPv6 preferred within {bias}"
-                else:
-                    measured += f", IPv6 {diff_ms:.1f} ms slower than IPv4: more than the {bias}"
-            elif diff_ms >= 0:
-                measured += ", slower than IPv6"
-            elif -diff_ms > bias_ms:
-                measured += f", IPv4 first: IPv6 is {-diff_ms:.1f} ms slower, more than the {bias}"
-            else:
-                measured += f", after IPv6 (within the {bias})"
-        parts.append(measured)
-    else:
-        if estimate is not None:
-            parts.append(f"no RTT known, {estimate.loss:.0%} of probes lost")
-        parts.append(entry.static)
-        parts.append("no latency known")
-    return f"{entry.head}: {'; '.join(parts)}"
 
 
 # --- the public entry point -------------------------------------------------------------------
@@ -635,41 +582,15 @@ def rank_pairs(
     ula_translated = not _ULA_TRANSLATORS.isdisjoint(translators_seen)
     skip = tuple(skip_rule9_prefixes)
 
-    plan: _Plan | None = None
-    plan_key: tuple[Any, ...] | None = None
-    kernel: list[IPAddress | SourceAddress | None] | None = None
-    try:
-        dest_ids = tuple([(id(ip), zone) for ip, zone in destinations])
-        if kernel_sources:
-            kernel = [kernel_sources.get(ip) for ip, _ in destinations]
-        plan_key = (
-            dest_ids,
-            tuple(map(id, sources)),
-            port,
-            None if kernel is None else tuple(map(id, kernel)),
-            ula_translated,
-            id(policy),
-            skip,
-        )
-        hit = _PLANS.get(plan_key)
-        if hit is not None:
-            plan = hit[0]
-    except (TypeError, ValueError):
-        plan_key = None  # malformed input: the checks below say what is wrong
-    if plan is None:
-        plan, anchors = _new_plan(
-            destinations,
-            sources,
-            port,
-            kernel_sources=kernel_sources,
-            ula_translated=ula_translated,
-            policy=policy,
-            skip=skip,
-        )
-        if plan_key is not None:
-            if len(_PLANS) >= _PLANS_MAX:
-                _PLANS.clear()
-            _PLANS[plan_key] = (plan, anchors)
+    plan = _plan_for(
+        destinations,
+        sources,
+        port,
+        kernel_sources=kernel_sources,
+        ula_translated=ula_translated,
+        policy=policy,
+        skip=skip,
+    )
 
     use_latency = latency is not None and len(latency) > 0
     use_failures = failures is not None and len(failures) > 0
@@ -695,7 +616,33 @@ def rank_pairs(
     )
 
 
-def _new_plan(
+def _identity_key(
+    destinations: Sequence[tuple[IPAddress, int | None]],
+    sources: Sequence[SourceAddress],
+    kernel: Sequence[IPAddress | SourceAddress | None],
+    policy: PolicyTable,
+    rest: tuple[object, ...],
+) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The key of :data:`_PLANS` for this input, and the objects the entry must keep alive.
+
+    Why a hit is always right: every object whose ``id()`` is in the key is in the returned
+    anchors, which live in the cache entry as long as the key does. CPython reuses an id only
+    once its object is gone, so while an entry exists no other object can have any of its
+    ids; the caller's objects are alive during the call; hence a hit means the very same
+    objects as when the plan was built. They are immutable (frozen ``SourceAddress``,
+    ``ipaddress`` objects, a ``PolicyTable`` whose rows never change), so they still have
+    the values the plan was computed from. The lengths are in the key because the id run
+    alone could be cut differently (a kernel choice may also be one of the sources); zones,
+    port and the rest are plain values.
+    """
+    ips = [item[0] for item in destinations]
+    anchors = (*ips, *sources, *kernel, policy)
+    zones = tuple([item[1] for item in destinations])
+    key = (tuple(map(id, anchors)), len(ips), len(sources), len(kernel), zones, *rest)
+    return key, anchors
+
+
+def _plan_for(
     destinations: Sequence[tuple[IPAddress, int | None]],
     sources: Sequence[SourceAddress],
     port: int,
@@ -704,23 +651,60 @@ def _new_plan(
     ula_translated: bool,
     policy: PolicyTable,
     skip: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-) -> tuple[_Plan, tuple[object, ...]]:
-    """Check the input thoroughly, then compute levels 1 and 4 (or find them cached by value).
+) -> _Plan:
+    """Levels 1 and 4 for this input: from the identity cache, the value cache, or computed."""
+    # Iterated several times below, and the identity key must see what the plan is built from.
+    destinations = tuple(destinations)
+    sources = tuple(sources)
+    key: tuple[object, ...] | None = None
+    try:
+        kernel = [kernel_sources.get(item[0]) for item in destinations] if kernel_sources else []
+        key, anchors = _identity_key(
+            destinations, sources, kernel, policy, (port, ula_translated, skip)
+        )
+        hit = _PLANS.get(key)
+    except (TypeError, ValueError, IndexError):
+        key = None  # malformed input: the checks in _new_plan say what is wrong
+        hit = None
+    if hit is not None:
+        return hit[0]
+    plan = _new_plan(
+        destinations,
+        sources,
+        port,
+        kernel_sources=kernel_sources,
+        ula_translated=ula_translated,
+        policy=policy,
+        skip=skip,
+    )
+    if key is not None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()  # the anchors go with their keys
+        _PLANS[key] = (plan, anchors)
+    return plan
 
-    Also returns the objects to keep alive next to an id()-keyed cache entry.
-    """
-    sources = list(sources)
+
+def _new_plan(
+    destinations: tuple[tuple[IPAddress, int | None], ...],
+    sources: tuple[SourceAddress, ...],
+    port: int,
+    *,
+    kernel_sources: Mapping[IPAddress, IPAddress | SourceAddress] | None,
+    ula_translated: bool,
+    policy: PolicyTable,
+    skip: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> _Plan:
+    """Check the input thoroughly, then compute levels 1 and 4 (or find them cached by value)."""
     for src in sources:
         if not isinstance(src, SourceAddress):
             raise TypeError(f"sources must be SourceAddress objects, not {type(src).__name__}")
     for prefix in skip:
         if not isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
             raise TypeError("skip_rule9_prefixes must hold IPv4Network / IPv6Network objects")
-    given = list(destinations)
     seen: set[tuple[IPAddress, int | None]] = set()
     dests: list[tuple[_Dest, int | None]] = []
     kernel: list[IPAddress | SourceAddress | None] = []
-    for item in given:
+    for item in destinations:
         if not isinstance(item, tuple) or len(item) != 2:
             raise TypeError(f"destinations must be (ip, zone_index) tuples, not {item!r}")
         ip, zone = item
@@ -739,10 +723,9 @@ def _new_plan(
             choice, SourceAddress | ipaddress.IPv4Address | ipaddress.IPv6Address
         ):
             raise TypeError("kernel_sources values must be IP addresses or SourceAddress")
-    anchors = (tuple(given), tuple(sources), tuple(kernel), policy)
     value_key = (
         tuple((d.original, zone) for d, zone in dests),
-        tuple(sources),
+        sources,
         port,
         tuple(kernel),
         ula_translated,
@@ -763,7 +746,7 @@ def _new_plan(
         if len(_PLANS_BY_VALUE) >= _PLANS_MAX:
             _PLANS_BY_VALUE.clear()
         _PLANS_BY_VALUE[value_key] = plan
-    return plan, anchors
+    return plan
 
 
 def _first(row: tuple[Any, ...]) -> Any:
@@ -824,8 +807,11 @@ def _apply_measurements(
             result.append(entry.pair)
             continue
         other = best[not entry.v6]
-        recipe: _Recipe = (
-            entry,
+        recipe: reasons.Recipe = (
+            entry.head,
+            entry.doubt,
+            entry.rfc,
+            entry.v6,
             failure,
             estimate,
             now,
