@@ -140,12 +140,12 @@ class AprConnector(aiohttp.TCPConnector):
         fingerprint = self._get_fingerprint(req)
         host = req.url.raw_host
         assert host is not None
-        if host.endswith(".."):
-            host = host.rstrip(".") + "."
         port = req.port
         assert port is not None
-        # Certificates name the FQDN without its trailing dot.
-        server_hostname = (req.server_hostname or host).rstrip(".") if sslcontext else None
+        # apr_async's resolver applies no search list, so an FQDN's trailing dot(s) mean
+        # nothing to it; certificates name the FQDN without them too.
+        name = host.rstrip(".") or host
+        server_hostname = (req.server_hostname or name).rstrip(".") if sslcontext else None
         if self._closed:
             raise aiohttp.ClientConnectionError("Connector is closed")
         service = self._apr_service
@@ -157,7 +157,7 @@ class AprConnector(aiohttp.TCPConnector):
             async with ceil_timeout(timeout.sock_connect, ceil_threshold=timeout.ceil_threshold):
                 transport, protocol = await create_connection(
                     self._factory,
-                    host.rstrip(".") or host,
+                    name,
                     port,
                     ssl=sslcontext,
                     server_hostname=server_hostname,

@@ -246,20 +246,29 @@ async def test_tls_verification_failure_is_a_certificate_error(
     assert isinstance(res.get("error"), aiohttp.ClientConnectorCertificateError), res
 
 
-async def test_limit_per_host_serialises_requests(healthy_lab: Lab, web_server: WebServer) -> None:
+@pytest.mark.parametrize("limit", ["limit_per_host", "limit"])
+async def test_connection_limits_serialise_requests(
+    healthy_lab: Lab, web_server: WebServer, limit: str
+) -> None:
     lab = healthy_lab
     web_server.max_in_flight = 0
-    url = _url(web_server, lab.names.dual, "/whoami?sleep=0.1")
+    # Two hosts: limit_per_host=1 alone would let one request per host run at once.
+    names = [lab.names.dual] if limit == "limit_per_host" else [lab.names.dual, lab.names.v4_only]
+    urls = [_url(web_server, name, "/whoami?sleep=0.1") for name in names] * 2
     out = await lab.run_in(
-        "client",
-        fetch,
-        [url] * 3,
-        lab.dns_servers,
-        connector_kw={"limit_per_host": 1},
-        concurrent=True,
+        "client", fetch, urls, lab.dns_servers, connector_kw={limit: 1}, concurrent=True
     )
-    assert [r.get("status") for r in out["results"]] == [200, 200, 200], out["results"]
+    assert [r.get("status") for r in out["results"]] == [200] * len(urls), out["results"]
     assert web_server.max_in_flight == 1
+
+
+async def test_fqdn_with_a_trailing_dot(healthy_lab: Lab, web_server: WebServer) -> None:
+    lab = healthy_lab
+    url = _url(web_server, lab.names.dual + ".", https=True)
+    out = await lab.run_in("client", fetch, [url], lab.dns_servers, ca=str(web_server.ca))
+    (res,) = out["results"]
+    assert res.get("status") == 200, res  # resolved, and the certificate matched the name
+    assert res["json"]["peer"] == lab.client.gua
 
 
 async def test_ranked_order_is_not_rotated_between_connections(
