@@ -261,7 +261,7 @@ class StatusTracker:
     :meth:`forget` everything before a network change.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 1024) -> None:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError(f"max_entries must be a positive int, not {max_entries!r}")
         self.max_entries = max_entries
