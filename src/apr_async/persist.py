@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apr_async.latency import LatencyTable
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no flock, writes stay atomic
@@ -41,7 +43,9 @@ __all__ = [
     "CacheBusyError",
     "CachedLatency",
     "load_cache",
+    "restore_latency",
     "save_cache",
+    "table_entries",
 ]
 
 log = logging.getLogger(__name__)
@@ -288,3 +292,30 @@ def save_cache(
                 os.unlink(tmp)
             raise
     return len(keep)
+
+
+def table_entries(table: LatencyTable, *, now: float, wall: float) -> list[CachedLatency]:
+    """The latency table's entries as cache records.
+
+    ``now`` is the table's (monotonic) clock and ``wall`` the matching ``time.time()``: ages
+    are carried from one clock to the other, since only wall time survives the process.
+    """
+    return [
+        CachedLatency(src, dst, ewma, last, minimum, samples, lost, fill, wall - age)
+        for src, dst, ewma, last, minimum, samples, lost, fill, age
+        in table.snapshot(now)["entries"]
+    ]
+
+
+def restore_latency(
+    table: LatencyTable, entries: Iterable[CachedLatency], *, now: float, wall: float
+) -> None:
+    """Replace the table's contents with cached records (ages rebased from ``wall`` onto
+    ``now``). Raises ``ValueError``, leaving the table unchanged, if a record does not fit."""
+    data = table.snapshot(now)
+    data["entries"] = [
+        [e.source, e.destination, e.ewma, e.last, e.minimum, e.samples, e.lost, e.fill,
+         max(0.0, wall - e.seen)]
+        for e in entries
+    ]
+    table.restore(data, now)

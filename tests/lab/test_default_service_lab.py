@@ -70,11 +70,13 @@ async def first_call_then_measured(
         service.configure()  # back to the environment's (test) configuration
 
 
-async def module_call_without_autostart(cfg: Config, name: str, port: int) -> object:
+async def module_call_without_autostart(
+    cfg: Config, name: str, port: int
+) -> tuple[object, list[str]]:
     service.configure(cfg)
     try:
-        await apr_async.get_addr_pairs(name, port)
-        return service.current_service()
+        pairs = await apr_async.get_addr_pairs(name, port)
+        return service.current_service(), [p.destination[0] for p in pairs]
     finally:
         service.configure()
 
@@ -97,6 +99,8 @@ async def test_module_functions_start_the_default_service_without_waiting(
 
 async def test_autostart_off_starts_nothing(lab: Lab, echo: EchoServer) -> None:
     cfg = lab_only_config(lab, echo.port, autostart=False)
-    # A numeric host: with no service there is no configured resolver to reach the lab DNS.
-    assert await lab.run_in("client", module_call_without_autostart, cfg,
-                            lab.server.v4[0], echo.port) is None
+    running, destinations = await lab.run_in("client", module_call_without_autostart, cfg,
+                                             lab.names.dual, echo.port)
+    assert running is None
+    # no service, yet the configured nameservers (the lab's DNS) answered the name
+    assert set(destinations) == {lab.server.v4[0], lab.server.v6[0]}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import logging
 import os
 import socket
@@ -29,7 +28,6 @@ from apr_async.netwatch import NetWatcher
 from apr_async.ranking import AddrPair
 from apr_async.service import (
     ProbeService,
-    _Pacer,
     aclose_default,
     configure,
     current_service,
@@ -261,21 +259,6 @@ async def test_default_service_lazy_configure_and_close(
 async def test_default_service_needs_a_loop() -> None:
     with pytest.raises(RuntimeError, match="event loop"):
         await asyncio.to_thread(default_service)  # a thread without an event loop
-
-
-@pytest.mark.looptime
-async def test_pacer_enforces_global_rate() -> None:
-    loop = asyncio.get_running_loop()
-    pacer = _Pacer(rate=5.0, burst=1.0)
-    start = loop.time()
-    stamps = []
-    for _ in range(10):
-        await pacer.wait(loop)
-        stamps.append(loop.time() - start)
-    assert stamps[0] == pytest.approx(0.0)
-    assert stamps[-1] == pytest.approx(1.8)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert min(gaps) == pytest.approx(0.2)
 
 
 async def test_netwatch_poll_mode_calls_back() -> None:
