@@ -94,7 +94,9 @@ _ATLAS_ROTATIONS_PER_FETCH = 6
 class PathMeasurement:
     """What is known about one (source, destination) path, for people and monitors.
 
-    ``ok`` is the latest result (by any method); RTTs are seconds.
+    ``ok``: the latest result of at least one method (ICMP, TCP, passive) proved the path.
+    ``rtt`` is the EWMA, ``last_rtt`` the latest sample, ``min_rtt`` the smallest (seconds);
+    ``loss`` the fraction of recent probes lost; ``age`` seconds since the latest result.
     """
 
     source: str
@@ -106,6 +108,7 @@ class PathMeasurement:
     loss: float
     samples: int
     age: float
+    last_rtt: float | None = None
 
 
 
@@ -370,18 +373,20 @@ class ProbeService:
         for (src, dst), items in by_pair.items():
             latest = max(items, key=lambda o: o.at)
             estimate = self.latency.estimate(src, dst)
-            exact = estimate is not None and not estimate.inherited
+            if estimate is not None and estimate.inherited:
+                estimate = None  # a path's own figures only, never its prefix's
             out.append(
                 PathMeasurement(
                     source=str(src),
                     destination=str(dst),
                     methods=tuple(sorted({o.method for o in items})),
-                    ok=any(o.ok for o in items),  # the latest result of any method
-                    rtt=estimate.rtt if exact and estimate is not None else None,
-                    min_rtt=estimate.min if exact and estimate is not None else None,
-                    loss=estimate.loss if exact and estimate is not None else 0.0,
-                    samples=estimate.samples if exact and estimate is not None else 0,
+                    ok=any(o.ok for o in items),
+                    rtt=estimate.rtt if estimate is not None else None,
+                    min_rtt=estimate.min if estimate is not None else None,
+                    loss=estimate.loss if estimate is not None else 0.0,
+                    samples=estimate.samples if estimate is not None else 0,
                     age=now - latest.at,
+                    last_rtt=estimate.last if estimate is not None else None,
                 )
             )
         out.sort(key=lambda m: (not m.ok, m.rtt if m.rtt is not None else float("inf")))

@@ -90,6 +90,7 @@ async def test_service_probes_installs_context_and_leaves_nothing(
     await svc.wait_rounds(1, timeout=5)
     (m,) = [m for m in svc.measurements() if m.destination == "127.0.0.1"]
     assert m.ok and m.methods == ("tcp",) and m.rtt is not None and m.samples >= 2
+    assert m.last_rtt is not None and m.min_rtt is not None and m.min_rtt <= m.last_rtt
     assert svc.probes_sent["icmp"] == 0  # ICMP off by config
     await svc.aclose()
     await svc.aclose()  # idempotent
