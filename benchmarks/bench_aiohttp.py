@@ -11,9 +11,15 @@ namespace. Clients:
 * apr cold: a new ``AprConnector`` with empty latency/failure tables for every request;
 * apr warm: one ``AprConnector`` whose tables learned from the previous requests.
 
-Prints the median, mean and 90th percentile time per request in milliseconds, and failures.
-The stock connector's DNS cache rotates the address list between connections, so with a
-broken family about every other request starts with the good one: read its mean and p90.
+Prints per cell the median, 90th percentile, maximum and mean time per request in
+milliseconds, and the failures. Percentiles are nearest-rank: each is a time some request
+really took. That matters for the stock connector: its DNS cache rotates the address list
+between connections, so with a broken family every other request starts with the good one and
+the times fall in two clusters (fast, and one fallback delay later). An interpolated median
+would report a time between them that no request had; the nearest-rank median and p90 show
+which cluster they fall in, and the mean the cost averaged over both. A failed request ranks
+as slower than any success in the percentiles (shown as "fail" where it lands), never left
+out, which would flatter its client; the mean is over the successful requests.
 Without the probe service, "apr warm" learns only from its own attempts (the winner's RTT and
 the losers' failures); a family that was never tried stays unmeasured.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import socket
 import statistics
 import sys
@@ -128,14 +135,17 @@ async def measure(runs: int) -> list[tuple[str, str, dict[str, Any]]]:
     return rows
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest sample with at least ``q`` of them at or below."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
 def _ms(values: list[float], q: float) -> str:
     if not values:
         return "-"
-    ordered = sorted(values)
-    if q == 0.5:
-        return f"{statistics.median(ordered) * 1000:.1f}"
-    index = min(len(ordered) - 1, round(q * (len(ordered) - 1)))
-    return f"{ordered[index] * 1000:.1f}"
+    value = percentile(values, q)
+    return "fail" if math.isinf(value) else f"{value * 1000:.1f}"
 
 
 def _mean(values: list[float]) -> str:
@@ -154,18 +164,18 @@ def main() -> int:
     runs = 5 if args.quick else args.runs
     rows = asyncio.run(measure(runs))
     header = (
-        f"{'scenario':<18}  {'client':<9}  {'median ms':>9}  {'mean ms':>8}  {'p90 ms':>8}"
-        f"  {'failed':>6}"
+        f"{'scenario':<18}  {'client':<9}  {'median ms':>9}  {'p90 ms':>8}  {'max ms':>8}"
+        f"  {'mean ms':>8}  {'failed':>6}"
     )
-    print(f"\nGET over a fresh connection, {runs} runs per cell\n")
+    print(f"\nGET over a fresh connection, {runs} runs per cell (nearest-rank percentiles)\n")
     print(header)
     print("-" * len(header))
     for name, kind, result in rows:
         samples = result["samples"]
+        ranked = samples + [math.inf] * result["failures"]  # a failure is the slowest outcome
         print(
-            f"{name:<18}  {kind:<9}  {_ms(samples, 0.5):>9}  {_mean(samples):>8}  "
-            f"{_ms(samples, 0.9):>8}  "
-            f"{result['failures']:>6}"
+            f"{name:<18}  {kind:<9}  {_ms(ranked, 0.5):>9}  {_ms(ranked, 0.9):>8}  "
+            f"{_ms(ranked, 1.0):>8}  {_mean(samples):>8}  {result['failures']:>6}"
         )
     return 0
 
