@@ -1,6 +1,6 @@
 """Fetch a URL with aiohttp over apr_async's ranked, source-bound Happy Eyeballs connections.
 
-    python examples/aiohttp_client.py http://example.net/ [--nameserver 192.0.2.53]
+    python examples/aiohttp_client.py http://example.net/ [--nameserver 198.51.100.53]
 
 Prints the HTTP status, the body's size and its beginning.
 """

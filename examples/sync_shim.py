@@ -1,6 +1,6 @@
 """The getapr-compatible synchronous API: ranked pairs and connectivity status, no asyncio.
 
-    APR_ASYNC_TARGETS=192.0.2.10:443 python examples/sync_shim.py example.net 443
+    APR_ASYNC_TARGETS=probe.example.net:443 python examples/sync_shim.py example.net 443
 
 Connects with plain blocking sockets to the best working (source, destination) pair, as a
 getapr prototype user would, then prints the status the background probes found.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -14,7 +15,13 @@ from aiohttp import web
 
 from apr_async.lab import EchoServer, ExecResult, Lab, Scenario
 
-pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lab_test(fn: F) -> F:
+    """A lab test: it shares the module's lab and event loop."""
+    marked: F = pytest.mark.lab(pytest.mark.asyncio(loop_scope="module")(fn))
+    return marked
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -58,11 +65,12 @@ async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
     await lab.stop_echo_server(server)
 
 
-async def test_every_example_is_tested() -> None:
+def test_every_example_is_tested() -> None:  # runs without the lab too
     tested = {"aiohttp_client.py", "outbound_server.py", "wait_for_service.py", "sync_shim.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+@lab_test
 async def test_aiohttp_client(healthy_lab: Lab, http_port: int) -> None:
     lab = healthy_lab
     await lab.set_scenario(Scenario.v6_blackholed())
@@ -73,6 +81,7 @@ async def test_aiohttp_client(healthy_lab: Lab, http_port: int) -> None:
     assert f"hello {lab.client.v4}" in res.stdout  # IPv4 won the race past the blackhole
 
 
+@lab_test
 async def test_wait_for_service(healthy_lab: Lab, echo: EchoServer) -> None:
     lab = healthy_lab
     res = await example(lab, "wait_for_service.py", lab.names.dual, str(echo.port), *ns_args(lab))
@@ -85,6 +94,7 @@ async def test_wait_for_service(healthy_lab: Lab, echo: EchoServer) -> None:
     assert "timed out" in res.stderr
 
 
+@lab_test
 async def test_outbound_server(healthy_lab: Lab, echo: EchoServer) -> None:
     lab = healthy_lab
     await lab.set_scenario(Scenario.ula_source_trap())
@@ -123,6 +133,7 @@ async def test_outbound_server(healthy_lab: Lab, echo: EchoServer) -> None:
     assert proc.returncode == 0, err.decode()
 
 
+@lab_test
 async def test_sync_shim(healthy_lab: Lab, echo: EchoServer) -> None:
     lab = healthy_lab
     await lab.set_scenario(Scenario.ula_source_trap())
