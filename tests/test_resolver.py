@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import pickle
 import socket
 import struct
@@ -406,3 +407,31 @@ async def test_cname_chain_gives_canonname_and_min_ttl(clock: Clock) -> None:
             assert {a.ttl for a in resolution.answers} == {30.0}  # the CNAME's TTL bounds it
     finally:
         transport.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+async def test_one_resolver_across_many_event_loops_does_not_pile_up_channels(
+    server: DNSServer,
+) -> None:
+    # The default context's resolver outlives asyncio.run(): each run used to leave its
+    # c-ares channel (sockets, thread) behind for good.
+    res = Resolver(server.nameservers, hosts_path=None, timeout=0.5, tries=1)
+
+    def runs(count: int) -> list[list[str]]:
+        out = []
+        for _ in range(count):
+            res.clear_cache()
+            out.append(_ips(asyncio.run(res.resolve("v4.example.test"))))
+        return out
+
+    try:
+        assert await asyncio.to_thread(runs, 2) == [["192.0.2.20"]] * 2
+        before = _open_fds()
+        assert await asyncio.to_thread(runs, 10) == [["192.0.2.20"]] * 10
+        assert _open_fds() <= before
+    finally:
+        await res.close()

@@ -20,7 +20,6 @@ import ipaddress
 import os
 import socket
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -216,10 +215,9 @@ class Resolver:
         self._cache: dict[tuple[str, int], tuple[FamilyAnswer, float]] = {}
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str, int],
                              asyncio.Future[FamilyAnswer]] = {}
-        self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                  aiodns.DNSResolver] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Not a WeakKeyDictionary: a channel holds its loop, so the key would never die.
+        # Channels of closed loops are dropped when a new loop shows up (see _channel).
+        self._channels: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
         self._closed = False
         #: Number of DNS queries sent (cache misses), for tests and diagnostics.
         self.queries_sent = 0
@@ -355,12 +353,28 @@ class Resolver:
     def _channel(self, loop: asyncio.AbstractEventLoop) -> aiodns.DNSResolver:
         channel = self._channels.get(loop)
         if channel is None:
+            self._drop_closed_loops()
             kwargs: dict[str, Any] = {"timeout": self.timeout, "tries": self.tries}
             channel = aiodns.DNSResolver(loop=loop, **kwargs)
             if self.nameservers:
                 channel.nameservers = self.nameservers
             self._channels[loop] = channel
         return channel
+
+    def _drop_closed_loops(self) -> None:
+        """Forget the channels and queries of loops that were closed (``asyncio.run`` ends).
+
+        A shared resolver (the default context's) otherwise keeps one c-ares channel, with
+        its sockets and thread, per ``asyncio.run`` of the program. Dropping the last
+        reference closes the channel (``aiodns.DNSResolver.__del__``); its loop is gone, so
+        nothing can await it.
+        """
+        closed = [loop for loop in self._channels if loop.is_closed()]
+        for loop in closed:
+            del self._channels[loop]
+        if closed:
+            for key in [key for key in self._inflight if key[0].is_closed()]:
+                del self._inflight[key]
 
     def _query(self, name: str, family: int) -> asyncio.Future[FamilyAnswer]:
         loop = asyncio.get_running_loop()
