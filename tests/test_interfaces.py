@@ -64,6 +64,9 @@ def netns() -> Iterator[str]:
             "addr add 2001:db8:5::1/64 dev c0",
             "route add default via 10.1.0.2 metric 5",
             "route add default via fe80::99 dev a0 metric 7",
+            # Not "the" gateways: another table's default and a non-unicast default.
+            "route add default via 10.1.0.3 table 100",
+            "route add unreachable default metric 4000",
         ])
         subprocess.run(["ip", "-n", name, "-batch", "-"], input=batch, text=True, check=True)
         # A route's "src" must be a usable address: wait for a0's carrier to make it so.
@@ -135,6 +138,7 @@ def test_gateways(netns: str) -> None:
     gw6 = snap.default_gateway(10)
     assert gw4 == interfaces.Gateway(2, ip4("10.1.0.2"), "a0", 20, 5)
     assert gw6 == interfaces.Gateway(10, ip6("fe80::99"), "a0", 20, 7)
+    assert set(snap.gateways) == {gw4, gw6}
 
 
 def test_fingerprint_follows_changes(netns: str) -> None:

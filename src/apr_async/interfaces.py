@@ -24,7 +24,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -236,8 +236,14 @@ class _Netlink:
         self._sock.send(header + body)
         return self._seq
 
-    def dump(self, msg_type: int, body: bytes) -> list[tuple[int, memoryview]]:
-        """Send a dump request; return (type, payload) of every reply message."""
+    def dump(
+        self, msg_type: int, body: bytes, keep: Callable[[memoryview], bool] | None = None
+    ) -> list[tuple[int, memoryview]]:
+        """Send a dump request; return (type, payload) of every reply message *keep* accepts.
+
+        *keep* sees each payload before anything else is done with it, so that a dump of a
+        large table (a full BGP table is a million routes) costs one header check per entry.
+        """
         seq = self.send(msg_type, _NLM_F_REQUEST | _NLM_F_DUMP, body)
         out: list[tuple[int, memoryview]] = []
         while True:
@@ -251,7 +257,8 @@ class _Netlink:
                     if code:
                         raise OSError(code, os.strerror(code))
                     return out
-                out.append((kind, payload))
+                if keep is None or keep(payload):
+                    out.append((kind, payload))
 
     def replies(self, seqs: Iterable[int]) -> dict[int, tuple[int, memoryview]]:
         """Collect one reply (a message or an error) for each sequence number."""
@@ -369,17 +376,29 @@ def _gateway_of(family: int, attrs: Mapping[int, memoryview]) -> IPAddress | Non
     return None
 
 
+def _is_main_default(payload: memoryview) -> bool:
+    """A unicast default route of the main table, judged from the fixed header alone.
+
+    Policy routing can hold defaults in other tables; the main table is what an unmarked
+    connection uses, so only its default routes are "the" gateways.
+    """
+    # rtm_table holds the table id when it fits in 8 bits (254 for main); larger ids put
+    # RT_TABLE_COMPAT there, so the header check never drops a main-table route.
+    return (
+        len(payload) >= _RTMSG.size
+        and payload[1] == 0  # rtm_dst_len
+        and payload[4] == _RT_TABLE_MAIN  # rtm_table
+        and payload[7] == _RTN_UNICAST  # rtm_type
+    )
+
+
 def _read_gateways(nl: _Netlink, links: Mapping[int, Interface]) -> list[Gateway]:
     gateways: list[Gateway] = []
     body = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
-    for kind, payload in nl.dump(_RTM_GETROUTE, body):
+    for kind, payload in nl.dump(_RTM_GETROUTE, body, _is_main_default):
         if kind != _RTM_NEWROUTE:
             continue
-        family, dst_len, table, rtype, attrs = _parse_route(payload)
-        # Policy routing can hold defaults in other tables; the main table is what an
-        # unmarked connection uses, so only its default routes are "the" gateways.
-        if dst_len != 0 or rtype != _RTN_UNICAST or table != _RT_TABLE_MAIN:
-            continue
+        family, _dst_len, _table, _rtype, attrs = _parse_route(payload)
         if family not in (socket.AF_INET, socket.AF_INET6):
             continue
         metric = _U32.unpack_from(attrs[_RTA_PRIORITY])[0] if _RTA_PRIORITY in attrs else 0
