@@ -262,10 +262,18 @@ def format_pairs(pairs: Sequence[AddrPair]) -> str:
 
 
 async def explain_text(
-    host: str | bytes, port: int | str | None, **kwargs: object
+    host: str | bytes,
+    port: int | str | None,
+    *,
+    type: int = socket.SOCK_STREAM,
+    family: int = socket.AF_UNSPEC,
+    resolver: Resolver | None = None,
+    context: PairContext | None = None,
 ) -> str:
     """:func:`explain` formatted as a table (see :func:`format_pairs`)."""
-    pairs = await explain(host, port, **kwargs)  # type: ignore[arg-type]
+    pairs = await get_addr_pairs(
+        host, port, type=type, family=family, resolver=resolver, context=context
+    )
     return format_pairs(pairs)
 
 
