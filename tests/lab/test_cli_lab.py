@@ -24,8 +24,17 @@ async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
     await lab.stop_echo_server(server)
 
 
+#: Subcommands that run a probe service: each test names its (lab) targets.
+PROBING = {"status", "monitor"}
+
+
 async def cli(lab: Lab, *argv: str, max_time: float = 60.0, **env: str) -> ExecResult:
     """``python -m apr_async ARGV`` in the client namespace, never with default targets."""
+    if argv[0] in PROBING:
+        assert "--target" in argv, f"{argv[0]} must name lab targets, never the defaults"
+    # No target unless named: the built-in (public) ones are replaced, whatever the caller's
+    # environment says.
+    env = {"APR_ASYNC_TARGETS": "none", "APR_ASYNC_PROBE_GATEWAYS": "0", **env}
     prefix = ["env", "NO_COLOR=1", *(f"{k}={v}" for k, v in env.items())]
     return await lab.exec(
         "client", *prefix, sys.executable, "-m", "apr_async", *argv, max_time=max_time
@@ -199,6 +208,7 @@ async def test_status_healthy(healthy_lab: Lab, echo: EchoServer) -> None:
     assert res.returncode == 0, res.stderr
     data = as_json(res)
     assert data["ready"]
+    assert len(data["targets"]) == 2  # the named ones, nothing else
     status = data["status"]
     assert status["GUA_ok"] and status["IPv4_ok"] and status["IPv6_ok"] and status["RFC1918"]
     assert not status["NAT44"] and not status["NPTv6"]
@@ -246,6 +256,8 @@ async def test_monitor_stops_cleanly_on_sigint(healthy_lab: Lab, echo: EchoServe
         "client",
         "env",
         "NO_COLOR=1",
+        "APR_ASYNC_TARGETS=none",
+        "APR_ASYNC_PROBE_GATEWAYS=0",
         sys.executable,
         "-m",
         "apr_async",
