@@ -39,6 +39,7 @@ from apr_async.resolver import Resolver
 
 V6 = socket.AF_INET6
 V4 = socket.AF_INET
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux value
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -56,7 +57,7 @@ def pair(host: str, port: int, source: str | None = None, **meta: Any) -> Connec
         return DirectPair(family, None, dst)
     src_ip = source or ("::1" if family == V6 else "127.0.0.1")
     src: tuple[Any, ...] = (src_ip, 0, 0, 0) if family == V6 else (src_ip, 0)
-    return AddrPair(family, src, dst, **meta)  # type: ignore[arg-type]
+    return AddrPair(family, src, dst, **meta)
 
 
 def source_of(*pairs: ConnectPair, delay: float = 0.0) -> PairSource:
@@ -87,6 +88,13 @@ class Recorder:
 
     def by_pair(self) -> dict[Any, tuple[bool, float | None, int | None]]:
         return {p: (ok, rtt, err) for p, _, ok, rtt, err in self.calls}
+
+
+def pending_timers() -> int:
+    """Timers scheduled on the running loop and not cancelled (asyncio has no public API for
+    this: read the loop's heap)."""
+    scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+    return sum(not handle.cancelled() for handle in scheduled)
 
 
 async def settle() -> None:
@@ -324,6 +332,18 @@ async def test_each_attempt_is_bound_to_its_source(servers: Servers) -> None:
     assert await exchange(reader, writer) == "hello 127.0.0.42"
 
 
+async def test_source_bind_leaves_the_port_to_connect(servers: Servers) -> None:
+    # IP_BIND_ADDRESS_NO_PORT: the port is picked by connect() with the whole 4-tuple in
+    # mind, so many attempts from one source do not use up its ephemeral ports.
+    source = source_of(pair("127.0.0.1", servers.port, "127.0.0.42"))
+    sock = await connect_socket("h", servers.port, pair_source=source)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT) == 1
+        assert sock.getsockname()[0] == "127.0.0.42" and sock.getsockname()[1] != 0
+    finally:
+        sock.close()
+
+
 async def test_local_addr_overrides_the_source(servers: Servers) -> None:
     reader, writer = await open_connection("127.0.0.1", servers.port, local_addr=("127.0.0.9", 0))
     assert await exchange(reader, writer) == "hello 127.0.0.9"
@@ -479,10 +499,10 @@ async def test_outcomes_feed_the_context_tables(servers: Servers) -> None:
 @pytest_asyncio.fixture
 async def dns_context(servers: Servers) -> AsyncIterator[PairContext]:
     zone = {
-        "dual.test": ZoneEntry(a=["127.0.0.1"], aaaa=["::1"], ttl=60),
-        "v4only.test": ZoneEntry(a=["127.0.0.1"], ttl=60),
-        "slowaaaa.test": ZoneEntry(a=["127.0.0.1"], aaaa=["::1"], delay_aaaa=0.3),
-        "quickaaaa.test": ZoneEntry(a=["127.0.0.1"], aaaa=["::1"], delay_aaaa=0.02),
+        "dual.test": ZoneEntry(a=("127.0.0.1",), aaaa=("::1",), ttl=60),
+        "v4only.test": ZoneEntry(a=("127.0.0.1",), ttl=60),
+        "slowaaaa.test": ZoneEntry(a=("127.0.0.1",), aaaa=("::1",), delay_aaaa=0.3),
+        "quickaaaa.test": ZoneEntry(a=("127.0.0.1",), aaaa=("::1",), delay_aaaa=0.02),
     }
     async with DNSServer(zone, "127.0.0.1", 0) as dns:
         resolver = Resolver([f"127.0.0.1:{dns.port}"], hosts_path=None, timeout=2.0)
@@ -747,12 +767,17 @@ async def test_cancel_anywhere_leaves_nothing(
         source = source_of(pair("::1", blackhole6.port), delay=60)
         kwargs: dict[str, Any] = {}
     elif where == "attempts":
-        source = source_of(pair("::1", blackhole6.port), pair("127.0.0.1", blackhole4.port))
-        kwargs = {"happy_eyeballs_delay": 0.02}
+        # Cancelled at 100 ms: two attempts in flight, the third one's timer (120 ms) pending.
+        source = source_of(
+            pair("::1", blackhole6.port),
+            pair("127.0.0.1", blackhole4.port),
+            pair("::1", blackhole6.port, source="::1"),
+        )
+        kwargs = {"happy_eyeballs_delay": 0.06}
     else:
         source = source_of(pair("::1", stall_server))
         kwargs = {"ssl": client_ctx, "server_hostname": "localhost"}
-    fds, tasks = open_fds(), len(asyncio.all_tasks())
+    fds, tasks, timers = open_fds(), len(asyncio.all_tasks()), pending_timers()
     for race_tls in [False, True] if where == "tls" else [False]:
         if race_tls:
             kwargs["race_tls"] = True
@@ -762,6 +787,7 @@ async def test_cancel_anywhere_leaves_nothing(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert pending_timers() <= timers  # the race's timer went with it, at once
     await settle()
     assert open_fds() == fds
     assert len(asyncio.all_tasks()) == tasks
@@ -841,12 +867,16 @@ asyncio.run(main())
 
 def _python_with_eager_tasks() -> str | None:
     """This interpreter if it has eager tasks, else ``$APR_ASYNC_EAGER_PYTHON`` (a Python >= 3.12
-    with the project's dependencies installed), else a pyenv 3.12+ (needs the same)."""
+    with the project's dependencies installed), else the ``.venv-eager`` that ``dev.py test``
+    builds, else a pyenv 3.12+ (needs the same)."""
     if hasattr(asyncio, "eager_task_factory"):
         return sys.executable
     configured = os.environ.get("APR_ASYNC_EAGER_PYTHON")
     if configured:
         return configured
+    side_venv = Path(__file__).resolve().parent.parent / ".venv-eager" / "bin" / "python"
+    if side_venv.exists():
+        return str(side_venv)
     for path in sorted(Path("/root/.pyenv/versions").glob("3.1[2-9]*/bin/python3")):
         return str(path)
     return None

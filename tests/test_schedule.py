@@ -49,11 +49,11 @@ def four(name: str, **kw: object) -> Pair:
     return Pair(name, V4, **kw)  # type: ignore[arg-type]
 
 
-def started(actions: list[object]) -> list[str]:
+def started(actions: Sequence[object]) -> list[str]:
     return [a.pair.name for a in actions if isinstance(a, StartAttempt)]
 
 
-def timers(actions: list[object]) -> list[float | None]:
+def timers(actions: Sequence[object]) -> list[float | None]:
     return [a.at for a in actions if isinstance(a, SetTimer)]
 
 

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from apr_async import service
+from apr_async.config import Config
 from apr_async.connect import (
     ContextRecorder,
     connect_socket,
@@ -389,3 +391,50 @@ async def test_nxdomain_is_gaierror(healthy_lab: Lab, servers: Servers) -> None:
     with pytest.raises(socket.gaierror) as info:
         await run(lab, servers, ("open_connection", "none"), lab.names.nxdomain)
     assert info.value.errno == socket.EAI_NONAME
+
+
+# -- the module-level call feeds the lazily started default service ------------------------------
+
+
+async def default_service_run(cfg: Config, host: str, port: int) -> tuple[bool, str, list[Any]]:
+    """``open_connection`` with neither ``service`` nor ``context``, as the first call."""
+    service.configure(cfg)
+    try:
+        assert service.current_service() is None
+        reader, writer = await open_connection(host, port, timeout=GUARD)
+        line = (await reader.readline()).decode()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0)  # a success is recorded one loop turn after the hand-over
+        svc = service.current_service()
+        running = svc is not None and svc.running
+        return running, line, svc.measurements() if svc is not None else []
+    finally:
+        await service.aclose_default()
+        service.configure()
+
+
+async def test_module_level_call_starts_and_feeds_the_default_service(
+    healthy_lab: Lab, servers: Servers
+) -> None:
+    lab = healthy_lab
+    # No probe target and no gateway: whatever the service knows, the connection told it.
+    cfg = Config(
+        targets=(),
+        probe_gateways=False,
+        nat64_discovery=False,
+        nameservers=tuple(lab.dns_servers),
+        dns_timeout=0.5,
+        probe_interval=3600.0,
+        autostart=True,
+    )
+    running, line, measured = await lab.run_in(
+        "client", default_service_run, cfg, lab.names.dual, servers.plain.port
+    )
+    assert running
+    words = line.split()
+    peer, local = words[1], words[words.index("LOCAL") + 1]
+    assert (peer, local) == (lab.client.gua, lab.server.v6[0])
+    passive = [m for m in measured if m.methods == ("passive",)]
+    assert [(m.source, m.destination, m.ok) for m in passive] == [(peer, local, True)]
+    assert passive[0].rtt is not None
