@@ -167,6 +167,25 @@ def test_live_view_redraws_in_place_on_a_tty_only() -> None:
     assert "\x1b" not in plain.getvalue() and plain.getvalue().split() == ["a", "b"]
 
 
+def test_live_view_cuts_long_lines_and_resets_a_colour_cut_midway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "10")
+    tty = _Tty()
+    green = Style(True).ok("0123456789abcdef")
+    LiveView(tty).update(f"{green}\nshort")
+    frame = tty.getvalue().removeprefix("\x1b[J")
+    first, second = frame.splitlines()
+    assert visible_len(first) == 10 and first.endswith("\x1b[0m")
+    assert _plain(first) == "0123456789" and second == "short"
+
+
+def _plain(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def test_progress_is_silent_off_a_tty() -> None:
     plain = io.StringIO()
     progress = Progress(plain)

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ANSI_SPLIT = re.compile(f"({_ANSI.pattern})")
 _CODES = {
     "bold": "1",
     "dim": "2",
@@ -77,12 +78,6 @@ class Style:
     def warn(self, text: str) -> str:
         """Yellow: degraded or unknown."""
         return self(text, "yellow")
-
-    def flag(self, value: bool | None, yes: str = "yes", no: str = "no") -> str:
-        """A boolean as coloured yes/no (``None``: a dim dash)."""
-        if value is None:
-            return self("-", "dim")
-        return self.ok(yes) if value else self.bad(no)
 
 
 def render_table(
@@ -153,6 +148,21 @@ def to_json(data: object) -> str:
     return json.dumps(data, default=_default, sort_keys=True)
 
 
+def _cut(line: str, width: int) -> str:
+    """``line`` cut to ``width`` columns on screen; a colour cut off midway is reset."""
+    if visible_len(line) <= width:
+        return line
+    out, shown = [], 0
+    for part in _ANSI_SPLIT.split(line):
+        if _ANSI.fullmatch(part):
+            out.append(part)
+        else:
+            kept = part[: max(0, width - shown)]
+            out.append(kept)
+            shown += len(kept)
+    return "".join(out) + ("\x1b[0m" if "\x1b[" in line else "")
+
+
 class LiveView:
     """Redraws a block of text in place on a terminal; prints each frame plainly otherwise.
 
@@ -170,9 +180,8 @@ class LiveView:
         """Show ``text`` as the current frame."""
         if self.live:
             width = shutil.get_terminal_size((100, 24)).columns
-            frame = "\n".join(
-                line[: width + len(line) - visible_len(line)] for line in text.splitlines()
-            )
+            # Lines are cut to the width: a wrapped line would throw the cursor-up count off.
+            frame = "\n".join(_cut(line, width) for line in text.splitlines())
             if self._lines:
                 self.stream.write(f"\x1b[{self._lines}F")
             self.stream.write("\x1b[J" + frame + "\n")

@@ -50,6 +50,9 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 
 def status_rows(status: ConnectivityStatus, out: Output) -> list[list[str]]:
+    """Rows (flag, value, meaning) for the status table: what works in green or red, what
+    is merely present (a translation, a private source) in yellow, then the gateways and the
+    NAT64 prefix."""
     st = out.style
     rows = []
     for name in (
