@@ -94,6 +94,15 @@ def test_bad_library_input_is_a_one_line_usage_error() -> None:
     assert err.startswith("apr-async: error:") and "Traceback" not in err
 
 
+def test_errors_are_one_line_and_minus_vv_adds_the_traceback() -> None:
+    argv = ("pairs", "a" * 300, "80", "--nameserver", "127.0.0.1:9")
+    _, _, err = run_cli(*argv, "-v")
+    assert len(err.splitlines()) == 1
+    rc, _, err = run_cli(*argv, "-vv")
+    assert rc == EXIT_USAGE
+    assert "Traceback" in err and err.splitlines()[-1].startswith("apr-async: error:")
+
+
 def test_bad_environment_setting_is_a_usage_error() -> None:
     rc, _, err = run_cli("pairs", "localhost", "80", env={"APR_ASYNC_DNS_TIMEOUT": "soon"})
     assert rc == EXIT_USAGE

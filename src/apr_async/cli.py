@@ -261,6 +261,8 @@ def _setup_logging(verbosity: int) -> None:
 
 
 def _error(message: str) -> None:
+    # One line for people; -vv adds the traceback for whoever reports a bug.
+    logging.getLogger("apr_async.cli").debug("the error in detail:", exc_info=True)
     sys.stderr.write(f"apr-async: error: {message}\n")
     sys.stderr.flush()
 
