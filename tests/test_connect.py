@@ -9,9 +9,11 @@ loopback (never the host's resolver).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import os
+import resource
 import socket
 import ssl
 import subprocess
@@ -397,6 +399,42 @@ async def test_mixed_errors_have_no_errno() -> None:
     assert sorted(e.errno or 0 for e in err.exceptions) == sorted(
         [errno.ECONNREFUSED, errno.EADDRNOTAVAIL]
     )
+
+
+async def test_no_descriptor_left_fails_every_attempt_without_a_record() -> None:
+    # socket() itself fails (EMFILE): each attempt fails at once, as one AllAttemptsFailedError
+    # naming every pair; the paths are not to blame, so nothing is recorded against them.
+    source = source_of(pair("::1", 1), pair("127.0.0.1", 1))
+    recorder = Recorder()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[socket.socket] = []
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 2, hard)
+    )
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(socket.socket())
+        with pytest.raises(AllAttemptsFailedError) as info:
+            await connect_socket("h", 1, pair_source=source, service=recorder)
+    finally:
+        for filler in fillers:
+            filler.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert info.value.errno == errno.EMFILE and len(info.value.attempts) == 2
+    assert recorder.calls == []
+
+
+async def test_tls_empty_server_hostname_means_no_name(
+    tls_servers: Servers, tls_files: tuple[Path, Path, Path]
+) -> None:
+    # As in asyncio: server_hostname="" sends no name (here with name checks off).
+    ctx = ssl.create_default_context(cafile=str(tls_files[0]))
+    ctx.check_hostname = False
+    reader, writer = await open_connection(
+        "127.0.0.1", tls_servers.port, ssl=ctx, server_hostname=""
+    )
+    assert await exchange(reader, writer) == "hello 127.0.0.1"
 
 
 async def test_refusal_falls_back_at_once_and_is_recorded(servers: Servers) -> None:

@@ -95,10 +95,17 @@ class Connecting(asyncio.Future[socket.socket]):
         self._notify = notify
         self._fd = -1
         self._started = loop.time()
-        self._sock: socket.socket | None = socket.socket(
-            pair.family, socket.SOCK_STREAM, socket.IPPROTO_TCP
-        )
-        sock = self._sock
+        self._sock: socket.socket | None = None
+        try:
+            sock = socket.socket(pair.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        except OSError as exc:
+            # No descriptor left (EMFILE, ENFILE) or no such family here: a local failure that
+            # says nothing about the path, so the attempt fails without a record.
+            self.set_exception(exc)
+            if notify is not None:
+                notify()
+            return
+        self._sock = sock
         try:
             sock.setblocking(False)
             if bind_to is not None:

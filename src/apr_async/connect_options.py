@@ -161,7 +161,7 @@ def tls_options(
     ssl_shutdown_timeout: object,
 ) -> TLSOptions | None:
     """Check the TLS arguments (``None`` when ``ssl`` is off); the server name defaults to
-    ``host`` without its zone."""
+    ``host`` without its zone, and ``""`` means no server name, as in asyncio."""
     if ssl is None or ssl is False:
         if server_hostname is not None:
             raise ValueError("server_hostname is only meaningful with ssl")
@@ -182,7 +182,7 @@ def tls_options(
         raise TypeError("server_hostname must be a str")
     return TLSOptions(
         context=context,
-        server_hostname=server_hostname or None,
+        server_hostname=server_hostname,
         handshake_timeout=check_seconds(
             "ssl_handshake_timeout", ssl_handshake_timeout, allow_zero=False
         ),
