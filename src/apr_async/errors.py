@@ -182,7 +182,7 @@ def _parse_literal(text: str) -> HostSpec | None:
     except ValueError:
         if sep:
             raise ValueError(f"host {text!r} is not a valid IPv6 address with a zone") from None
-        if _NUMERIC_V4.match(text):
+        if _NUMERIC_V4.fullmatch(text):
             # inet_aton forms like "127.1" or "0x7f.1": getaddrinfo treats them as numeric.
             try:
                 return HostSpec(text, ipaddress.IPv4Address(socket.inet_aton(text)), None, None)
