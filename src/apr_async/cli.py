@@ -47,6 +47,17 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _host_port_timeout(parser: argparse.ArgumentParser, timeout: int) -> None:
+    parser.add_argument("host")
+    parser.add_argument("port", type=_port)
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=float(timeout),
+        help=f"give up after this many seconds (default {timeout})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every subcommand."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -136,14 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("port", type=_port)
 
     p = add("connect", "race HOST PORT and show the timeline of attempts and the winner", dns)
-    p.add_argument("host")
-    p.add_argument("port", type=_port)
-    p.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=10.0,
-        help="give up after this many seconds (default 10)",
-    )
+    _host_port_timeout(p, 10)
     p.add_argument(
         "--delay",
         type=_seconds,
@@ -183,14 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tcp", action="store_true", help="TCP connect probes only")
 
     p = add("wait", "wait until HOST PORT accepts connections (exit 0) or time out (exit 1)", dns)
-    p.add_argument("host")
-    p.add_argument("port", type=_port)
-    p.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=30.0,
-        help="give up after this many seconds (default 30)",
-    )
+    _host_port_timeout(p, 30)
     p.add_argument(
         "--interval", type=_seconds, default=0.5, help="seconds between tries (default 0.5)"
     )

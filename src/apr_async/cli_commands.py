@@ -14,15 +14,13 @@ from typing import Any
 
 from apr_async import interfaces
 from apr_async.cli_common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_RESOLUTION,
     Output,
     Settings,
     family_arg,
     family_name,
     sockaddr_text,
 )
+from apr_async.cli_exit import EXIT_FAILED, EXIT_OK, EXIT_RESOLUTION
 from apr_async.cli_render import Progress, Style, format_duration, format_ms, render_table
 from apr_async.connect import (
     AttemptRecorder,

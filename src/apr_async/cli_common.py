@@ -1,4 +1,4 @@
-"""Shared plumbing of the CLI subcommands: exit codes, settings, address text, output."""
+"""Shared plumbing of the CLI subcommands: settings, address text, output."""
 
 from __future__ import annotations
 
@@ -9,28 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from apr_async.cli_exit import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_RESOLUTION,
-    EXIT_SYSTEM,
-    EXIT_USAGE,
-    CliError,
-)
 from apr_async.cli_render import Style, to_json
 from apr_async.config import Config
 from apr_async.pairs import PairContext
 from apr_async.resolver import Resolver
 
 __all__ = [
-    "EXIT_FAILED",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_RESOLUTION",
-    "EXIT_SYSTEM",
-    "EXIT_USAGE",
-    "CliError",
     "Output",
     "Settings",
     "family_arg",

@@ -10,18 +10,14 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from apr_async.cli_common import (
+from apr_async.cli_common import Output, Settings, family_arg, family_name, sockaddr_text
+from apr_async.cli_exit import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_RESOLUTION,
     EXIT_SYSTEM,
     EXIT_USAGE,
     CliError,
-    Output,
-    Settings,
-    family_arg,
-    family_name,
-    sockaddr_text,
 )
 from apr_async.cli_render import format_ms, render_table
 from apr_async.pairs import get_addr_pairs

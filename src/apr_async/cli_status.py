@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from apr_async import interfaces
-from apr_async.cli_common import EXIT_FAILED, EXIT_OK, Output, Settings
+from apr_async.cli_common import Output, Settings
+from apr_async.cli_exit import EXIT_FAILED, EXIT_OK
 from apr_async.cli_render import LiveView, Progress, format_duration, format_ms, render_table
 from apr_async.service import PathMeasurement, ProbeService
 from apr_async.status import ConnectivityStatus
