@@ -34,10 +34,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
 
 from apr_async.addresses import IPAddress
-from apr_async.cli_commands import Timeline, pair_dict, pairs_table
+from apr_async.cli_commands import (
+    TIMELINE_HEADERS,
+    Timeline,
+    pair_dict,
+    pairs_table,
+    timeline_event_json,
+    timeline_rows,
+)
 from apr_async.cli_common import Output, family_name, sockaddr_text
 from apr_async.cli_exit import EXIT_FAILED, EXIT_OK
-from apr_async.cli_render import Progress, Style, format_duration, format_ms, render_table
+from apr_async.cli_render import Progress, Style, format_duration, render_table
 from apr_async.cli_status import status_rows
 from apr_async.config import Config
 from apr_async.connect import ContextRecorder, open_connection, ranked_source
@@ -253,17 +260,8 @@ async def _finish(
         "winner": winner,
         "server_saw": saw,
         "error": error,
-        "events": [_event_json(e) for e in events],
+        "events": [timeline_event_json(e) for e in events],
     }
-
-
-def _event_json(event: dict[str, Any]) -> dict[str, Any]:
-    out = {**event, "t": round(event["t"] * 1000, 3)}
-    if event["kind"] == "answer" and event["family"] == str(socket.AF_UNSPEC):
-        out["family"] = "both"  # a warm cache hands both families' pairs over at once
-    if "rtt" in event:
-        out["rtt"] = None if event["rtt"] is None else round(event["rtt"] * 1000, 3)
-    return out
 
 
 async def race(host: str, port: int, service: ProbeService | None, context: PairContext,
@@ -301,8 +299,9 @@ _RACES = (
      "the ULA trap is lifted here: with it, the system's RFC 6724 order puts IPv4 first "
      "and a stock client never meets the blackhole"),
     ("ULA source trap", Scenario.ula_source_trap(), "v6_only",
-     "IPv6 works again, but the kernel's route picks the ULA source, which is not routed "
-     "back; the name has only IPv6 addresses, so Happy Eyeballs cannot fall back"),
+     "IPv6 works again, but the kernel's route picks the ULA source, which the lab's "
+     "internet drops untranslated; the name has only IPv6 addresses, so Happy Eyeballs "
+     "cannot fall back"),
 )
 
 
@@ -494,7 +493,8 @@ def _render(section: str, data: Any, out: Output, number: int) -> str:
             st(f"apr-async demo: lab {data['prefix']} built in {data['setup_ms']:.0f} ms", "bold")
             + " (client -- router -- server in network namespaces)",
             f"  scenario: {st.warn('IPv6 blackholed')} + {st.warn('ULA source trap')} "
-            "(the client's IPv6 route prefers its ULA source, which is not routed back)",
+            "(the client's IPv6 route prefers its ULA source, which the lab's internet drops "
+            "untranslated, as real upstreams do)",
             f"  server:   {', '.join(s['v6'][:1] + s['v4'][:1])} port {data['port']} "
             f"(dual-stack echo server); DNS {', '.join(data['dns'])}",
             "",
@@ -550,21 +550,10 @@ def _render_race(data: Report, out: Output, number: int) -> str:
         ["client", "result", "time", "attempts", "winner (source -> destination)", "server saw"],
         rows, st, align_right=[2, 3], indent="  "))
     lines.append("")
-    trows = []
-    for c in data["clients"]:
-        for e in c["events"]:
-            t = format_ms(e["t"] / 1000)
-            if e["kind"] == "answer":
-                what = (f"{e['pairs']} pair(s)" if "pairs" in e
-                        else f"{e['addresses']} address(es), system order")
-                trows.append([c["client"], t, e["family"], st("answer", "dim"), "", what])
-                continue
-            outcome = st.ok(e["outcome"]) if e["ok"] else st.bad(e["outcome"])
-            rtt = "" if e["rtt"] is None else f" in {format_ms(e['rtt'] / 1000)}"
-            trows.append([c["client"], t, e["family"], e["source"], e["destination"],
-                          outcome + rtt])
-    lines.append(render_table(["timeline", "t", "family", "source", "destination", "outcome"],
-                              trows, st, align_right=[1], indent="  "))
+    trows = [[c["client"], *row] for c in data["clients"]
+             for row in timeline_rows(c["events"], st)]
+    lines.append(render_table(["timeline", *TIMELINE_HEADERS], trows, st, align_right=[1],
+                              indent="  "))
     return "\n".join([*lines, ""])
 
 

@@ -112,6 +112,9 @@ def test_demo_readable_output() -> None:
     assert re.search(r"^\s+apr_async\s+connected\s", out, re.MULTILINE)
     assert re.search(r"^\s+asyncio \(cap \S+\)\s+timed out\s", out, re.MULTILINE)
     assert "why here" in out and "timeline" in out
+    # the timeline shows each client's attempts: stock asyncio left from the ULA source
+    assert re.search(r"^\s+apr_async\s+[\d.]+ ms\s+IPv4\s+\d", out, re.MULTILINE)
+    assert re.search(r"^\s+asyncio\s+[\d.]+ ms\s+IPv6\s+fd12:", out, re.MULTILINE)
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
