@@ -65,25 +65,31 @@ class DelayLine:
     def _on_readable(self) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        # Drain what is queued so a burst costs one wake-up.
+        # Drain what is queued so a burst costs one wake-up. A burst is released by one timer
+        # per delay, in arrival order: the loop's timer heap does not keep equal deadlines in
+        # order, and a line that reordered segments would make TCP retransmit spuriously.
+        held: dict[float, list[bytes]] = {}
         for _ in range(64):
             try:
                 packet = os.read(self._fd, _MAX_PACKET)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
+            except OSError:  # EAGAIN: drained; anything else: the device is going away
+                break
             if not packet:
-                return
+                break
             delay = self.delay_v6 if packet[0] >> 4 == 6 else self.delay_v4
             if delay <= 0:
                 self._write(packet)
-                continue
+            else:
+                held.setdefault(delay, []).append(packet)
+        for delay, packets in held.items():
             holder: list[asyncio.TimerHandle] = []
 
-            def release(pkt: bytes = packet, holder: list[asyncio.TimerHandle] = holder) -> None:
+            def release(
+                batch: list[bytes] = packets, holder: list[asyncio.TimerHandle] = holder
+            ) -> None:
                 self._pending.difference_update(holder)
-                self._write(pkt)
+                for pkt in batch:
+                    self._write(pkt)
 
             holder.append(self._loop.call_at(now + delay, release))
             self._pending.update(holder)
@@ -95,12 +101,16 @@ class DelayLine:
             self.forwarded += 1
 
     def close(self) -> None:
-        """Stop forwarding, drop held packets and close the device (on the owning loop)."""
+        """Stop forwarding, drop held packets and close the device (on the owning loop).
+
+        Idempotent.
+        """
+        if self._fd < 0:
+            return
         if self._loop is not None:
             self._loop.remove_reader(self._fd)
         for handle in self._pending:
             handle.cancel()
         self._pending.clear()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        os.close(self._fd)
+        self._fd = -1
