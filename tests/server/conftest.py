@@ -95,6 +95,13 @@ async def serving(
         await server.wait_closed()
 
 
+def send_and_half_close(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Send ``data`` and a FIN; a server that refused us may have reset the connection."""
+    with contextlib.suppress(OSError):  # ECONNRESET, or ENOTCONN from shutdown() after one
+        writer.write(data)
+        writer.write_eof()
+
+
 async def wait_closed_by_server(reader: asyncio.StreamReader, within: float) -> bytes:
     """Read until the server closes; return what it sent (RST counts as closed)."""
     out = b""

@@ -16,6 +16,7 @@ from .conftest import (
     needs_haproxy,
     needs_v6,
     run_haproxy,
+    send_and_half_close,
     serving,
     wait_closed_by_server,
 )
@@ -66,8 +67,7 @@ async def _through(port: int, host: str, source: str, data: bytes) -> tuple[tupl
     reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     client = writer.get_extra_info("sockname")[:2]
     try:
-        writer.write(data)
-        writer.write_eof()
+        send_and_half_close(writer, data)
         return client, await wait_closed_by_server(reader, within=10)
     finally:
         writer.close()

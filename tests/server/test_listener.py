@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from apr_async.server import build_v1, build_v2, proxy_header, real_peername, start_server
 from apr_async.server.proxy_protocol import ProxyProtocolError, TLVType, parse_header
 
-from .conftest import needs_v6, open_fds, serving, wait_closed_by_server
+from .conftest import (
+    needs_v6,
+    open_fds,
+    send_and_half_close,
+    serving,
+    wait_closed_by_server,
+)
 
 
 async def _connect(
@@ -40,8 +46,7 @@ async def _exchange(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes
     """Send ``payload``, half-close, return everything the server sent until it closed."""
     reader, writer = await _connect(port, host)
     try:
-        writer.write(payload)
-        writer.write_eof()
+        send_and_half_close(writer, payload)
         return await wait_closed_by_server(reader, within=5)
     finally:
         await _finish(writer)
@@ -103,10 +108,14 @@ async def test_bad_arguments_fail_before_any_socket() -> None:
         {"proxy_protocol": "v1", "trusted_proxies": ["127.0.0.1"], "max_header_size": 10},
         {"proxy_protocol": "v1", "trusted_proxies": ["127.0.0.1"], "max_pending_headers": 0},
         {"port": 70000},
+        {"limit": 0},
+        {"proxy_protocol": "v1", "trusted_proxies": ["127.0.0.1"], "ssl": True},
+        {"proxy_protocol": "v1", "trusted_proxies": ["127.0.0.1"], "ssl_handshake_timeout": 5},
         {
             "proxy_protocol": "v1",
             "trusted_proxies": ["127.0.0.1"],
-            "ssl": ssl.create_default_context(),
+            "ssl": ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+            "ssl_handshake_timeout": -1,
         },
     ]
     for kwargs in bad:
@@ -348,22 +357,47 @@ async def test_flood_of_valid_connections_all_served() -> None:
     assert len(rec.seen) == 200
 
 
-async def test_cancelled_header_read_closes_the_connection() -> None:
+async def test_cancelled_header_phase_closes_the_connection() -> None:
     async with serving(proxy_protocol="v1", header_timeout=30, **TRUST_LOOPBACK) as (_s, p, r):
         reader, writer = await _connect(p)
         writer.write(b"PROXY TCP4 ")
         await writer.drain()
         await asyncio.sleep(0.1)
-        handlers = [
+        deadlines = [
             t
             for t in asyncio.all_tasks()
-            if getattr(t.get_coro(), "__qualname__", "").endswith("handle")
+            if getattr(t.get_coro(), "__qualname__", "").endswith("HeaderProtocol._deadline")
         ]
-        assert len(handlers) == 1
-        handlers[0].cancel()
+        assert len(deadlines) == 1
+        deadlines[0].cancel()
         assert await wait_closed_by_server(reader, 5) == b""
         await _finish(writer)
     assert r.seen == []
+
+
+def test_loop_shutdown_closes_connections_in_the_header_phase() -> None:
+    """asyncio.run's final cancellation must close them: no transport outlives the loop."""
+    before = open_fds()
+    client = socket.socket()
+
+    async def scenario() -> int:
+        server = await start_server(
+            lambda r, w: None, "127.0.0.1", proxy_protocol="v2", trusted_proxies="127.0.0.1"
+        )
+        port: int = server.sockets[0].getsockname()[1]
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+        client.send(build_v2(("1.2.3.4", 1), ("5.6.7.8", 2))[:10])
+        await asyncio.sleep(0.1)
+        server.close()  # closes the listener only, as asyncio.Server does
+        return port
+
+    with client:
+        client.setblocking(False)
+        asyncio.run(scenario())
+        client.setblocking(True)
+        client.settimeout(5)
+        assert client.recv(10) == b""  # the server side was closed at shutdown
+    assert open_fds() == before
 
 
 # --- fuzzing the server -------------------------------------------------------------------
@@ -402,9 +436,10 @@ async def _serve_one(payload: bytes, half_close: bool) -> None:
     opts = {"header_timeout": 0.3, **TRUST_LOOPBACK}
     async with serving(proxy_protocol="auto", **opts) as (_s, port, rec):
         reader, writer = await _connect(port)
-        writer.write(payload)
         if half_close:
-            writer.write_eof()
+            send_and_half_close(writer, payload)
+        else:
+            writer.write(payload)
         start = time.monotonic()
         echoed = b""
         with contextlib.suppress(ConnectionError):

@@ -1,35 +1,35 @@
 """Dual-stack asyncio servers that learn the real client address (PROXY protocol, TOA).
 
-:func:`start_server` wraps :func:`asyncio.start_server`. It listens on IPv6 and IPv4 with one
-call, and with ``proxy_protocol`` set it reads and validates the PROXY header *before* the
-application's callback runs, accepting it only from ``trusted_proxies``. The callback then
-gets an ordinary reader/writer pair whose reader starts exactly at the first byte after the
-header, and :func:`real_peername` tells it who the client really is.
+:func:`start_server` is :func:`asyncio.start_server` that listens on IPv6 and IPv4 with one
+call and, with ``proxy_protocol`` set, reads and validates the PROXY header (see
+:mod:`.header_phase`) *before* the application's callback runs, accepting it only from
+``trusted_proxies``. The callback then gets an ordinary reader/writer pair whose reader
+starts exactly at the first byte after the header, and :func:`.real_peername` tells it who
+the client really is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import inspect
 import ipaddress
 import logging
 import math
 import socket
-import weakref
+import ssl as ssl_module
+import sys
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .proxy_protocol import DEFAULT_MAX_SIZE, HeaderParser, ProxyHeader, ProxyProtocolError
-from .toa import get_toa
+from .header_phase import HeaderPolicy, HeaderProtocol, LogLimiter, Network
+from .peers import ConnectionInfo, IPAddress, remember
+from .proxy_protocol import DEFAULT_MAX_SIZE, HeaderParser, ProxyHeader
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_MAX_PENDING",
     "ClientConnectedCallback",
-    "proxy_header",
-    "real_peername",
     "start_server",
 ]
 
@@ -38,51 +38,14 @@ log = logging.getLogger("apr_async.server")
 ClientConnectedCallback = Callable[
     [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None
 ]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Seconds a peer has to deliver its whole PROXY header.
 DEFAULT_HEADER_TIMEOUT: Final = 5.0
 #: Connections allowed to sit in the header phase at once (slow-header floods).
 DEFAULT_MAX_PENDING: Final = 1024
+#: asyncio's own default buffer limit of a StreamReader.
+_STREAM_LIMIT: Final = 2**16
 _BIND_ATTEMPTS: Final = 8
-
-
-@dataclass(slots=True)
-class _ConnectionInfo:
-    header: ProxyHeader | None
-    toa: bool
-
-
-# Keyed by the writer the callback receives; entries vanish with the connection's objects.
-_connections: weakref.WeakKeyDictionary[asyncio.StreamWriter, _ConnectionInfo] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _unmap(ip: IPAddress) -> IPAddress:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def _peer_ip(peer: object) -> IPAddress | None:
-    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
-        return None
-    try:
-        return _unmap(ipaddress.ip_address(peer[0].split("%", 1)[0]))
-    except ValueError:
-        return None
-
-
-def _normalize(host: str, port: int) -> tuple[str, int]:
-    """``(host, port)`` with IPv4-mapped IPv6 shown as plain IPv4 (zone ids kept)."""
-    bare, sep, zone = host.partition("%")
-    try:
-        ip = _unmap(ipaddress.ip_address(bare))
-    except ValueError:
-        return (host, port)
-    return (f"{ip}{sep}{zone}" if ip.version == 6 else str(ip), port)
 
 
 def _parse_networks(
@@ -105,120 +68,29 @@ def _parse_networks(
     return tuple(networks)
 
 
-def _is_trusted(peer: object, networks: tuple[Network, ...]) -> bool:
-    ip = _peer_ip(peer)
-    # An IPv4 client of a dual-stack socket appears as ::ffff:a.b.c.d; _peer_ip unmaps it,
-    # so IPv4 networks match it and ::ffff:0:0/96 entries are not needed (nor honoured).
-    return ip is not None and any(ip in net for net in networks)
-
-
-def proxy_header(writer: asyncio.StreamWriter) -> ProxyHeader | None:
-    """The PROXY header received on this connection (with its TLVs), or None."""
-    info = _connections.get(writer)
-    return None if info is None else info.header
-
-
-def real_peername(writer: asyncio.StreamWriter, *, toa: bool | None = None) -> tuple[str, int]:
-    """The real client ``(address, port)`` of a connection.
-
-    In order: the source of the PROXY header (when the server read one that carries an
-    address), else the TOA kernel module's answer (when ``toa`` is true; it defaults to the
-    ``toa`` argument given to :func:`start_server`), else the socket's peer. IPv4 clients of
-    a dual-stack socket are returned as plain IPv4 (``"192.0.2.1"``, not ``"::ffff:..."``).
-    """
-    info = _connections.get(writer)
-    if info is not None and info.header is not None and info.header.source is not None:
-        return _normalize(*info.header.source)
-    use_toa = (info is not None and info.toa) if toa is None else toa
-    if use_toa:
-        sock = writer.get_extra_info("socket")
-        found = get_toa(sock) if sock is not None else None
-        if found is not None:
-            return _normalize(*found)
-    peer = writer.get_extra_info("peername")
-    if not isinstance(peer, tuple) or len(peer) < 2:
-        raise ValueError(f"the connection has no IP peer address: {peer!r}")
-    return _normalize(peer[0], peer[1])
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError, asyncio.CancelledError):
-        await writer.wait_closed()
-
-
-@dataclass(slots=True)
-class _HeaderPolicy:
-    version: Literal["v1", "v2", "auto"]
-    networks: tuple[Network, ...]
-    timeout: float
-    max_size: int
-    max_pending: int | None
-    pending: set[asyncio.StreamWriter]
-
-
-async def _read_header(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, policy: _HeaderPolicy
-) -> ProxyHeader | None:
-    """Read the header; on any failure close the connection, log, and return None."""
-    peer = writer.get_extra_info("peername")
-    if not _is_trusted(peer, policy.networks):
-        log.warning("closing connection from untrusted peer %s: not in trusted_proxies", peer)
-        await _close(writer)
-        return None
-    if policy.max_pending is not None and len(policy.pending) >= policy.max_pending:
-        log.warning("closing connection from %s: %d headers pending", peer, len(policy.pending))
-        await _close(writer)
-        return None
-    parser = HeaderParser(policy.version, max_size=policy.max_size)
-    policy.pending.add(writer)
-    problem: str | None = "cancelled"
-    try:
-        async with asyncio.timeout(policy.timeout):
-            # Read exactly what the parser still needs, so no application byte is consumed.
-            while (needed := parser.bytes_needed()) > 0:
-                parser.feed(await reader.readexactly(needed))
-        problem = None
-        return parser.header
-    except TimeoutError:
-        problem = f"no complete PROXY header within {policy.timeout:g} s"
-    except asyncio.IncompleteReadError as exc:
-        problem = f"truncated PROXY header ({len(exc.partial)} bytes, then EOF)"
-    except ProxyProtocolError as exc:
-        problem = f"invalid PROXY header: {exc}"
-    except OSError as exc:
-        problem = f"error reading the PROXY header: {exc}"
-    finally:
-        policy.pending.discard(writer)
-        if problem == "cancelled":
-            writer.close()
-        elif problem is not None:
-            log.info("closing connection from %s: %s", peer, problem)
-            await _close(writer)
-    return None
-
-
 def _make_handler(
-    client_connected_cb: ClientConnectedCallback, policy: _HeaderPolicy | None, toa: bool
-) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        header = None
-        if policy is not None:
-            header = await _read_header(reader, writer, policy)
-            if header is None:
-                return
-        _connections[writer] = _ConnectionInfo(header, toa)
+    client_connected_cb: ClientConnectedCallback, toa: bool
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter, ProxyHeader | None], Awaitable[None]]:
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, header: ProxyHeader | None
+    ) -> None:
+        remember(writer, ConnectionInfo(header, toa))
         try:
             result = client_connected_cb(reader, writer)
             if inspect.isawaitable(result):
                 await result
         except Exception:
-            # asyncio 3.11 would only report this when the task is garbage collected, and
-            # leave the connection open; do what 3.12 does: log it and close.
+            # Log with the peer and close the connection, rather than leave it open and
+            # rely on the loop's generic "unhandled exception" report.
             log.exception("client_connected_cb failed for %s", writer.get_extra_info("peername"))
-            await _close(writer)
+            writer.close()
         except asyncio.CancelledError:
             writer.close()
+            if sys.version_info < (3, 12):
+                # 3.11's StreamReaderProtocol calls task.exception() on this task when it is
+                # done, which raises (and logs an error) if it ends cancelled. Nobody awaits
+                # a connection's task, so ending it quietly loses nothing.
+                return
             raise
 
     return handle
@@ -239,14 +111,14 @@ def _has_ipv6() -> bool:
     return True
 
 
-async def _start_split_stack(
-    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-    port: int,
-    kwds: dict[str, Any],
-) -> asyncio.Server:
+Factory = Callable[[], asyncio.BaseProtocol]
+
+
+async def _start_split_stack(factory: Factory, port: int, kwds: dict[str, Any]) -> asyncio.Server:
     """IPv6-only and IPv4 sockets on the same port (no dual-stack socket available)."""
+    loop = asyncio.get_running_loop()
     if not _has_ipv6():
-        return await asyncio.start_server(handler, "0.0.0.0", port, **kwds)
+        return await loop.create_server(factory, "0.0.0.0", port, **kwds)
     hosts = ["::", "0.0.0.0"]
     for attempt in range(_BIND_ATTEMPTS):
         chosen = port
@@ -257,11 +129,45 @@ async def _start_split_stack(
                 probe.bind(("::", 0))
                 chosen = probe.getsockname()[1]
         try:
-            return await asyncio.start_server(handler, hosts, chosen, **kwds)
+            return await loop.create_server(factory, hosts, chosen, **kwds)
         except OSError as exc:
             if port != 0 or exc.errno != errno.EADDRINUSE or attempt == _BIND_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _listen(
+    factory: Factory, host: str | None, port: int, dualstack: bool, kwds: dict[str, Any]
+) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    if not (dualstack and _is_wildcard(host)) or "sock" in kwds or "family" in kwds:
+        return await loop.create_server(factory, host, port, **kwds)
+    if not socket.has_dualstack_ipv6():
+        return await _start_split_stack(factory, port, kwds)
+    sock = socket.create_server(
+        ("::", port),
+        family=socket.AF_INET6,
+        backlog=kwds.get("backlog", 100),
+        reuse_port=bool(kwds.pop("reuse_port", False)),
+        dualstack_ipv6=True,
+    )
+    # socket.create_server sets SO_REUSEADDR itself on POSIX, as asyncio does by default.
+    kwds.pop("reuse_address", None)
+    try:
+        return await loop.create_server(factory, sock=sock, **kwds)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _check_positive(name: str, value: object, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number of seconds, not {value!r}")
+    return float(value)
 
 
 async def start_server(
@@ -276,6 +182,7 @@ async def start_server(
     max_header_size: int = DEFAULT_MAX_SIZE,
     max_pending_headers: int | None = DEFAULT_MAX_PENDING,
     toa: bool = False,
+    limit: int = _STREAM_LIMIT,
     **kwds: Any,
 ) -> asyncio.Server:
     """Start a TCP server like :func:`asyncio.start_server`, dual-stack and PROXY-aware.
@@ -283,20 +190,26 @@ async def start_server(
     ``host`` ``None``, ``""`` or ``"::"`` with ``dualstack=True`` listens on all IPv6 *and*
     IPv4 addresses: one ``IPV6_V6ONLY=0`` socket where the system supports it, else an IPv6
     and an IPv4 socket on the same port. Any other ``host`` (or ``dualstack=False``) is passed
-    to :func:`asyncio.start_server` unchanged. Extra keyword arguments (``ssl``, ``limit``,
-    ``backlog``, ``reuse_port``, ``start_serving``...) are passed on too.
+    to :meth:`asyncio.loop.create_server` unchanged. ``limit`` and the other keyword
+    arguments (``ssl``, ``ssl_handshake_timeout``, ``backlog``, ``reuse_port``,
+    ``start_serving``...) mean what they mean for :func:`asyncio.start_server`.
 
     With ``proxy_protocol`` (``"v1"``, ``"v2"`` or ``"auto"``) every connection must start
     with a PROXY header, sent by a peer inside ``trusted_proxies`` (networks or addresses;
-    IPv4 clients of a dual-stack socket match IPv4 networks). Connections from other peers,
-    and headers that are malformed, larger than ``max_header_size``, cut short, or not
-    complete within ``header_timeout`` seconds, are closed and logged (logger
-    ``apr_async.server``) without calling ``client_connected_cb``. At most
-    ``max_pending_headers`` connections may be waiting for their header; more are closed at
-    once. ``toa=True`` makes :func:`real_peername` ask the TOA kernel module.
+    IPv4 clients of a dual-stack socket match IPv4 networks). Connections from other peers
+    are closed before a byte is read; headers that are malformed, larger than
+    ``max_header_size``, cut short, or not complete within ``header_timeout`` seconds close
+    the connection too. Neither calls ``client_connected_cb``; both are logged (logger
+    ``apr_async.server``, at most 10 records per 10 s per server, so that a flood does not
+    flood the log). At most ``max_pending_headers`` connections may be waiting for their
+    header; more are closed at once.
 
-    ``ssl`` cannot be combined with ``proxy_protocol``: the header comes before the TLS
-    handshake. Bad arguments raise ``ValueError``/``TypeError`` before any socket is opened.
+    With ``ssl`` as well, the server terminates TLS behind a proxy that passes TLS through
+    (HAProxy ``mode tcp`` with ``send-proxy``): the header is read from the raw connection,
+    then the TLS handshake runs on the same connection, and the callback gets the decrypted
+    stream. ``toa=True`` makes :func:`.real_peername` ask the TOA kernel module.
+
+    Bad arguments raise ``ValueError``/``TypeError`` before any socket is opened.
     """
     if proxy_protocol not in (None, "v1", "v2", "auto"):
         raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'auto': {proxy_protocol!r}")
@@ -305,10 +218,8 @@ async def start_server(
         raise ValueError("proxy_protocol needs trusted_proxies: headers from anyone else are lies")
     if proxy_protocol is None and networks:
         raise ValueError("trusted_proxies is only meaningful with proxy_protocol")
-    if isinstance(header_timeout, bool) or not isinstance(header_timeout, int | float):
-        raise TypeError("header_timeout must be a number of seconds")
-    if not (math.isfinite(header_timeout) and header_timeout > 0):
-        raise ValueError("header_timeout must be a positive finite number of seconds")
+    timeout = _check_positive("header_timeout", header_timeout)
+    assert timeout is not None
     if max_pending_headers is not None and (
         isinstance(max_pending_headers, bool)
         or not isinstance(max_pending_headers, int)
@@ -317,34 +228,43 @@ async def start_server(
         raise ValueError("max_pending_headers must be a positive int or None")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise ValueError(f"port must be an int in 0..65535, not {port!r}")
-    if proxy_protocol is not None and kwds.get("ssl") is not None:
-        # The header precedes the TLS handshake on the wire, but asyncio would start TLS on
-        # the raw bytes: terminate TLS at the proxy, or in the callback after the header.
-        raise ValueError("proxy_protocol cannot be combined with ssl= (the header precedes TLS)")
-    policy = None
-    if proxy_protocol is not None:
-        HeaderParser(proxy_protocol, max_size=max_header_size)  # validates max_header_size
-        policy = _HeaderPolicy(
-            proxy_protocol, networks, float(header_timeout), max_header_size,
-            max_pending_headers, set(),
-        )  # fmt: skip
-    handler = _make_handler(client_connected_cb, policy, toa)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, not {limit!r}")
+    handler = _make_handler(client_connected_cb, toa)
+    loop = asyncio.get_running_loop()
+    factory: Factory
+    if proxy_protocol is None:
 
-    if not (dualstack and _is_wildcard(host)) or "sock" in kwds or "family" in kwds:
-        return await asyncio.start_server(handler, host, port, **kwds)
-    if not socket.has_dualstack_ipv6():
-        return await _start_split_stack(handler, port, kwds)
-    sock = socket.create_server(
-        ("::", port),
-        family=socket.AF_INET6,
-        backlog=kwds.get("backlog", 100),
-        reuse_port=bool(kwds.pop("reuse_port", False)),
-        dualstack_ipv6=True,
-    )
-    # socket.create_server sets SO_REUSEADDR itself on POSIX, as asyncio does by default.
-    kwds.pop("reuse_address", None)
-    try:
-        return await asyncio.start_server(handler, sock=sock, **kwds)
-    except BaseException:
-        sock.close()
-        raise
+        def factory() -> asyncio.BaseProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, lambda r, w: handler(r, w, None), loop=loop)
+
+    else:
+        HeaderParser(proxy_protocol, max_size=max_header_size)  # validates max_header_size
+        context = kwds.pop("ssl", None)
+        if context is not None and not isinstance(context, ssl_module.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext with proxy_protocol, not {context!r}")
+        tls_timeouts = {
+            name: _check_positive(name, kwds.pop(name, None), optional=True)
+            for name in ("ssl_handshake_timeout", "ssl_shutdown_timeout")
+        }
+        if context is None and any(v is not None for v in tls_timeouts.values()):
+            raise ValueError("ssl_handshake_timeout/ssl_shutdown_timeout need ssl")
+        policy = HeaderPolicy(
+            proxy_protocol,
+            networks,
+            timeout,
+            max_header_size,
+            max_pending_headers,
+            handler,
+            limit,
+            LogLimiter(log, loop.time),
+            context,
+            tls_timeouts["ssl_handshake_timeout"],
+            tls_timeouts["ssl_shutdown_timeout"],
+        )
+
+        def factory() -> asyncio.BaseProtocol:
+            return HeaderProtocol(policy)
+
+    return await _listen(factory, host, port, dualstack, kwds)

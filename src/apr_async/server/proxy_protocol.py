@@ -440,6 +440,11 @@ class HeaderParser:
         self.header: ProxyHeader | None = None
         self.trailing = b""
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished header received so far (0 once it is complete)."""
+        return len(self._buffer)
+
     def bytes_needed(self) -> int:
         """Fewest bytes that could complete the header (0 when it is complete)."""
         if self.header is not None:
