@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apr_async.server import build_v1, build_v2, proxy_header, real_peername, start_server
+from apr_async.server.header_phase import LogLimiter
 from apr_async.server.proxy_protocol import ProxyProtocolError, TLVType, parse_header
 
 from .conftest import (
@@ -488,3 +489,39 @@ def test_works_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# --- logging under a flood ----------------------------------------------------------------
+
+
+def test_log_limiter_keeps_a_budget_and_reports_what_it_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    logger = logging.getLogger("apr_async.server.test_limiter")
+    limiter = LogLimiter(logger, lambda: now[0], burst=3, interval=10.0)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for i in range(8):
+            limiter(logging.WARNING, "refused %d", i)
+        assert [r.getMessage() for r in caplog.records] == ["refused 0", "refused 1", "refused 2"]
+        now[0] += 9.9
+        limiter(logging.WARNING, "refused %d", 8)  # same window: still dropped
+        now[0] += 0.2
+        limiter(logging.WARNING, "refused %d", 9)
+    assert [r.getMessage() for r in caplog.records][3:] == [
+        "6 more refused or failed connections were not logged in 10 s",
+        "refused 9",
+    ]
+
+
+async def test_a_flood_of_untrusted_peers_is_logged_a_bounded_number_of_times(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    forged = build_v1(("8.8.8.8", 53), ("127.0.0.1", 80))
+    kwargs = {"proxy_protocol": "v1", "trusted_proxies": ["127.0.0.2"]}
+    with caplog.at_level(logging.INFO, logger="apr_async.server"):
+        async with serving(**kwargs) as (_s, port, rec):
+            replies = await asyncio.gather(*(_exchange(port, forged) for _ in range(60)))
+    assert replies == [b""] * 60 and rec.seen == []
+    refusals = [r for r in caplog.records if "untrusted peer" in r.getMessage()]
+    assert 1 <= len(refusals) <= 10
