@@ -2,17 +2,26 @@
 
 Full-NAT load balancers (LVS/DPVS and the cloud balancers built on them) rewrite the source
 address, and carry the client's address in a TCP option (TOA) or an IP option / private
-protocol (UOA). A kernel module on the real server stores it and hands it back through a
-``getsockopt`` at level ``IPPROTO_IP``.
+protocol (UOA). A kernel module on the real server stores it and gives it back.
 
-* TOA: ``getsockopt(fd, IPPROTO_IP, 2049, buf, 20)`` fills the 20-byte :class:`ToaData`.
-* UOA: ``getsockopt(fd, IPPROTO_IP, 2048, buf, 58)`` where ``buf`` is a :class:`UoaParamMap`
-  whose *input* half (the datagram's 5-tuple as the server saw it) must be filled in before
-  the call. Python's ``socket.getsockopt`` only passes an empty buffer, so the call goes to
-  libc through :mod:`ctypes` (no compiled helper, no build step).
+* TOA modules in the wild (Alibaba LVS ``kernel/net/toa``, Huawei ``TCP_option_address``,
+  DPVS ``kmod/toa``, Tencent CLB) hook ``inet_getname``: ``getpeername()`` itself returns
+  the real IPv4/IPv6 client, so the socket-peer fallback of :func:`.real_peername` already
+  gives it. For NAT64 (IPv6 client, IPv4 socket) DPVS and Tencent add
+  ``getsockopt(fd, IPPROTO_IP, TOA_SO_GET_LOOKUP=4096)`` filling ``struct toa_nat64_peer``
+  (:class:`ToaNat64Peer`, DPVS ``kmod/toa/toa.h``).
+* ``getsockopt(fd, IPPROTO_IP, 2049)`` filling the 20-byte :class:`ToaData` is the
+  interface issue 7 specifies. No public module header defining it was found; it is tried
+  first, and the NAT64 lookup after it.
+* UOA: ``getsockopt(fd, IPPROTO_IP, UOA_SO_GET_LOOKUP=2048)`` where the buffer is a
+  :class:`UoaParamMap` (DPVS ``kmod/uoa/uoa.h``) whose *input* half (the datagram's
+  5-tuple as the server saw it) is filled in before the call. Python's
+  ``socket.getsockopt`` only passes an empty buffer, so the call goes to libc through
+  :mod:`ctypes` (no compiled helper, no build step).
 
-On a kernel without the module these calls fail (``ENOPROTOOPT`` here; ``ENOENT``, ``EINVAL``
-or ``ENOTCONN`` from a module that has no entry), and the functions return ``None``.
+On a kernel without the module these calls fail (``ENOPROTOOPT``; a module with no entry
+answers ``ENOENT``, ``EINVAL``, ``EFAULT`` or ``ENOTCONN``), and the functions return
+``None``.
 """
 
 from __future__ import annotations
@@ -29,10 +38,13 @@ from typing import Any, Final, Protocol
 
 __all__ = [
     "TOA_SO_GET",
+    "TOA_SO_GET_NAT64",
     "UOA_SO_GET_LOOKUP",
     "ToaData",
+    "ToaNat64Peer",
     "UoaParamMap",
     "decode_toa",
+    "decode_toa_nat64",
     "decode_uoa",
     "encode_uoa_query",
     "get_toa",
@@ -42,24 +54,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``getsockopt`` option of the TOA module (level ``IPPROTO_IP``).
+#: ``getsockopt`` option (level ``IPPROTO_IP``) of the TOA interface issue 7 specifies.
 TOA_SO_GET: Final = 2049
+#: ``TOA_SO_GET_LOOKUP`` = ``TOA_BASE_CTL`` (4096): the NAT64 lookup of DPVS/Tencent TOA.
+TOA_SO_GET_NAT64: Final = 4096
 #: ``UOA_SO_GET_LOOKUP`` = ``UOA_BASE_CTL`` (2048) in DPVS ``kmod/uoa/uoa.h``.
 UOA_SO_GET_LOOKUP: Final = 2048
 
 
 class ToaData(ctypes.BigEndianStructure):
-    """What the TOA module returns for getsockopt(IPPROTO_IP, 2049).
+    """The answer to ``getsockopt(IPPROTO_IP, 2049)``, laid out as issue 7 specifies::
 
-    Layout (issue 7; the address union mirrors the in_addr/in6_addr union of the TOA
-    modules' ``toa_ip4_data``/``toa_ip6_data`` option payloads, DPVS ``kmod/toa/toa.h``)::
-
-        struct toa_data {
-            union { __be32 ip; struct in6_addr ip6; } addr;  /* offset 0, 16 bytes  */
-            __be16 port;                                     /* offset 16           */
-            __u8   family;                                   /* offset 18, AF_INET/6 */
-            __u8   set;                                      /* offset 19, 1 = valid */
-        } __attribute__((packed));                           /* 20 bytes            */
+    struct toa_data {
+        union { __be32 ip; struct in6_addr ip6; } addr;  /* offset 0, 16 bytes  */
+        __be16 port;                                     /* offset 16           */
+        __u8   family;                                   /* offset 18, AF_INET/6 */
+        __u8   set;                                      /* offset 19, 1 = valid */
+    } __attribute__((packed));                           /* 20 bytes            */
     """
 
     _pack_ = 1
@@ -68,6 +79,24 @@ class ToaData(ctypes.BigEndianStructure):
         ("port", ctypes.c_uint16),
         ("family", ctypes.c_uint8),
         ("set", ctypes.c_uint8),
+    )
+
+
+class ToaNat64Peer(ctypes.Structure):
+    """``struct toa_nat64_peer`` of DPVS ``kmod/toa/toa.h`` (also Tencent CLB's TOA)::
+
+        struct toa_nat64_peer {
+            struct in6_addr saddr;   /* offset 0, 16 bytes */
+            __u16 port;              /* offset 16, network order (the TCP option's bytes) */
+        };                           /* 20 bytes: in6_addr's 4-byte alignment pads it */
+
+    Not packed: the module rejects a buffer shorter than its ``sizeof``, which is 20.
+    ``saddr`` is declared as four ``uint32`` to give the struct that same alignment.
+    """
+
+    _fields_ = (
+        ("saddr", ctypes.c_uint32 * 4),
+        ("port", ctypes.c_uint8 * 2),
     )
 
 
@@ -186,20 +215,40 @@ def decode_toa(raw: bytes) -> tuple[str, int] | None:
     return None
 
 
-def get_toa(sock: _SocketLike) -> tuple[str, int] | None:
-    """Real client ``(address, port)`` of a TCP connection from the TOA module, or None.
+def decode_toa_nat64(raw: bytes) -> tuple[str, int] | None:
+    """Decode a :class:`ToaNat64Peer` buffer; None if it is short or the address unset."""
+    if len(raw) < ctypes.sizeof(ToaNat64Peer):
+        return None
+    address, port = raw[:16], raw[16:18]
+    if not any(address):
+        return None
+    return (str(ipaddress.IPv6Address(address)), int.from_bytes(port, "big"))
 
-    ``sock`` is a connected TCP socket (a :class:`socket.socket`, or the ``"socket"`` extra of
-    an asyncio transport). Returns None when the module is not loaded or the connection
-    carried no TOA option; never raises for that.
-    """
-    buf = ToaData()
-    err, optlen = getsockopt_inout(sock, socket.IPPROTO_IP, TOA_SO_GET, buf)
+
+def _lookup(sock: _SocketLike, optname: int, buf: ctypes.Structure) -> bytes | None:
+    err, optlen = getsockopt_inout(sock, socket.IPPROTO_IP, optname, buf)
     if err:
         if err not in _NO_ANSWER:
-            log.debug("TOA getsockopt failed: %s", os.strerror(err))
+            log.debug("getsockopt(IPPROTO_IP, %d) failed: %s", optname, os.strerror(err))
         return None
-    return decode_toa(bytes(buf)[:optlen]) if optlen >= ctypes.sizeof(ToaData) else None
+    return bytes(buf)[: min(optlen, ctypes.sizeof(buf))]
+
+
+def get_toa(sock: _SocketLike) -> tuple[str, int] | None:
+    """Real client ``(address, port)`` of a TCP connection from a TOA module, or None.
+
+    ``sock`` is a connected TCP socket (a :class:`socket.socket`, or the ``"socket"`` extra of
+    an asyncio transport). Asks the 2049 interface (:class:`ToaData`), then the DPVS/Tencent
+    NAT64 lookup (:class:`ToaNat64Peer`). Returns None when no module answers or the
+    connection carried no TOA option; never raises for that. (Modules that rewrite
+    ``getpeername()`` need no call: the socket's peer is already the client.)
+    """
+    raw = _lookup(sock, TOA_SO_GET, ToaData())
+    found = decode_toa(raw) if raw is not None else None
+    if found is None:
+        raw = _lookup(sock, TOA_SO_GET_NAT64, ToaNat64Peer())
+        found = decode_toa_nat64(raw) if raw is not None else None
+    return found
 
 
 def _unmapped(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -243,9 +292,14 @@ def decode_uoa(param: UoaParamMap) -> tuple[str, int] | None:
     """The output half of a :class:`UoaParamMap`: real client ``(address, port)`` or None."""
     port = (param.real_sport[0] << 8) | param.real_sport[1]
     raw = bytes(param.real_saddr)
-    if param.real_af == socket.AF_INET:
+    family = param.real_af
+    if family == 0 and any(raw):
+        # Older DPVS modules (uoa_so_get before real_af existed in its answer) fill only
+        # real_saddr/real_sport: an IPv4 answer leaves the last 12 bytes at zero.
+        family = socket.AF_INET6 if any(raw[4:]) else socket.AF_INET
+    if family == socket.AF_INET:
         return (str(ipaddress.IPv4Address(raw[:4])), port)
-    if param.real_af == socket.AF_INET6:
+    if family == socket.AF_INET6:
         return (str(ipaddress.IPv6Address(raw)), port)
     return None
 
@@ -265,9 +319,6 @@ def uoa_lookup(
     if local is None:
         local = sock.getsockname()
     param = encode_uoa_query(peer, local)
-    err, _ = getsockopt_inout(sock, socket.IPPROTO_IP, UOA_SO_GET_LOOKUP, param)
-    if err:
-        if err not in _NO_ANSWER:
-            log.debug("UOA getsockopt failed: %s", os.strerror(err))
+    if _lookup(sock, UOA_SO_GET_LOOKUP, param) is None:
         return None
     return decode_uoa(param)
