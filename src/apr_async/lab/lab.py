@@ -38,6 +38,7 @@ from apr_async.lab.netns import (
     run_coroutine_in_netns,
     run_ip,
     socket_in_netns,
+    wait_uncancellable,
     write_sysctls,
 )
 from apr_async.lab.scenarios import (
@@ -112,7 +113,8 @@ class Lab:
         self._delay: DelayLine | None = None
         self._echo: list[tuple[str, EchoServer]] = []
         self._procs: list[asyncio.subprocess.Process] = []
-        self._run_threads: set[threading.Thread] = set()
+        #: run_in workers and how to cancel each (close() ends calls it did not start)
+        self._run_threads: dict[threading.Thread, Callable[[], None]] = {}
         self._switch_lock = asyncio.Lock()
 
     # -- addresses ------------------------------------------------------------------------------
@@ -208,14 +210,16 @@ class Lab:
         for ns, values in topo.sysctls().items():
             write_sysctls(ns, {**values, **iface[ns]})
         router_svc = self._service_loop("router")
-        self._delay = await router_svc.run(_open_delay_line(self.router.delay_ifname))
+        # Synchronous on purpose: an await here, cancelled after the line opened, would lose
+        # the only reference to its tun fd.
+        self._delay = router_svc.call(_open_delay_line, self.router.delay_ifname)
         r, s = self.router.netns, self.server.netns
-        await asyncio.gather(
+        await _all(
             run_ip(["-n", self.client.netns, "-batch", "-"], topo.client_batch()),
             run_ip(["-n", r, "-batch", "-"], topo.router_batch()),
             run_ip(["-n", s, "-batch", "-"], topo.server_batch()),
         )
-        await asyncio.gather(
+        await _all(
             run_ip(["netns", "exec", r, "nft", "-f", "-"], router_base_ruleset(topo)),
             run_ip(["netns", "exec", s, "nft", "-f", "-"], server_base_ruleset()),
         )
@@ -254,6 +258,10 @@ class Lab:
             return
         self._state = "closed"
         try:
+            # run_in calls still going (a background task the test never awaited) would keep
+            # their thread, and the namespace it holds, alive after the lab is gone.
+            for cancel in list(self._run_threads.values()):
+                cancel()
             for host, echo in self._echo:
                 svc = self._service.get(host)
                 if svc is not None:
@@ -285,12 +293,20 @@ class Lab:
         """Switch the running lab to the combination of ``scenarios`` (none = healthy).
 
         Only what differs from the current scenario is touched, so open connections survive
-        an unrelated change. Returns the scenario now in force.
+        an unrelated change. Returns the scenario now in force. A cancelled switch still
+        completes (in milliseconds) before the cancellation propagates: half-applied rules
+        would make every later switch compute its changes from the wrong state.
         """
         target = combine(*scenarios)  # validates before any I/O
         self._require_running()
         async with self._switch_lock:
-            await self._switch(target)
+            switch = asyncio.ensure_future(self._switch(target))
+            try:
+                await asyncio.shield(switch)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await wait_uncancellable(switch)
+                raise
         return target
 
     async def _switch(self, new: Scenario) -> None:
@@ -306,8 +322,7 @@ class Lab:
             if v6_rules:
                 await run_ip(["-6", "-n", r, "-batch", "-"], v6_rules)
             self._set_delays(new)
-            if router_scenario_rules(topo, old) != router_scenario_rules(topo, new) or (
-                    old is new):
+            if router_scenario_rules(topo, old) != router_scenario_rules(topo, new):
                 await run_ip(["netns", "exec", r, "nft", "-f", "-"],
                              router_scenario_rules(topo, new))
             if old.nptv6 != new.nptv6:
@@ -324,7 +339,7 @@ class Lab:
             if batch:
                 await run_ip(["-n", c, "-batch", "-"], batch)
 
-        await asyncio.gather(router_side(), server_side(), client_side())
+        await _all(router_side(), server_side(), client_side())
         self._scenario = new
 
     def _set_delays(self, scenario: Scenario) -> None:
@@ -351,15 +366,21 @@ class Lab:
             raise TypeError("coro_fn must be a coroutine function")
         self._require_running()
 
-        def track(thread: threading.Thread) -> None:
-            self._run_threads.add(thread)
+        def track(thread: threading.Thread, cancel: Callable[[], None]) -> None:
+            self._run_threads[thread] = cancel
 
         try:
             return await run_coroutine_in_netns(
                 ns, functools.partial(coro_fn, *args, **kwargs), loop_factory=loop_factory,
                 on_thread=track)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._state == "closed" and current is not None and not current.cancelling():
+                # Nobody cancelled the caller: the lab was closed under the call.
+                raise RuntimeError(f"lab closed while {coro_fn!r} ran in {host}") from None
+            raise
         finally:
-            self._run_threads = {t for t in self._run_threads if t.is_alive()}
+            self._run_threads = {t: c for t, c in self._run_threads.items() if t.is_alive()}
 
     def socket(
         self,
@@ -416,8 +437,10 @@ class Lab:
         _check_host(host)
         self._require_running()
         echo = EchoServer(bind, port, announce_peer=announce_peer)
-        await self._service_loop(host).run(echo.start())
+        # Registered first, so that close() stops it even if this call is cancelled after
+        # the listener was bound.
         self._echo.append((host, echo))
+        await self._service_loop(host).run(echo.start())
         return echo
 
     async def stop_echo_server(self, echo: EchoServer) -> None:
@@ -432,13 +455,28 @@ class Lab:
             raise RuntimeError(f"lab is {self._state}, not running")
 
 
+async def _all(*coros: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coros`` concurrently; on the first failure cancel and await the rest.
+
+    ``asyncio.gather`` alone would leave the others running, unsupervised, after it raised.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def _check_host(host: str) -> HostName:
     if host not in _HOSTS:
         raise ValueError(f"unknown lab host {host!r}; expected one of {', '.join(_HOSTS)}")
     return host  # type: ignore[return-value]
 
 
-async def _open_delay_line(ifname: str) -> DelayLine:
+def _open_delay_line(ifname: str) -> DelayLine:
     # Runs on the router's service loop: the tun device is created in the router namespace.
     line = DelayLine(open_tun(ifname))
     line.start()

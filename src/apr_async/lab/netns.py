@@ -36,6 +36,7 @@ __all__ = [
     "run_ip",
     "run_ip_sync",
     "socket_in_netns",
+    "wait_uncancellable",
     "write_sysctls",
 ]
 
@@ -175,17 +176,27 @@ async def run_coroutine_in_netns(
     coro_fn: Callable[..., Coroutine[Any, Any, T]],
     *args: Any,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-    on_thread: Callable[[threading.Thread], None] | None = None,
+    on_thread: Callable[[threading.Thread, Callable[[], None]], None] | None = None,
 ) -> T:
     """Await ``coro_fn(*args)`` run on a fresh event loop in a fresh thread inside ``name``.
 
     Cancelling the caller cancels the inner task and waits for the thread to finish, so no
-    thread, loop or socket outlives the call.
+    thread, loop or socket outlives the call. ``on_thread(thread, cancel)`` is told about the
+    worker; ``cancel()`` (callable from any thread, at any time) cancels the inner task, which
+    is how an owner shuts down calls it did not start itself.
     """
     outer = asyncio.get_running_loop()
     done: asyncio.Future[T] = outer.create_future()
-    started = threading.Event()
+    cancel_requested = threading.Event()
     inner: dict[str, Any] = {}
+
+    def cancel() -> None:
+        # Set the flag first: a worker that has not made its task yet checks it right after.
+        cancel_requested.set()
+        loop, task = inner.get("loop"), inner.get("task")
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the inner loop is already closed
+                loop.call_soon_threadsafe(task.cancel)
 
     def settle(fut: asyncio.Future[T], value: T | None, exc: BaseException | None) -> None:
         if fut.done():
@@ -204,33 +215,29 @@ async def run_coroutine_in_netns(
             try:
                 task = loop.create_task(coro_fn(*args))
                 inner["loop"], inner["task"] = loop, task
-                started.set()
+                if cancel_requested.is_set():
+                    task.cancel()
                 value = loop.run_until_complete(task)
             finally:
                 _close_loop(loop)
         except BaseException as err:
             exc = err
         finally:
-            started.set()
             with contextlib.suppress(RuntimeError):  # outer loop closed: nobody is waiting
                 outer.call_soon_threadsafe(settle, done, value, exc)
 
     thread = threading.Thread(target=target, name=f"netns-run-{name}", daemon=True)
     thread.start()
     if on_thread is not None:
-        on_thread(thread)
+        on_thread(thread, cancel)
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:
         if not done.done():
-            await asyncio.to_thread(started.wait)
-            loop, task = inner.get("loop"), inner.get("task")
-            if loop is not None and task is not None:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(task.cancel)
+            cancel()
             # Wait for the worker even if cancelled again: leaking it would leak its sockets.
             with contextlib.suppress(BaseException):
-                await _await_uncancellable(done)
+                await wait_uncancellable(done)
         raise
     finally:
         if done.done():
@@ -238,11 +245,14 @@ async def run_coroutine_in_netns(
             thread.join()
 
 
-async def _await_uncancellable(fut: Awaitable[Any]) -> None:
+async def wait_uncancellable(fut: Awaitable[T]) -> T:
+    """Await ``fut`` to the end even if the caller is cancelled meanwhile (those cancellations
+    are absorbed: use it only for short clean-up work that must not be cut in half)."""
     task = asyncio.ensure_future(fut)
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
+    return task.result()
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
