@@ -36,6 +36,10 @@ async def test_answers_over_the_lab_network(healthy_lab: Lab, over: str) -> None
     names, server = lab.names, lab.server
     assert (await lab.run_in("client", lookup, ns, names.dual, "A"))[:2] == (
         "ok", [server.v4[0]])
+    assert (await lab.run_in("client", lookup, ns, names.dual, "AAAA"))[:2] == (
+        "ok", [server.v6[0]])
+    assert (await lab.run_in("client", lookup, ns, names.v4_only, "A"))[:2] == (
+        "ok", [server.v4[0]])
     status, addrs, _ = await lab.run_in("client", lookup, ns, names.multi, "AAAA")
     assert (status, sorted(addrs)) == ("ok", sorted(server.v6))
     status, addrs, _ = await lab.run_in("client", lookup, ns, names.multi, "A")
