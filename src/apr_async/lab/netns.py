@@ -331,13 +331,17 @@ class LoopThread:
         """Run ``coro`` on the service loop and await its result from the caller's loop."""
         return await asyncio.wrap_future(self.submit(coro))
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a plain callable on the service loop and block until it returns."""
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
+        """Run a plain callable on the service loop and block until it returns.
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds: a wedged service loop must
+        not hang the teardown that is trying to stop it.
+        """
 
         async def wrapper() -> T:
             return fn(*args)
 
-        return self.submit(wrapper()).result()
+        return self.submit(wrapper()).result(timeout)
 
     def stop(self) -> None:
         """Cancel everything on the loop, close it and join the thread (idempotent)."""
