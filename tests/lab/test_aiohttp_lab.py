@@ -376,7 +376,6 @@ async def fetch_with_default_service(url: str, nameservers: list[str], target: s
     from apr_async.config import Config
     from apr_async.service import configure, default_service
 
-    previous = service_module._default_config  # restored below: other tests share it
     configure(Config(targets=(target,), nameservers=tuple(nameservers), probe_interval=5.0))
     service = default_service()
     try:
@@ -389,7 +388,7 @@ async def fetch_with_default_service(url: str, nameservers: list[str], target: s
         return status, methods
     finally:
         await service_module.aclose_default()
-        service_module._default_config = previous
+        configure()  # back to the environment's (test) configuration: later tests share it
 
 
 async def test_default_service_ranks_and_learns_from_connector_attempts(
