@@ -7,7 +7,8 @@
 Works on a fresh machine that has nothing but ``python3``: it creates ``.venv`` (installing
 Debian's ``python3-venv`` first when the interpreter lacks ``ensurepip``), installs the project
 with its ``dev`` extra into it, and, when running as root on Debian, installs the system tools
-the network lab needs (iproute2, nftables, iptables, dnsmasq-base, haproxy, curl, openssl).
+the network lab and the tests need (iproute2, nftables, iptables, dnsmasq-base, haproxy,
+curl, openssl, gcc).
 Only the standard library is used here, on purpose: this file runs before anything is installed.
 """
 
@@ -36,6 +37,7 @@ DEBIAN_TOOLS = {
     "haproxy": "haproxy",
     "curl": "curl",
     "openssl": "openssl",
+    "cc": "gcc",  # compiles the TOA/UOA struct layouts to check them byte for byte
 }
 
 
