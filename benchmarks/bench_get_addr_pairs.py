@@ -57,7 +57,8 @@ Samples = list[float]
 
 async def _timed(call: Callable[[], Awaitable[object]], rounds: int, per_round: int) -> Samples:
     """Per-call microseconds of each round (a round is ``per_round`` back-to-back calls)."""
-    await call()
+    for _ in range(per_round):  # one discarded round: caches, allocator, branch predictors
+        await call()
     samples = []
     for _ in range(rounds):
         start = time.perf_counter_ns()
@@ -216,6 +217,8 @@ async def main() -> int:
         table(rows),
         "",
         f"{TARGET_ROW} median {warm:.1f} us (target <= {TARGET_US:.0f} us): {verdict}",
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs while measuring: "
+        "figures are noisy when it nears the CPU count)",
     ])
     print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
