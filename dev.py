@@ -7,7 +7,7 @@
 Works on a fresh machine that has nothing but ``python3``: it creates ``.venv`` (installing
 Debian's ``python3-venv`` first when the interpreter lacks ``ensurepip``), installs the project
 with its ``dev`` extra into it, and, when running as root on Debian, installs the system tools
-the network lab and the tests need (iproute2, nftables, iptables, dnsmasq-base, haproxy,
+the network lab and the tests need (iproute2, nftables, iptables, haproxy,
 curl, openssl, gcc).
 Only the standard library is used here, on purpose: this file runs before anything is installed.
 """
@@ -33,7 +33,6 @@ DEBIAN_TOOLS = {
     "nft": "nftables",
     "iptables": "iptables",
     "ip6tables": "iptables",
-    "dnsmasq": "dnsmasq-base",
     "haproxy": "haproxy",
     "curl": "curl",
     "openssl": "openssl",
