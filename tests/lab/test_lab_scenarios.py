@@ -279,3 +279,40 @@ async def test_established_connection_breaks_and_recovers_mid_run(
             await asyncio.wait_for(loop.sock_recv(sock, 1), SHORT)
         await lab.set_scenario()
         assert await asyncio.wait_for(loop.sock_recv(sock, 1), 5) == b"b"
+
+
+async def ping_answered(lab: Lab, address: str) -> bool:
+    """One ``ping`` from the client namespace (the system tool, not the library)."""
+    res = await lab.exec("client", "ping", "-n", "-c", "1", "-W", "0.5", address)
+    return res.returncode == 0
+
+
+async def test_echo_blocked_drops_ping_while_tcp_passes(
+    healthy_lab: Lab, echo: EchoServer
+) -> None:
+    lab = healthy_lab
+    targets = (lab.server.v4[0], lab.server.v6[0])
+    gateways = (lab.router.client_v4, lab.router.client_gua)
+    for address in (*targets, *gateways):
+        assert await ping_answered(lab, address), address  # healthy: everything answers
+    await lab.set_scenario(Scenario.echo_blocked())
+    for address in targets:
+        assert not await ping_answered(lab, address), address
+        out = await lab.run_in("client", tcp_connect, address, echo.port, read_greeting=True)
+        assert out.ok, (address, out.error_name)
+    for address in gateways:  # the router itself still answers unless asked not to
+        assert await ping_answered(lab, address), address
+    # composed with another scenario, and extended to the router's own addresses
+    await lab.set_scenario(Scenario.echo_blocked(router=True), Scenario.nat44_masquerade())
+    for address in (*targets, *gateways):
+        assert not await ping_answered(lab, address), address
+    out = await lab.run_in("client", tcp_connect, lab.server.v4[0], echo.port,
+                           read_greeting=True)
+    assert out.ok and peer_of(out.greeting) == lab.router.server_v4
+    # ICMP errors are not echo: a rejected path still fails fast
+    await lab.set_scenario(Scenario.echo_blocked(), Scenario.v6_rejected())
+    out = await lab.run_in("client", tcp_connect, lab.server.v6[0], echo.port, limit=2.0)
+    assert out.errno == errno.EHOSTUNREACH and out.elapsed < 0.5, out.error_name
+    await lab.set_scenario()
+    for address in (*targets, *gateways):
+        assert await ping_answered(lab, address), address

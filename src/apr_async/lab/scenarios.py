@@ -75,6 +75,11 @@ class Scenario:
         nptv6: the router translates the client's ULA /48 to a GUA /48 (RFC 6296). Without it
             ULA sources are dropped at the router.
         client_v4, client_v6: whether the client has IPv4 / global IPv6 at all.
+        block_echo: the router drops ICMP and ICMPv6 echo requests and replies it forwards
+            (client <-> server, both families); TCP and ICMP errors still pass. The direct
+            link-local link does not go through the router and is not affected.
+        block_router_echo: the router ignores echo requests addressed to itself (any of its
+            addresses, both families), like a gateway that does not answer ping.
     """
 
     v4: PathMode = PathMode.OK
@@ -86,12 +91,17 @@ class Scenario:
     nptv6: bool = False
     client_v4: bool = True
     client_v6: bool = True
+    block_echo: bool = False
+    block_router_echo: bool = False
 
     def __post_init__(self) -> None:
         for name in ("v4", "v6"):
             value = getattr(self, name)
             if not isinstance(value, PathMode):
                 object.__setattr__(self, name, PathMode(value))
+        for name in ("block_echo", "block_router_echo"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool")
         for name in ("v4_delay", "v6_delay"):
             delay = getattr(self, name)
             if (not isinstance(delay, int | float) or isinstance(delay, bool)
@@ -167,6 +177,12 @@ class Scenario:
         """The client has no IPv4 address and no IPv4 default route."""
         return cls(client_v4=False)
 
+    @classmethod
+    def echo_blocked(cls, *, router: bool = False) -> Scenario:
+        """ICMP(v6) echo between client and server dropped (TCP still passes); with
+        ``router``, the router does not answer ping either."""
+        return cls(block_echo=True, block_router_echo=router)
+
     def __or__(self, other: Scenario) -> Scenario:
         return combine(self, other)
 
@@ -217,6 +233,13 @@ _ICMP_REJECT = {
     PathMode.REJECT_NO_ROUTE: ("icmp type net-unreachable", "icmpv6 type no-route"),
 }
 
+#: Echo only: ICMP errors (unreachable, packet too big) must keep flowing, or the reject
+#: scenarios and path MTU discovery would break along with ping.
+_ECHO_DROP = [
+    "icmp type { echo-request, echo-reply } drop",
+    "icmpv6 type { echo-request, echo-reply } drop",
+]
+
 
 def router_base_ruleset(topo: Topology) -> str:
     """The router's permanent nftables tables (dead addresses, empty scenario chains)."""
@@ -238,6 +261,12 @@ table inet aprlab {{
         jump scenario
     }}
     chain scenario {{
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        jump scenario_input
+    }}
+    chain scenario_input {{
     }}
     chain internet {{
         # The server side is "the internet": it does not carry private or ULA sources. This
@@ -267,11 +296,18 @@ def router_scenario_rules(topo: Topology, scenario: Scenario) -> str:
         if mode is PathMode.BLACKHOLE:
             fwd.append(f'iifname "{r.client_ifname}" oifname "{r.server_ifname}"'
                        f" meta nfproto {proto} drop")
+    if scenario.block_echo:
+        fwd += _ECHO_DROP
+    local: list[str] = []
+    if scenario.block_router_echo:
+        local += _ECHO_DROP
     nat: list[str] = []
     if scenario.nat44:
         nat.append(f'oifname "{r.server_ifname}" ip saddr {c.private_v4_prefix} masquerade')
-    lines = ["flush chain inet aprlab scenario", "flush chain ip aprlab_nat scenario"]
+    lines = ["flush chain inet aprlab scenario", "flush chain inet aprlab scenario_input",
+             "flush chain ip aprlab_nat scenario"]
     lines += [f"add rule inet aprlab scenario {rule}" for rule in fwd]
+    lines += [f"add rule inet aprlab scenario_input {rule}" for rule in local]
     lines += [f"add rule ip aprlab_nat scenario {rule}" for rule in nat]
     return "\n".join(lines) + "\n"
 
