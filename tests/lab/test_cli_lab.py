@@ -178,6 +178,51 @@ async def test_ping_reports_down_hosts(healthy_lab: Lab, echo: EchoServer) -> No
     assert by_dest[(lab.client.gua, lab.server.v6[0])]["rtt_avg_ms"] is not None
 
 
+async def test_ping_falls_back_to_tcp_when_icmp_echo_is_blocked(
+    healthy_lab: Lab, echo: EchoServer
+) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.echo_blocked())
+    v4, v6, dead = lab.server.v4[0], lab.server.v6[0], lab.server.dead_v4[0]
+    res = await cli(
+        lab, "ping", v4, v6, dead, "--tcp-port", str(echo.port),
+        "-c", "2", "-i", "0.05", "-W", "0.3", "--json",
+    )
+    assert res.returncode == 1, res.stderr  # the dead address is down
+    data = as_json(res)
+    # ICMP and TCP both unanswered: down. ICMP unanswered but TCP accepted: up.
+    assert data["down"] == [dead]
+    by_pair = {(p["source"], p["destination"]): p for p in data["pairs"]}
+    for pair in ((lab.client.v4, v4), (lab.client.gua, v6)):
+        row = by_pair[pair]
+        assert row["method"] == "tcp" and row["received"] == 2, row
+        assert row["loss"] == 0 and row["rtt_avg_ms"] is not None, row
+    dead_rows = [p for p in data["pairs"] if p["destination"] == dead]
+    assert dead_rows and all(p["received"] == 0 and p["loss"] == 1 for p in dead_rows)
+    # the table for people says which way each host answered
+    res = await cli(
+        lab, "ping", v4, "--tcp-port", str(echo.port), "-c", "1", "-W", "0.3",
+    )
+    assert res.returncode == 0, res.stderr
+    row = next(line for line in res.stdout.splitlines() if f" {lab.client.v4} " in line)
+    assert " tcp " in row and "1/1" in row
+    assert "all hosts up" in res.stdout
+
+
+async def test_ping_without_a_tcp_port_reports_icmp_silent_hosts_down(
+    healthy_lab: Lab, echo: EchoServer
+) -> None:
+    # No port to fall back to: an ICMP-silent host is reported down, with ICMP as the method.
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.echo_blocked())
+    v4 = lab.server.v4[0]
+    res = await cli(lab, "ping", v4, "-c", "1", "-W", "0.3", "--json")
+    assert res.returncode == 1, res.stderr
+    data = as_json(res)
+    assert data["down"] == [v4]
+    assert {p["method"] for p in data["pairs"]} == {"icmp"}
+
+
 async def test_ping_tcp_only(healthy_lab: Lab, echo: EchoServer) -> None:
     lab = healthy_lab
     res = await cli(
