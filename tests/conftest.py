@@ -23,6 +23,10 @@ from apr_async.lab import HEALTHY, Lab, lab_unavailable_reason
 os.environ["APR_ASYNC_AUTOSTART"] = "0"
 os.environ["APR_ASYNC_TARGETS"] = "none"
 os.environ["APR_ASYNC_PROBE_GATEWAYS"] = "0"
+# And no query to the host's own resolvers: a lookup through the default context that a test
+# forgot to point at a lab or loopback DNS server goes to the discard port on loopback and fails
+# fast there, instead of leaving the machine.
+os.environ["APR_ASYNC_NAMESERVERS"] = "127.0.0.1:9"
 
 
 def require_lab() -> None:

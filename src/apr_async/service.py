@@ -32,6 +32,7 @@ __all__ = [
     "Target",
     "aclose_default",
     "configure",
+    "current_config",
     "current_service",
     "default_service",
     "implicit_service",
@@ -76,6 +77,14 @@ def configure(config: Config | None = None, **changes: Any) -> Config:
     return new
 
 
+def current_config() -> Config:
+    """The default service's configuration: what :func:`configure` set, else the environment's
+    (``Config.from_env()``, read once and applied like ``configure()`` would, so ``APR_ASYNC_*``
+    settings such as nameservers reach the module-level functions even with autostart off)."""
+    config = _default_config
+    return config if config is not None else configure()
+
+
 def _close_soon(loop: asyncio.AbstractEventLoop, service: ProbeService) -> None:
     if loop.is_closed():
         return
@@ -112,11 +121,11 @@ def default_service() -> ProbeService:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         raise RuntimeError("the apr_async default service needs a running event loop") from None
+    config = current_config()
     with _default_lock:
         service = _defaults.get(loop)
         if service is not None and service._state != "closed":
             return service
-        config = _default_config if _default_config is not None else Config.from_env()
         service = ProbeService(config)
         _defaults[loop] = service
     if config.autostart:
@@ -141,8 +150,7 @@ def implicit_service() -> ProbeService | None:
         return service if service.running else None
     if loop in _declined:
         return None
-    config = _default_config if _default_config is not None else Config.from_env()
-    if not config.autostart:
+    if not current_config().autostart:
         _declined.add(loop)
         return None
     service = default_service()
