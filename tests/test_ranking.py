@@ -160,6 +160,48 @@ def test_ula_source_to_gua_goes_last_unless_a_translator_was_seen() -> None:
     assert simple(pairs) == [("2001:db8:1::10", "2001:db8:2::1"), ("fd00:1::10", "2001:db8:2::1")]
 
 
+PUB4 = S("203.0.113.194", ifindex=2, interface="eth0", prefixlen=24)
+CGN4 = S("100.64.3.4", ifindex=3, interface="wwan0", prefixlen=10)
+
+
+def test_private_ipv4_source_next_to_a_public_one_goes_last_unless_nat44_was_seen() -> None:
+    # A routed host (public IPv4 source) with a private one too: without a NAT44 seen, the
+    # private source's packets probably leave untranslated and die, like a ULA's without NPTv6.
+    for private in (V4, V4B, CGN4):
+        pairs = rank_pairs(dests(*D4), [private, PUB4], 443)
+        assert simple(pairs) == [
+            ("203.0.113.194", "198.51.100.1"),
+            ("203.0.113.194", "198.51.100.2"),
+            (private.text, "198.51.100.1"),
+            (private.text, "198.51.100.2"),
+        ]
+        head = f"{private.kind} -> public IPv4: last: needs NAT44, none seen; "
+        assert pairs[2].reason.startswith(head), pairs[2].reason
+        assert "last:" not in pairs[0].reason
+    # A NAT44 seen: the private source is an ordinary alternative again (RFC 6724 order).
+    pairs = rank_pairs(dests(*D4), [V4, PUB4], 443, translators_seen={Translator.NAT44})
+    assert "last:" not in " ".join(p.reason for p in pairs)
+    # (192.168.1.10 shares 5 leading bits with 198.51.100.1, 203.0.113.194 only 4: rule 8.)
+    assert simple(pairs)[0] == ("192.168.1.10", "198.51.100.1")
+    # Other translators do not make a private IPv4 source work.
+    pairs = rank_pairs(dests(*D4), [V4, PUB4], 443, translators_seen={Translator.NPTV6})
+    assert "last: needs NAT44" in pairs[2].reason
+    # Private destinations stay reachable from the private source (same site).
+    pairs = rank_pairs(dests("10.9.9.9"), [V4B, PUB4], 443)
+    assert all("last:" not in p.reason for p in pairs)
+
+
+def test_only_private_ipv4_sources_are_the_usual_nat44_home() -> None:
+    # No public source to compare with: NAT44 is the normal case, nothing is doubtful, and the
+    # pairs are exactly the ones (and in the order) they were before private sources had doubts.
+    for sources in ([V4], [V4, V4B], [CGN4], [V4, GUA]):
+        pairs = rank_pairs(dests(*D4), sources, 443)
+        assert pairs and all("last:" not in p.reason for p in pairs), pairs
+        assert [p.reason for p in pairs] == [
+            p.reason for p in rank_pairs(dests(*D4), sources, 443, translators_seen={"nat44"})
+        ]
+
+
 def test_ula_source_reaches_ula_and_nat64_destinations() -> None:
     pairs = rank_pairs(dests("fd00:2::1", "64:ff9b::c633:6401"), [ULA], 443)
     assert len(pairs) == 2

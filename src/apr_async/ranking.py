@@ -9,8 +9,11 @@
    a link-local source on another interface than the destination's zone. A family without
    any usable source therefore yields no pair at all. A pair that *probably* cannot work is
    kept but placed *last*: a ULA source to a global IPv6 destination when no NPTv6/NAT66
-   translator was seen (one may exist undetected), a non-loopback source to a loopback
-   destination (only when no loopback source of that family exists).
+   translator was seen (one may exist undetected); an RFC 1918 or CGN (``100.64/10``) source
+   to a public IPv4 destination when the host also has a public IPv4 source and no NAT44 was
+   seen (a host whose only IPv4 sources are private is the usual NAT44 home: unaffected); a
+   non-loopback source to a loopback destination (only when no loopback source of that
+   family exists).
 2. **Recent failures** (:class:`~apr_async.latency.FailureTable`): those pairs go after the
    others; they are reordered, never removed.
 3. **Measured latency** (exact or inherited from the longest known prefix): measured pairs
@@ -166,12 +169,14 @@ class _Unreachable(Enum):
 _IMPOSSIBLE: Final = _Unreachable.PAIR
 _DOUBT_LOOPBACK: Final = "not a loopback source"
 _DOUBT_ULA: Final = "needs NPTv6/NAT66, none seen"
+_DOUBT_PRIVATE_V4: Final = "needs NAT44, none seen"
 _LOCAL_KINDS: Final = frozenset({AddressKind.LOOPBACK, AddressKind.UNSPECIFIED})
 _NOT_SOURCES: Final = frozenset({AddressKind.UNSPECIFIED, AddressKind.MULTICAST})
 _ULA_BLOCKED_KINDS: Final = frozenset(
     {AddressKind.GUA, AddressKind.SIXTO4, AddressKind.TEREDO, AddressKind.RESERVED}
 )
 _ULA_TRANSLATORS: Final = frozenset({Translator.NPTV6.value, Translator.NAT66.value})
+_PRIVATE_V4_KINDS: Final = frozenset({AddressKind.RFC1918, AddressKind.CGN})
 
 
 class _Dest(NamedTuple):
@@ -225,9 +230,15 @@ def _reach(
     dst: _Dest,
     zone: int | None,
     local: frozenset[IPAddress],
+    *,
     ula_translated: bool,
+    private_v4_doubtful: bool,
 ) -> str | Literal[_Unreachable.PAIR] | None:
-    """``None`` if *src* can reach *dst*, a doubt (kept, placed last) or :data:`_IMPOSSIBLE`."""
+    """``None`` if *src* can reach *dst*, a doubt (kept, placed last) or :data:`_IMPOSSIBLE`.
+
+    *private_v4_doubtful*: the host has a public IPv4 source and no NAT44 was seen, so a
+    private IPv4 source towards a public destination probably leaves untranslated.
+    """
     skind = src.kind
     if skind in _NOT_SOURCES:
         return _IMPOSSIBLE
@@ -256,6 +267,10 @@ def _reach(
     if skind is AddressKind.ULA and dst.kind in _ULA_BLOCKED_KINDS and not ula_translated:
         # An undetected NPTv6 may exist, so the pair is kept, last.
         return _DOUBT_ULA
+    if private_v4_doubtful and skind in _PRIVATE_V4_KINDS and dst.kind is AddressKind.PUBLIC_IPV4:
+        # A public source next to it suggests this host is routed, not NATed: the private
+        # source needs a NAT44 that may exist undetected, so the pair is kept, last.
+        return _DOUBT_PRIVATE_V4
     return None
 
 
@@ -385,19 +400,30 @@ def _build_plan(
     *,
     kernel: list[IPAddress | SourceAddress | None],
     ula_translated: bool,
+    nat44_seen: bool,
     policy: PolicyTable,
     skip_rule9: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
 ) -> _Plan:
     local = frozenset(s.address for s in sources)
     mobility = any(s.home or s.care_of for s in sources)
     by_address = {s.address: s for s in sources}
+    private_v4_doubtful = not nat44_seen and any(
+        s.kind is AddressKind.PUBLIC_IPV4 for s in sources
+    )
     per_dest = []
     for (dst, zone), kernel_choice in zip(dests, kernel, strict=True):
         candidates = []
         for index, src in enumerate(sources):
             if (src.address.version == 6) != dst.v6:
                 continue
-            doubt = _reach(src, dst, zone, local, ula_translated)
+            doubt = _reach(
+                src,
+                dst,
+                zone,
+                local,
+                ula_translated=ula_translated,
+                private_v4_doubtful=private_v4_doubtful,
+            )
             if doubt is not _IMPOSSIBLE:
                 candidates.append((index, src, doubt))
         if dst.kind in _LOCAL_KINDS and any(c[2] is None for c in candidates):
@@ -565,7 +591,8 @@ def rank_pairs(
     local :class:`~apr_async.rfc6724.SourceAddress` es (with ``ifindex`` for link-local scope
     ids). *latency* and *failures* are read at time *now*. *kernel_sources* maps a destination
     to the source the kernel would pick. *translators_seen* holds :class:`Translator` values:
-    NPTv6 or NAT66 make a ULA source usable towards global IPv6 destinations. Destination rule
+    NPTv6 or NAT66 make a ULA source usable towards global IPv6 destinations, NAT44 a private
+    IPv4 source next to a public one usable towards public IPv4. Destination rule
     9 is skipped for destinations in *skip_rule9_prefixes*. See the module documentation for
     the order.
 
@@ -580,6 +607,7 @@ def rank_pairs(
     if not isinstance(policy, PolicyTable):
         raise TypeError("policy must be a PolicyTable")
     ula_translated = not _ULA_TRANSLATORS.isdisjoint(translators_seen)
+    nat44_seen = Translator.NAT44.value in translators_seen
     skip = tuple(skip_rule9_prefixes)
 
     plan = _plan_for(
@@ -588,6 +616,7 @@ def rank_pairs(
         port,
         kernel_sources=kernel_sources,
         ula_translated=ula_translated,
+        nat44_seen=nat44_seen,
         policy=policy,
         skip=skip,
     )
@@ -649,6 +678,7 @@ def _plan_for(
     *,
     kernel_sources: Mapping[IPAddress, IPAddress | SourceAddress] | None,
     ula_translated: bool,
+    nat44_seen: bool,
     policy: PolicyTable,
     skip: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
 ) -> _Plan:
@@ -660,7 +690,7 @@ def _plan_for(
     try:
         kernel = [kernel_sources.get(item[0]) for item in destinations] if kernel_sources else []
         key, anchors = _identity_key(
-            destinations, sources, kernel, policy, (port, ula_translated, skip)
+            destinations, sources, kernel, policy, (port, ula_translated, nat44_seen, skip)
         )
         hit = _PLANS.get(key)
     except (TypeError, ValueError, IndexError):
@@ -674,6 +704,7 @@ def _plan_for(
         port,
         kernel_sources=kernel_sources,
         ula_translated=ula_translated,
+        nat44_seen=nat44_seen,
         policy=policy,
         skip=skip,
     )
@@ -691,6 +722,7 @@ def _new_plan(
     *,
     kernel_sources: Mapping[IPAddress, IPAddress | SourceAddress] | None,
     ula_translated: bool,
+    nat44_seen: bool,
     policy: PolicyTable,
     skip: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
 ) -> _Plan:
@@ -729,6 +761,7 @@ def _new_plan(
         port,
         tuple(kernel),
         ula_translated,
+        nat44_seen,
         policy,
         skip,
     )
@@ -740,6 +773,7 @@ def _new_plan(
             port,
             kernel=kernel,
             ula_translated=ula_translated,
+            nat44_seen=nat44_seen,
             policy=policy,
             skip_rule9=skip,
         )

@@ -4,7 +4,8 @@ A reason is ``"<source kind> -> <destination kind>: <clause>; <clause>..."`` wit
 clause per ranking level, always in the order of the levels, so that the clause that decided
 the place comes first and a reader can stop there:
 
-1. reachability doubt: ``last: needs NPTv6/NAT66, none seen`` (for a ULA source)
+1. reachability doubt: ``last: needs NPTv6/NAT66, none seen`` (for a ULA source), ``last:
+   needs NAT44, none seen`` (for a private IPv4 source next to a public one)
 2. recent failure: ``after the others: failed 12 s ago (ECONNREFUSED, 2 times)``
 3. latency: ``RTT 20.0 ms (3 samples)``, ``RTT 20.0 ms inherited from 2001:db8::/40 (2
    destinations)``, with how the IPv6 bias played when the other family is measured too; or

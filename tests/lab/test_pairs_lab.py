@@ -41,6 +41,8 @@ class Outcome:
     connected: dict[int, str | None]
     #: the kernel's own source for the first destination
     kernel_source: str | None
+    #: for each source asked for: the peer address its first pair got through as, or None
+    connected_from: dict[str, str | None]
 
 
 async def _connect(family: int, source: tuple, destination: tuple) -> str | None:  # type: ignore[type-arg]
@@ -68,9 +70,13 @@ async def client_side(
     connect: Sequence[int] = (0,),
     latency: Sequence[tuple[str, str, float]] = (),
     bind_kernel_source: bool = False,
+    connect_from: Sequence[str] = (),
+    translators_seen: frozenset[str] = frozenset(),
 ) -> Outcome:
     async with Resolver(dns, hosts_path=None, timeout=1.0) as resolver:
-        ctx = PairContext(resolver=resolver, snapshot_max_age=0.0)
+        ctx = PairContext(
+            resolver=resolver, snapshot_max_age=0.0, translators_seen=translators_seen
+        )
         for src, dst, rtt in latency:
             for _ in range(3):
                 ctx.latency.record(ipaddress.ip_address(src), ipaddress.ip_address(dst), rtt,
@@ -84,7 +90,11 @@ async def client_side(
         if bind_kernel_source and kernel is not None:
             src = (kernel, 0, 0, 0) if pairs[0].family == socket.AF_INET6 else (kernel, 0)
             connected[-1] = await _connect(pairs[0].family, src, pairs[0].destination)
-        return Outcome(rows, connected, kernel)
+        connected_from = {}
+        for source in connect_from:
+            first_from = next(p for p in pairs if p.source[0] == source)
+            connected_from[source] = await _connect(*first_from)
+        return Outcome(rows, connected, kernel, connected_from)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -157,25 +167,48 @@ async def test_ipv6_only_client_gets_ipv6_pairs_first(healthy_lab: Lab, echo: Ec
 
 async def test_several_answers_rank_per_the_rules(healthy_lab: Lab, echo: EchoServer) -> None:
     lab = healthy_lab
-    out = await run(lab, echo, lab.names.multi, connect=(0, 3))
-    # Unmeasured: RFC 6724. IPv6 (GUA source) before IPv4, each family in DNS order, and the
-    # ULA source (no NPTv6 seen) only after every other pair.
-    usable = [row for row in out.rows if _src(row) != lab.client.ula]
+    private = lab.client.private_v4
+    out = await run(lab, echo, lab.names.multi, connect=(0, 3), connect_from=(private,))
+    # Unmeasured: RFC 6724. IPv6 (GUA source) before IPv4, each family in DNS order; the ULA
+    # source (no NPTv6 seen) and the RFC 1918 source next to the public one (no NAT44 seen)
+    # only after every other pair.
+    usable = [row for row in out.rows if _src(row) not in (lab.client.ula, private)]
     assert out.rows[: len(usable)] == usable
-    # Labs whose client also has an RFC 1918 source (the NAT44 one) next to its public IPv4.
-    private_v4 = getattr(lab.client, "private_v4", None)
-    expected = {lab.client.gua, lab.client.v4} | ({private_v4} if private_v4 else set())
-    assert {_src(row) for row in usable} == expected
-    preferred = [row for row in usable if _src(row) != private_v4]
-    assert [row.destination[0] for row in preferred] == [*lab.server.v6, *lab.server.v4], (
-        out.rows)
-    # The RFC 1918 source is an alternative: each of its pairs right after the public source's
-    # pair to the same destination (source rule 8, longest matching prefix).
-    for i, row in enumerate(usable):
-        if private_v4 is not None and _src(row) == private_v4:
-            assert _src(usable[i - 1]) == lab.client.v4, out.rows
-            assert usable[i - 1].destination == row.destination
+    assert {_src(row) for row in usable} == {lab.client.gua, lab.client.v4}
+    assert [row.destination[0] for row in usable] == [*lab.server.v6, *lab.server.v4], out.rows
+    doubtful = out.rows[len(usable):]
+    assert {_src(row) for row in doubtful} == {lab.client.ula, private}
+    for row in doubtful:
+        assert ": last: needs " in row.reason, row.reason
+    assert [row.destination[0] for row in doubtful if _src(row) == private] == list(lab.server.v4)
     assert out.connected == {0: lab.client.gua, 3: lab.client.v4}
+    # Rightly last: the lab's internet drops the untranslated private source.
+    assert out.connected_from == {private: None}
+
+
+async def test_private_ipv4_source_is_an_alternative_once_nat44_was_seen(
+    healthy_lab: Lab, echo: EchoServer
+) -> None:
+    lab = healthy_lab
+    private = lab.client.private_v4
+    await lab.set_scenario(Scenario.nat44_masquerade())
+    out = await run(lab, echo, lab.names.v4_only, connect_from=(private, lab.client.v4),
+                    translators_seen=frozenset({"nat44"}))
+    rows = out.rows
+    assert {_src(row) for row in rows} == {lab.client.v4, private}
+    assert all("last:" not in row.reason for row in rows), rows
+    # Rule 8 prefers the public source (203.0.113.194 shares more bits with the server's
+    # addresses); the private one follows right after, to the same destination.
+    assert [_src(row) for row in rows[:2]] == [lab.client.v4, private], rows
+    assert rows[0].destination == rows[1].destination
+    # It works, translated (the server sees the router's address, not 10.0.1.2).
+    seen = out.connected_from[private]
+    assert seen is not None and seen != private
+    # Without a NAT44 seen (undetected) the private source stays usable, only last.
+    out = await run(lab, echo, lab.names.v4_only, connect_from=(private,))
+    assert _src(out.rows[-1]) == private
+    assert ": last: needs NAT44, none seen;" in out.rows[-1].reason
+    assert out.connected_from[private] is not None
 
 
 async def test_measured_latency_puts_much_faster_ipv4_first(
