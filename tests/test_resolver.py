@@ -334,6 +334,36 @@ async def test_local_answers_need_no_dns(resolver: Resolver, server: DNSServer) 
     assert server.queries == []
 
 
+@pytest.mark.parametrize("host", ["invalid", "nx.invalid", "NX.Invalid.", "trap.invalid"])
+async def test_invalid_names_are_nxdomain_without_a_query(
+    server: DNSServer, tmp_path: Path, host: str
+) -> None:
+    # RFC 6761 6.4: an immediate negative answer, even when the hosts file lists the name.
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.9.9.9 trap.invalid\n")
+    async with Resolver(server.nameservers, timeout=0.5, tries=1,
+                        hosts_path=str(hosts)) as res:
+        with pytest.raises(socket.gaierror) as info:
+            await res.resolve(host)
+        assert info.value.errno == socket.EAI_NONAME
+        answers = [a async for a in res.answers(host)]
+        assert [(a.family, a.origin, a.addresses) for a in answers] == [
+            (socket.AF_INET6, "invalid", ()), (socket.AF_INET, "invalid", ())]
+        assert all(a.error is not None and a.error.errno == socket.EAI_NONAME for a in answers)
+        assert res.cached(host) is not None
+        assert res.queries_sent == 0
+    assert server.queries == []
+
+
+async def test_localhost_names_are_loopback_without_a_query(server: DNSServer) -> None:
+    async with Resolver(server.nameservers, timeout=0.5, tries=1, hosts_path=None) as res:
+        for host in ("localhost", "LOCALHOST.", "a.b.localhost"):
+            assert _ips(await res.resolve(host)) == ["::1", "127.0.0.1"]
+            assert _ips(await res.resolve(host, socket.AF_INET)) == ["127.0.0.1"]
+        assert res.queries_sent == 0
+    assert server.queries == []
+
+
 async def test_idna_names(resolver: Resolver) -> None:
     assert _ips(await resolver.resolve("bücher.example.test")) == ["2001:db8::70"]
 

@@ -3,7 +3,9 @@
 ``Resolver.answers(host)`` yields each address family's answer as soon as it arrives, which is
 what a Happy Eyeballs connector needs (RFC 8305 section 3); ``Resolver.resolve(host)`` is the
 simple form returning ``[(ip, zone), ...]``. Numeric hosts and ``addr%zone`` literals, the
-``localhost`` names (RFC 6761) and names in the hosts file are answered locally without DNS.
+RFC 6761 special-use names and names in the hosts file are answered locally without DNS:
+``localhost`` and ``*.localhost`` are loopback (section 6.3; a hosts-file entry for them wins,
+as with glibc), ``invalid`` and ``*.invalid`` are NXDOMAIN (``EAI_NONAME``, section 6.4).
 Answers are cached for the smallest TTL of their RRset, clamped to ``[min_ttl, max_ttl]``;
 NXDOMAIN and NODATA are cached for ``negative_ttl``, temporary failures for ``failure_ttl``.
 Concurrent lookups of one name share one query, and a caller that is cancelled does not
@@ -59,8 +61,9 @@ _HOSTS_RECHECK = 5.0
 class FamilyAnswer:
     """One address family's answer for a host.
 
-    ``origin`` says where it came from: ``"dns"``, ``"cache"``, ``"hosts"``, ``"localhost"`` or
-    ``"literal"``. ``error`` is set (and ``addresses`` empty) when the lookup failed.
+    ``origin`` says where it came from: ``"dns"``, ``"cache"``, ``"hosts"``, ``"localhost"``,
+    ``"invalid"`` (an RFC 6761 ``.invalid`` name, never sent to DNS) or ``"literal"``.
+    ``error`` is set (and ``addresses`` empty) when the lookup failed.
     """
 
     family: int
@@ -169,6 +172,10 @@ class _HostsFile:
 
 def _is_localhost(name: str) -> bool:
     return name == "localhost" or name.endswith(".localhost")
+
+
+def _is_invalid(name: str) -> bool:
+    return name == "invalid" or name.endswith(".invalid")
 
 
 class Resolver:
@@ -322,6 +329,15 @@ class Resolver:
                 for f in families
             ]
         assert spec.name is not None
+        if _is_invalid(spec.name):
+            # RFC 6761 6.4: "invalid" names get an immediate negative answer, hosts file or
+            # not; a query would only leak the name to the resolver's operator.
+            return [
+                FamilyAnswer(fam, (), None, 0.0, "invalid",
+                             gaierror(socket.EAI_NONAME, host=spec.text,
+                                      detail="RFC 6761 special-use name .invalid"))
+                for fam in families
+            ]
         entries = self._hosts.lookup(spec.name, self._clock())
         origin = "hosts"
         if entries is None and _is_localhost(spec.name):
