@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,6 @@ def test_env_overrides_and_explicit_overrides_win() -> None:
         "APR_ASYNC_CACHE_PATH": "/tmp/x.json",
         "APR_ASYNC_STATUS_MAX_AGE": "none",
         "APR_ASYNC_ICMP": "unprivileged",
-        "APR_ASYNC_UNRELATED_KNOB": "ignored",
     }
     c = Config.from_env(env, table_size=7)
     assert c.targets == ("10.0.0.1:8443", "[2001:db8::2]:443")
@@ -107,6 +107,43 @@ def test_env_overrides_and_explicit_overrides_win() -> None:
     assert c.cache_path == Path("/tmp/x.json")
     assert c.status_max_age is None
     assert c.icmp == "unprivileged"
+
+
+def test_unknown_env_variable_warns_once_with_the_closest_setting() -> None:
+    # The typo leaves the default (public) targets in place: the user must hear about it.
+    env = {"APR_ASYNC_TARGET": "none", "APR_ASYNC_PROBE_GATEWAYS": "0"}
+    with pytest.warns(UserWarning, match="APR_ASYNC_TARGET is not an apr_async setting") as rec:
+        c = Config.from_env(env)
+    assert c.targets == DEFAULT_TARGETS
+    assert len(rec) == 1
+    assert "did you mean APR_ASYNC_TARGETS?" in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Config.from_env(env)  # once per variable: no second warning
+
+
+def test_unknown_env_variable_far_from_any_setting_warns_without_a_guess() -> None:
+    with pytest.warns(UserWarning) as rec:
+        Config.from_env({"APR_ASYNC_UNRELATED_KNOB_XYZZY": "1"})
+    assert [str(w.message) for w in rec] == [
+        "APR_ASYNC_UNRELATED_KNOB_XYZZY is not an apr_async setting and is ignored"
+    ]
+
+
+def test_known_and_tooling_env_variables_do_not_warn() -> None:
+    env = {"APR_ASYNC_TARGETS": "none", "APR_ASYNC_REQUIRE_LAB": "1", "NOT_APR_ASYNC_X": "1"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Config.from_env(env)
+
+
+def test_explicit_config_ignores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APR_ASYNC_PROBE_INTERVAL", "2.5")
+    monkeypatch.setenv("APR_ASYNC_TARGETS", "none")
+    assert Config().probe_interval == 30.0
+    assert Config(probe_port=8443).targets == DEFAULT_TARGETS
+    assert Config.from_env().probe_interval == 2.5
+    assert Config.from_env(probe_port=8443).targets == ()
 
 
 def test_env_none_clears_targets() -> None:

@@ -1,9 +1,13 @@
 """Every knob of apr_async, with documented defaults and environment-variable overrides.
 
-``Config()`` gives the built-in defaults; ``Config.from_env()`` applies ``APR_ASYNC_<FIELD>``
-variables on top (field name upper-cased, e.g. ``APR_ASYNC_TARGETS``,
-``APR_ASYNC_PROBE_INTERVAL``), and keyword arguments to ``from_env`` override both. Values are
-validated when the object is built, so a bad knob fails before any I/O.
+``Config(...)`` gives the built-in defaults plus the arguments given and never reads the
+environment. ``Config.from_env(...)`` (and ``apr_async.configure(**changes)``, which calls it)
+applies ``APR_ASYNC_<FIELD>`` variables on top of the defaults (field name upper-cased, e.g.
+``APR_ASYNC_TARGETS``, ``APR_ASYNC_PROBE_INTERVAL``), and its keyword arguments override both.
+Values are validated when the object is built, so a bad knob fails before any I/O. An
+``APR_ASYNC_*`` variable that names no setting (a typo such as ``APR_ASYNC_TARGET``) draws one
+``UserWarning`` naming the closest setting, since silently ignoring it could leave public
+probing on when it was meant to be off.
 
 Environment syntax: booleans ``1/true/yes/on`` or ``0/false/no/off``; tuples are separated by
 commas or spaces (``none`` or an empty string gives an empty tuple); optional values accept
@@ -13,9 +17,11 @@ commas or spaces (``none`` or an empty string gives an empty tuple); optional va
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +109,12 @@ def parse_target(text: str) -> ProbeTarget:
 class Config:
     """All settings of the probe service and the ranking, immutable.
 
-    Use :func:`dataclasses.replace` (or ``Config.from_env(**changes)``) to derive a variant.
-    Times are in seconds unless the name says otherwise.
+    ``Config(...)`` is the built-in defaults plus the arguments given: it does **not** read
+    ``APR_ASYNC_*`` environment variables, so ``ProbeService(Config(targets=()))`` behaves the
+    same whatever the environment. ``Config.from_env(**changes)`` and
+    ``apr_async.configure(**changes)`` start from the environment instead (defaults, then
+    ``APR_ASYNC_*``, then ``changes``). Use :func:`dataclasses.replace` to derive a variant of
+    an existing object. Times are in seconds unless the name says otherwise.
     """
 
     #: Probe targets beyond the gateway (``host``, ``host:port``, ``[v6]:port``). Each is
@@ -213,11 +223,12 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Build a Config from defaults, then ``APR_ASYNC_*`` variables, then ``overrides``.
 
-        ``env`` defaults to ``os.environ``. Unknown ``APR_ASYNC_*`` variables are ignored (other
-        parts of the package may use the prefix); malformed values raise ``ValueError`` naming
-        the variable.
+        ``env`` defaults to ``os.environ``. Malformed values raise ``ValueError`` naming the
+        variable. An ``APR_ASYNC_*`` variable that is no setting is ignored with a
+        ``UserWarning`` (once per variable and process) naming the closest setting.
         """
         environ = os.environ if env is None else env
+        _warn_unknown_env(environ)
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         used: dict[str, str] = {}
@@ -242,6 +253,41 @@ class Config:
             if not from_env:
                 raise
             raise ValueError(f"{exc} (environment: {', '.join(from_env)})") from None
+
+
+#: ``APR_ASYNC_*`` variables that are not Config settings but belong to the project's own
+#: tooling (the test suite), so they draw no warning.
+OTHER_ENV_VARIABLES: frozenset[str] = frozenset(
+    {"APR_ASYNC_REQUIRE_LAB", "APR_ASYNC_EAGER_PYTHON"}
+)
+_warned_env: set[str] = set()
+
+
+def _env_names() -> list[str]:
+    return [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Config) if f.init]
+
+
+def _warn_unknown_env(environ: Mapping[str, str]) -> None:
+    known = _env_names()
+    for name in sorted(environ):
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in known
+            or name in OTHER_ENV_VARIABLES
+            or name in _warned_env
+        ):
+            continue
+        _warned_env.add(name)
+        # Compared without the prefix, which every name shares and would make all look alike.
+        close = difflib.get_close_matches(
+            name.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1
+        )
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        warnings.warn(
+            f"{name} is not an apr_async setting and is ignored{hint}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def default_cache_path() -> Path:
