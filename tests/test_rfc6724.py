@@ -200,10 +200,33 @@ def test_select_source_family_and_ties() -> None:
     assert pick("192.0.2.7", *reversed(v4)) == "10.0.0.2"
     assert pick("::ffff:192.0.2.7", S("2001:db8::1"), *v4) == "10.0.0.1"
     assert pick("10.0.0.9") is None
-    with pytest.raises(TypeError):
-        select_source(ip("10.0.0.1"), ["10.0.0.1"])  # type: ignore[list-item]
-    with pytest.raises(TypeError):
-        select_source("10.0.0.1", v4)  # type: ignore[arg-type]
+
+
+def test_select_source_accepts_address_text() -> None:
+    v6 = [S("fe80::1%eth0"), S("2001:db8::1")]
+    assert select_source("2001:db8::1", v6) == S("2001:db8::1")
+    assert select_source("2001:db8::99", ["fe80::1%eth0", "2001:db8::1"]) == S("2001:db8::1")
+    chosen = select_source("fe80::2%eth0", ["2001:db8::1", "fe80::1%eth0"])
+    assert chosen is not None and chosen.interface == "eth0"
+    assert select_source("::ffff:192.0.2.7", ["10.0.0.1"]) == S("10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("destination", "candidates", "exc", "match"),
+    [
+        ("not-an-address", ["10.0.0.1"], ValueError, "destination: invalid IP address"),
+        ("2001:db8::1%eth0", ["10.0.0.1"], ValueError, "destination: a zone makes no sense"),
+        ("10.0.0.1", ["10.0.0.300"], ValueError, "candidate source: invalid IP address"),
+        ("10.0.0.1", "10.0.0.2", TypeError, "not one str"),
+        ("10.0.0.1", [42], TypeError, "SourceAddress objects or address strings, not int"),
+        (b"10.0.0.1", ["10.0.0.2"], TypeError, "IP address or str, not bytes"),
+    ],
+)
+def test_select_source_rejects_garbage_clearly(
+    destination: object, candidates: object, exc: type[Exception], match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        select_source(destination, candidates)  # type: ignore[arg-type]
 
 
 # --- RFC 6724 section 10.2: destination address selection examples ------------------------------
@@ -338,8 +361,25 @@ def test_sort_destinations_returns_given_objects_and_validates() -> None:
     assert result[0][0] is mapped
     assert str(result[0][1]) == "10.0.0.1"
     assert sort_destinations([], [S("10.0.0.1")]) == []
-    with pytest.raises(TypeError):
-        sort_destinations(["192.0.2.1"], [])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not one str"):
+        sort_destinations("192.0.2.1", [])
+    with pytest.raises(ValueError, match=r"destination: invalid IP address 'example\.com'"):
+        sort_destinations(["192.0.2.1", "example.com"], ["10.0.0.1"])
+    with pytest.raises(TypeError, match="not int"):
+        sort_destinations([3232235521], [])  # type: ignore[list-item]
+
+
+def test_sort_destinations_accepts_address_text() -> None:
+    result = sort_destinations(
+        ["192.0.2.1", "2001:db8::1", "fe80::9%eth0"], ["10.0.0.1", "2001:db8::2", "fe80::1%eth0"]
+    )
+    assert [(str(d), str(s)) for d, s in result] == [
+        ("fe80::9%eth0", "fe80::1"),  # smaller scope first (rule 8)
+        ("2001:db8::1", "2001:db8::2"),
+        ("192.0.2.1", "10.0.0.1"),
+    ]
+    assert result[0][0] == ipaddress.IPv6Address("fe80::9%eth0")
+    assert result[0][1] is not None and result[0][1].interface == "eth0"
 
 
 # --- properties -------------------------------------------------------------------------------

@@ -377,9 +377,26 @@ def _compare(
     return 0
 
 
-def _destination_view(destination: IPAddress) -> IPAddress:
+def _as_destination(destination: IPAddress | str) -> IPAddress:
+    """*destination* as an address object; text (``"fe80::1%eth0"`` too) is parsed."""
+    if isinstance(destination, str):
+        try:
+            ip, zone = parse_address(destination)
+        except ValueError as exc:
+            raise ValueError(f"destination: {exc}") from None
+        if zone is not None:
+            # Kept on the object like an IPv6Address given with a scope id.
+            return ipaddress.IPv6Address(f"{ip}%{zone}")
+        return ip
     if not isinstance(destination, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        raise TypeError(f"destination must be an IP address, not {type(destination).__name__}")
+        raise TypeError(
+            f"destination must be an IP address or str, not {type(destination).__name__}"
+        )
+    return destination
+
+
+def _destination_view(destination: IPAddress | str) -> IPAddress:
+    destination = _as_destination(destination)
     if isinstance(destination, ipaddress.IPv6Address):
         if destination.scope_id is not None:
             destination = ipaddress.IPv6Address(int(destination))
@@ -387,12 +404,23 @@ def _destination_view(destination: IPAddress) -> IPAddress:
     return destination
 
 
-def _check_sources(candidates: Iterable[SourceAddress]) -> list[SourceAddress]:
-    result = list(candidates)
-    for source in result:
-        if not isinstance(source, SourceAddress):
+def _check_sources(candidates: Iterable[SourceAddress | str]) -> list[SourceAddress]:
+    if isinstance(candidates, str):
+        raise TypeError("candidates must be an iterable of SourceAddress or str, not one str")
+    result = []
+    for candidate in candidates:
+        if isinstance(candidate, str):
+            try:
+                ip, zone = parse_address(candidate)
+            except ValueError as exc:
+                raise ValueError(f"candidate source: {exc}") from None
+            result.append(SourceAddress(ip, interface=zone))
+        elif isinstance(candidate, SourceAddress):
+            result.append(candidate)
+        else:
             raise TypeError(
-                f"candidates must be SourceAddress objects, not {type(source).__name__}"
+                f"candidates must be SourceAddress objects or address strings, not "
+                f"{type(candidate).__name__}"
             )
     return result
 
@@ -434,8 +462,8 @@ def _best_source(
 
 
 def select_source(
-    destination: IPAddress,
-    candidates: Iterable[SourceAddress],
+    destination: IPAddress | str,
+    candidates: Iterable[SourceAddress | str],
     *,
     policy: PolicyTable = DEFAULT_POLICY_TABLE,
     outgoing_interface: str | int | None = None,
@@ -446,6 +474,10 @@ def select_source(
     Only candidates of the destination's family are considered (an IPv4-mapped destination
     counts as IPv4); ``None`` if there is none. *outgoing_interface* (name or index) enables
     rule 5. Equally good candidates keep their input order: the first one wins.
+
+    *destination* and each candidate may be given as text (``"2001:db8::1"``,
+    ``"fe80::1%eth0"``); a candidate given as text becomes ``SourceAddress(text)`` (no flags).
+    Text that is no address raises ``ValueError``, another type ``TypeError``.
     """
     dst = _destination_view(destination)
     sources = _check_sources(candidates)
@@ -528,8 +560,8 @@ def apply_rule9(
 
 
 def sort_destinations(
-    destinations: Iterable[IPAddress],
-    candidates: Iterable[SourceAddress],
+    destinations: Iterable[IPAddress | str],
+    candidates: Iterable[SourceAddress | str],
     *,
     policy: PolicyTable = DEFAULT_POLICY_TABLE,
     skip_rule9_prefixes: Iterable[ipaddress.IPv6Network | ipaddress.IPv4Network | str] = (),
@@ -540,12 +572,17 @@ def sort_destinations(
 
     Each destination's source is chosen from *candidates* with :func:`select_source`. Returns
     ``(destination, source_or_None)`` in the new order; the destination objects are the ones
-    given. ``reachable(ip) -> False`` marks a destination known unreachable (rule 1). Rule 9
-    applies to IPv6 only and not to destinations inside *skip_rule9_prefixes*. The sort is
-    stable: destinations that tie on every rule keep their input order (rule 10).
+    given, except that destinations given as text (``"2001:db8::1"``, ``"fe80::1%eth0"``) come
+    back parsed, and candidates given as text become ``SourceAddress(text)``. Text that is no
+    address raises ``ValueError`` before anything is sorted. ``reachable(ip) -> False`` marks
+    a destination known unreachable (rule 1). Rule 9 applies to IPv6 only and not to
+    destinations inside *skip_rule9_prefixes*. The sort is stable: destinations that tie on
+    every rule keep their input order (rule 10).
     """
-    dests = list(destinations)
-    originals = dests
+    if isinstance(destinations, str):
+        raise TypeError("destinations must be an iterable of addresses, not one str")
+    originals = [_as_destination(d) for d in destinations]
+    dests = originals
     views = [_destination_view(d) for d in dests]
     sources = _check_sources(candidates)
     skip = tuple(
