@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import ipaddress
 import os
+import random
 import resource
 import socket
 import ssl
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +35,14 @@ from apr_async.connect import (
     connect_socket,
     create_connection,
     open_connection,
+    race,
 )
 from apr_async.connect_errors import AllAttemptsFailedError
 from apr_async.lab.dnsserver import DNSServer, ZoneEntry
 from apr_async.pairs import PairContext, get_addr_pairs
 from apr_async.ranking import AddrPair
 from apr_async.resolver import Resolver
+from apr_async.schedule import Schedule
 
 V6 = socket.AF_INET6
 V4 = socket.AF_INET
@@ -829,6 +834,73 @@ async def test_cancel_anywhere_leaves_nothing(
     await settle()
     assert open_fds() == fds
     assert len(asyncio.all_tasks()) == tasks
+
+
+async def test_tls_cancelled_at_any_moment_leaks_nothing(
+    tls_servers: Servers, client_ctx: ssl.SSLContext
+) -> None:
+    # Cancelled after a random number of loop turns: before, during or right after the TCP
+    # connect, the TLS handshake, the hand-over or the race's clean-up. Whatever was
+    # connected by then must be closed, not left to the garbage collector.
+    rng = random.Random(11)
+    both = source_of(pair("::1", tls_servers.port), pair("127.0.0.1", tls_servers.port))
+    await settle()
+    fds, tasks = open_fds(), len(asyncio.all_tasks())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        async def one(i: int) -> None:
+            kwargs: dict[str, Any] = {"ssl": client_ctx, "race_tls": i % 2 == 1}
+            if i % 4 >= 2:  # a race of two pairs that both connect
+                kwargs.update(pair_source=both, happy_eyeballs_delay=0)
+                kwargs["server_hostname"] = "localhost"
+            task = asyncio.ensure_future(open_connection("127.0.0.1", tls_servers.port, **kwargs))
+            for _ in range(rng.randrange(30)):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                _, writer = await task
+            except asyncio.CancelledError:
+                return
+            writer.close()
+
+        for start in range(0, 400, 50):
+            await asyncio.gather(*(one(i) for i in range(start, start + 50)))
+        await settle()
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert open_fds() == fds
+    assert len(asyncio.all_tasks()) == tasks
+
+
+async def test_winner_is_discarded_when_cancelled_during_the_clean_up() -> None:
+    # The race has its winner and waits for a loser to finish cancelling: a cancellation
+    # arriving then must not drop the winner on the floor.
+    a, b = pair("::1", 1), pair("127.0.0.1", 2)
+    loser_cancelling = asyncio.Event()
+    discarded: list[str] = []
+
+    async def attempt(p: ConnectPair) -> str:
+        if p == a:
+            return "winner"
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            loser_cancelling.set()
+            await asyncio.sleep(0.01)  # a loser that takes a while to let go
+            raise
+        return "loser"  # pragma: no cover
+
+    async def answers() -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
+        yield socket.AF_UNSPEC, [b, a]
+
+    schedule: Schedule[ConnectPair] = Schedule((V6, V4), happy_eyeballs_delay=0)
+    task = asyncio.create_task(race(schedule, answers(), attempt, discarded.append))
+    await asyncio.wait_for(loser_cancelling.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert discarded == ["winner"]
 
 
 # -- other event loops -----------------------------------------------------------------------------

@@ -133,3 +133,92 @@ async def test_ten_thousand_failed_or_cancelled_attempts_leak_nothing() -> None:
     finally:
         for hole in holes:
             hole.close()
+
+
+class Acceptor:
+    """A loopback server that accepts and closes: every connect() succeeds at once."""
+
+    def __init__(self, server: asyncio.Server) -> None:
+        self.server = server
+        self.port = int(server.sockets[0].getsockname()[1])
+
+    @classmethod
+    async def start(cls, host: str) -> Acceptor:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        return cls(await asyncio.start_server(handle, host, 0))
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_single_pair_timed_out_or_cancelled_at_any_moment_leaks_nothing() -> None:
+    # A literal host has one pair and no race: the connected socket must not be dropped when
+    # the timeout (or the caller) cancels between the kernel's answer and the caller's wake-up,
+    # nor while the transport and streams are built on it.
+    rng = random.Random(7)
+    context = PairContext()
+    servers = [await Acceptor.start("127.0.0.1"), await Acceptor.start("::1")]
+    port4, port6 = servers[0].port, servers[1].port
+    try:
+        await settle()
+        fds, tasks = open_fds(), len(asyncio.all_tasks())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+
+            async def one(i: int) -> None:
+                server = servers[i % 2]
+                host = "127.0.0.1" if server is servers[0] else "::1"
+                kind = rng.randrange(3)
+                try:
+                    if i % 4 < 2:  # the timeout fires at varied tiny delays
+                        timeout = (i % 20 + 1) * 5e-5
+                        if kind == 0:
+                            sock = await connect_socket(
+                                host, server.port, timeout=timeout, context=context
+                            )
+                            sock.close()
+                            return
+                        _, w = await open_connection(
+                            host, server.port, timeout=timeout, context=context
+                        )
+                        w.close()
+                        return
+                    # The caller cancels after a random number of loop turns, on the one-pair
+                    # path or (one call in two) in a race of two pairs that both connect.
+                    kwargs: dict[str, Any] = {"context": context}
+                    if i % 8 >= 6:
+                        both = (direct("::1", port6), direct("127.0.0.1", port4))
+                        kwargs.update(pair_source=source_of(*both), happy_eyeballs_delay=0)
+                    coro: Any = (
+                        connect_socket(host, server.port, **kwargs)
+                        if kind == 0
+                        else open_connection(host, server.port, **kwargs)
+                    )
+                    task = asyncio.ensure_future(coro)
+                    for _ in range(rng.randrange(8)):
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    try:
+                        result = await task
+                    except asyncio.CancelledError:
+                        return
+                    if isinstance(result, socket.socket):
+                        result.close()
+                    else:
+                        result[1].close()
+                except TimeoutError:
+                    pass
+
+            for start in range(0, 2000, 100):
+                await asyncio.gather(*(one(i) for i in range(start, start + 100)))
+            await settle()
+            gc.collect()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+        assert open_fds() == fds
+        assert len(asyncio.all_tasks()) == tasks
+    finally:
+        for server in servers:
+            await server.close()

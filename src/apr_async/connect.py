@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from apr_async import pairs
-from apr_async.connect_attempt import Connecting, flush_records
+from apr_async.connect_attempt import Connecting, claim, flush_records
 from apr_async.connect_errors import AllAttemptsFailedError
 from apr_async.connect_options import (
     Options,
@@ -182,7 +182,7 @@ async def _race_sockets(opts: Options, *, all_errors: bool) -> socket.socket:
         # One pair and every answer in (a literal host, typically): nothing to race.
         pair = prepared.first[1][0]
         try:
-            return await prepared.connect(pair, None)
+            return await claim(prepared.connect(pair, None), _close_socket)
         except OSError as exc:
             error = AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)])
             _raise_all_errors(error, all_errors)
@@ -216,7 +216,7 @@ async def _race_finished(
     loop = asyncio.get_running_loop()
 
     async def connect_and_finish(pair: ConnectPair) -> ResultT:
-        return await finish(await prepared.connect(pair, None))
+        return await finish(await claim(prepared.connect(pair, None), _close_socket))
 
     def start(pair: ConnectPair, notify: Callable[[], None]) -> asyncio.Future[ResultT]:
         task = loop.create_task(connect_and_finish(pair))
@@ -259,7 +259,6 @@ async def _with_timeout(opts: Options, work: Awaitable[ResultT]) -> ResultT:
         raise
 
 
-
 async def _create(
     protocol_factory: Callable[[], ProtocolT],
     opts: Options,
@@ -286,7 +285,6 @@ async def _create(
         abort_holder(holder)
         raise
     return holder.transport, protocol
-
 
 
 # -- public API ---------------------------------------------------------------------------------
@@ -438,4 +436,3 @@ async def open_connection(
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
-

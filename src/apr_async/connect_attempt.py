@@ -16,17 +16,19 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from apr_async.connect_types import AttemptRecorder, ConnectPair
 from apr_async.schedule import attempt_delay
 
-__all__ = ["Connecting", "flush_records", "record_outcome"]
+__all__ = ["Connecting", "claim", "flush_records", "record_outcome"]
 
 log = logging.getLogger("apr_async.connect")
 
 #: Linux value of IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h) for Pythons lacking it.
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+ResultT = TypeVar("ResultT")
 
 _Deferred = tuple[AttemptRecorder, Any, int, tuple[bool, float | None, int | None]]
 _deferred = threading.local()
@@ -186,3 +188,21 @@ class Connecting(asyncio.Future[socket.socket]):
                 self._recorder, self._pair, self._port, (False, None, errno_codes.ETIMEDOUT)
             )
         return super().cancel(msg)
+
+
+async def claim(attempt: asyncio.Future[ResultT], discard: Callable[[ResultT], object]) -> ResultT:
+    """Await ``attempt`` and take ownership of its result, or dispose of it if we cannot.
+
+    A cancellation (the caller's, or a timeout's) can arrive after the attempt completed but
+    before this task woke up to take the result: the result then belongs to no one, and
+    ``discard`` closes it instead of leaving a connected socket to the garbage collector.
+    """
+    try:
+        return await attempt
+    except BaseException:
+        if attempt.done():
+            if not attempt.cancelled() and attempt.exception() is None:
+                discard(attempt.result())
+        else:
+            attempt.cancel()
+        raise

@@ -49,6 +49,8 @@ async def wait_cancelled(tasks: Iterable[asyncio.Future[Any]]) -> None:
     pending = [t for t in tasks if not t.done()]
     for task in pending:
         task.cancel()
+    # Attempts that close synchronously on cancel() are done already: no loop turn needed.
+    pending = [t for t in pending if not t.done()]
     interrupted = False
     while pending:
         try:
@@ -133,7 +135,6 @@ class _Race(Generic[SchedT, ResultT]):
         self._failures: list[tuple[SchedT, OSError]] = []
         self._resolution_error: OSError | None = None
         self._winner: tuple[SchedT, ResultT] | None = None
-        self._returned = False
         self._wake: asyncio.Future[None] | None = None
         self._timer_fired = False
 
@@ -144,9 +145,12 @@ class _Race(Generic[SchedT, ResultT]):
                 decided = await self._await_lone_attempt()
             while not decided:
                 decided = await self._step()
-            return self._verdict()
-        finally:
-            await self._clean_up()
+            winner = self._verdict()
+        except BaseException:
+            await self._clean_up(keep_winner=False)
+            raise
+        await self._clean_up(keep_winner=True)
+        return winner
 
     # -- events ----------------------------------------------------------------------------
 
@@ -294,23 +298,29 @@ class _Race(Generic[SchedT, ResultT]):
             if not self._failures and self._resolution_error is not None:
                 raise self._resolution_error
             raise AllAttemptsFailedError.from_attempts(self._host, self._port, self._failures)
-        self._returned = True
         return self._winner
 
-    async def _clean_up(self) -> None:
+    async def _clean_up(self, *, keep_winner: bool) -> None:
+        """Cancel and await what is still running, dispose of every result but the winner's,
+        and of the winner's too unless it is kept and the clean-up was not interrupted (a
+        cancellation arriving here propagates: the winner would then belong to no one)."""
         leftovers: list[asyncio.Future[Any]] = list(self._attempts)
         feeder = self._feeder
         if feeder is not None:
             leftovers.append(feeder)
+        kept = False
         try:
-            if leftovers:
-                await wait_cancelled(leftovers)
+            try:
+                if leftovers:
+                    await wait_cancelled(leftovers)
+            finally:
+                for fut in leftovers:
+                    if not fut.cancelled() and fut.exception() is None and fut is not feeder:
+                        self._discard(fut.result())
+                aclose = getattr(self._answers, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            kept = keep_winner
         finally:
-            for fut in leftovers:
-                if not fut.cancelled() and fut.exception() is None and fut is not feeder:
-                    self._discard(fut.result())
-            if self._winner is not None and not self._returned:
+            if self._winner is not None and not kept:
                 self._discard(self._winner[1])
-            aclose = getattr(self._answers, "aclose", None)
-            if aclose is not None:
-                await aclose()
