@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_async import ranking
+from apr_async import ranking, reasons
 from apr_async.addresses import kind_of
 from apr_async.latency import FailureTable, LatencyTable
 from apr_async.ranking import AddrPair, Translator, rank_pairs
-from apr_async.rfc6724 import SourceAddress, sort_destinations
+from apr_async.rfc6724 import DESTINATION_RULES, SOURCE_RULES, SourceAddress, sort_destinations
 
 ip = ipaddress.ip_address
 S = SourceAddress
@@ -496,7 +496,15 @@ def test_destinations_may_be_any_iterable_once() -> None:
 
 # --- properties -------------------------------------------------------------------------------
 
-SOURCE_POOL = [*ALL, APIPA, S("fe80::10", ifindex=3), S("2001:db8:1::99", temporary=True)]
+SOURCE_POOL = [
+    *ALL,
+    APIPA,
+    S("fe80::10", ifindex=3),
+    S("2001:db8:1::99", temporary=True),
+    S("2001:db8:2::77", deprecated=True),
+    PUB4,
+    CGN4,
+]
 DEST_POOL = [
     "2001:db8:1::1",
     "2001:db8:2::1",
@@ -533,6 +541,17 @@ fail_st = st.lists(
 
 
 _ADDRESS_TEXT = re.compile(r"[0-9a-f]*[:.][0-9a-f:.]+(/[0-9]+)?")
+_RFC_CLAUSE = re.compile(
+    r"RFC 6724: (?:only destination|(?:before|after) (?P<other>[0-9a-f:.]+) "
+    r"\(destination rule (?P<rule>\d+), (?P<name>[^)]+)\)), "
+    r"(?:only usable source|(?:source over|alternative to) (?P<source>[0-9a-f:.]+) "
+    r"\((?P<why>[^)]+)\))"
+)
+_SOURCE_WHYS = {
+    *(reasons.source_rule(rule) for rule in SOURCE_RULES),
+    reasons.KERNEL_TIE,
+    reasons.ORDER_TIE,
+}
 
 
 def check_reason(pair: AddrPair) -> None:
@@ -552,7 +571,16 @@ def check_reason(pair: AddrPair) -> None:
             this = 3
             assert clause.startswith("no RTT") == (pair.rtt is None), pair.reason
         else:
-            assert clause.startswith("RFC 6724: "), pair.reason
+            # The RFC 6724 clause is made of rule names and addresses only: check its grammar
+            # (its length bound below then follows from the vocabulary).
+            match = _RFC_CLAUSE.fullmatch(clause)
+            assert match, pair.reason
+            if match["rule"] is not None:
+                assert DESTINATION_RULES[int(match["rule"])] == match["name"], clause
+                ip(match["other"])
+            if match["why"] is not None:
+                assert match["why"] in _SOURCE_WHYS, clause
+                assert ip(match["source"]).version == source.version, clause
             this = 4
             assert pair.rtt is None, pair.reason  # latency decided: RFC 6724 did not
         assert this > level, f"clauses out of order or repeated: {pair.reason}"
@@ -560,12 +588,15 @@ def check_reason(pair: AddrPair) -> None:
     assert pair.failing == ("after the others: " in pair.reason)
     assert sum(c.startswith(("RTT ", "no RTT")) for c in clauses) == 1, pair.reason
     # Each clause is read at a glance: besides the addresses it names, no longer than the
-    # longest RFC 6724 clause (the two longest rule names: 128 characters).
+    # longest RFC 6724 clause (destination rule 1 and "alternative to" with source rule 3 or
+    # 7: 128 characters; rule 1 never shows, so the longest possible is 127).
     for clause in clauses:
         assert len(_ADDRESS_TEXT.sub("", clause)) <= 128, clause
 
 
-@settings(max_examples=300, deadline=None)
+# print_blob: a rare counterexample found once must be replayable anywhere
+# (@reproduce_failure), not only from the local example database.
+@settings(max_examples=300, deadline=None, print_blob=True)
 @given(dests_st, sources_st, measure_st, fail_st, st.floats(-5, 20))
 def test_ranking_properties(
     destinations: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]],
