@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import math
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_async.latency import FailureTable, LatencyTable
+from apr_async.latency import FailureTable, LatencyTable, record_outcome
 
 ip = ipaddress.ip_address
 SRC6 = ip("2001:db8:1::10")
@@ -394,3 +395,56 @@ def test_failure_snapshot_round_trip_and_expiry() -> None:
         other.restore({"kind": "apr_async.failures", "version": 1, "entries": [[1]]}, now=0)
     with pytest.raises(ValueError):
         other.restore({"kind": "nope"}, now=0)
+
+
+# --- record_outcome: one attempt into both tables -----------------------------------------------
+
+
+def test_record_outcome_feeds_both_tables() -> None:
+    latency, failures = LatencyTable(), FailureTable()
+    src, dst = ipaddress.ip_address("2001:db8:1::10"), ipaddress.ip_address("2001:db8:2::1")
+    # A refusal measured the path and is a failure.
+    assert record_outcome(latency, failures, src, dst, 443, ok=False, rtt=0.02,
+                          errno=errno.ECONNREFUSED, now=1.0)
+    estimate = latency.estimate(src, dst)
+    assert estimate is not None and estimate.rtt == pytest.approx(0.02)
+    failure = failures.failure(src, dst, 443, now=2.0)
+    assert failure is not None and failure.error == "ECONNREFUSED"
+    # A silent failure is a loss, under a generic name when there is no errno.
+    assert record_outcome(latency, failures, src, dst, 443, ok=False, rtt=None, errno=None,
+                          now=3.0)
+    estimate = latency.estimate(src, dst)
+    assert estimate is not None and estimate.loss > 0
+    failure = failures.failure(src, dst, 443, now=3.0)
+    assert failure is not None and failure.count == 2 and failure.error == "failed"
+    # A success clears the failure and adds its RTT.
+    assert record_outcome(latency, failures, src, dst, 443, ok=True, rtt=0.01, errno=None,
+                          now=4.0)
+    assert not failures.failing(src, dst, 443, now=4.0)
+    estimate = latency.estimate(src, dst)
+    assert estimate is not None and estimate.samples == 2
+
+
+@pytest.mark.parametrize(
+    ("src", "port", "rtt"),
+    [
+        ("192.0.2.1", 443, 0.01),  # families differ
+        ("2001:db8::1", 0, 0.01),
+        ("2001:db8::1", 65536, 0.01),
+        ("2001:db8::1", True, 0.01),
+        ("2001:db8::1", 443, -0.001),
+        ("2001:db8::1", 443, math.nan),
+        ("2001:db8::1", 443, math.inf),
+        ("2001:db8::1", 443, 3600.0),
+        ("2001:db8::1", 443, True),
+    ],
+)
+def test_record_outcome_drops_a_sample_that_cannot_be_right(
+    src: str, port: int, rtt: float
+) -> None:
+    latency, failures = LatencyTable(), FailureTable()
+    dst = ipaddress.ip_address("2001:db8::2")
+    for ok in (True, False):
+        assert not record_outcome(latency, failures, ipaddress.ip_address(src), dst, port,
+                                  ok=ok, rtt=rtt, errno=errno.ETIMEDOUT, now=1.0)
+    assert len(latency) == 0 and len(failures) == 0

@@ -3,7 +3,6 @@ service; either way a failure retires the memoised rankings of that context."""
 
 from __future__ import annotations
 
-import errno as errno_codes
 import functools
 import ipaddress
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from apr_async.addresses import IPAddress
 from apr_async.connect_rank_memo import rank_memo
 from apr_async.connect_types import AttemptRecorder
+from apr_async.latency import record_outcome
 from apr_async.pairs import PairContext
 
 __all__ = ["ContextRecorder", "ServiceRecorder"]
@@ -45,15 +45,10 @@ class ContextRecorder:
         if src is None or dst is None:
             return
         ctx = self._context
-        now = ctx.clock()
-        if rtt is not None or not ok:
-            # A refusal still measured the path; a silent attempt counts as a loss.
-            ctx.latency.record(src, dst, rtt, now)
-        if ok:
-            ctx.failures.record_success(src, dst, port)
-        else:
-            name = errno_codes.errorcode.get(errno, None) if errno is not None else None
-            ctx.failures.record_failure(src, dst, port, now, error=name or "failed")
+        recorded = record_outcome(
+            ctx.latency, ctx.failures, src, dst, port, ok=ok, rtt=rtt, errno=errno, now=ctx.clock()
+        )
+        if recorded and not ok:
             rank_memo.failure(ctx)
 
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Literal
 from apr_async import interfaces, pairs
 from apr_async.addresses import AddressKind, IPAddress, Scope, parse_address, scope_of
 from apr_async.config import Config
-from apr_async.latency import FailureTable, LatencyTable
+from apr_async.latency import FailureTable, LatencyTable, record_outcome
 from apr_async.netwatch import NetWatcher
 from apr_async.persist import (
     CacheBusyError,
@@ -406,18 +406,11 @@ class ProbeService:
             return
         src, _ = src_info
         dst, scope = dst_info
-        valid_rtt = rtt is None or (isinstance(rtt, int | float) and 0 <= rtt < 3600)
-        valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-        if src.version != dst.version or not valid_rtt or not valid_port:
-            return  # a sample that cannot be right is dropped; the connector must not fail
         now = self._clock()
-        if rtt is not None or not ok:
-            self.latency.record(src, dst, rtt, now)
-        if ok:
-            self.failures.record_success(src, dst, port)
-        else:
-            name = errno_codes.errorcode.get(errno, None) if errno is not None else None
-            self.failures.record_failure(src, dst, port, now, error=name or "failed")
+        if not record_outcome(
+            self.latency, self.failures, src, dst, port, ok=ok, rtt=rtt, errno=errno, now=now
+        ):
+            return  # a sample that cannot be right is dropped; the connector must not fail
         self._tracker.observe(
             Observation(src, dst, ok or rtt is not None, now, is_offlink(dst, self._snapshot),
                         "passive")
