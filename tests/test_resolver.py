@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import os
 import pickle
@@ -10,11 +11,14 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from apr_async.connect_errors import AllAttemptsFailedError
 from apr_async.errors import (
     EAI_NODATA,
+    describe_error,
     gaierror,
     gaierror_from_ares,
     parse_host,
@@ -146,6 +150,45 @@ def test_gaierror_looks_like_the_stdlibs() -> None:
     assert str(ours) == str(real.value)
     clone = pickle.loads(pickle.dumps(gaierror(socket.EAI_AGAIN, host="h", detail="d")))
     assert (clone.errno, clone.host, clone.detail) == (socket.EAI_AGAIN, "h", "d")
+
+
+class _Pair(NamedTuple):
+    source: tuple[str, int] | tuple[str, int, int, int] | None
+    destination: tuple[str, int] | tuple[str, int, int, int]
+
+
+def test_describe_error_is_one_clean_line() -> None:
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 1)")
+    v4 = _Pair(("127.0.0.1", 0), ("127.0.0.1", 18081))
+    one = AllAttemptsFailedError.from_attempts("localhost", 18081, [(v4, refused)])
+    assert type(one).__name__ == "AllAttemptsFailedConnectionRefusedError"
+    assert describe_error(one) == "connection refused by 127.0.0.1:18081"
+    v6 = _Pair(("::1", 0, 0, 0), ("::1", 18081, 0, 0))
+    dead = _Pair(None, ("2001:db8::9", 80, 0, 0))
+    several = AllAttemptsFailedError.from_attempts(
+        "h", 18081, [(v6, refused), (dead, TimeoutError()), (v4, refused),
+                     (_Pair(None, ("192.0.2.1", 80)), OSError(errno.ENETUNREACH, "x"))])
+    assert describe_error(several) == (
+        "connection refused by [::1]:18081, 127.0.0.1:18081; no answer from [2001:db8::9]:80; "
+        "network unreachable: 192.0.2.1:80"
+    )
+    # One destination from two sources: the sources tell the attempts apart.
+    twice = AllAttemptsFailedError.from_attempts("h", 80, [
+        (_Pair(("10.0.0.1", 0), ("192.0.2.1", 80)), refused),
+        (_Pair(("10.0.0.2", 0), ("192.0.2.1", 80)), refused)])
+    assert describe_error(twice) == (
+        "connection refused by 192.0.2.1:80 from 10.0.0.1, 192.0.2.1:80 from 10.0.0.2")
+    assert describe_error(AllAttemptsFailedError.from_attempts("h", 80, [])) == (
+        "no (source, destination) pair to try")
+    assert describe_error(TimeoutError()) == "timed out"
+    assert describe_error(refused) == "connection refused"
+    assert describe_error(ConnectionError("upstream did not answer")) == "upstream did not answer"
+    assert describe_error(gaierror_from_ares("ARES_ENOTFOUND", host="nx.example")) == (
+        "name resolution failed for nx.example: no such name (NXDOMAIN)")
+    assert describe_error(gaierror_from_ares("ARES_ECONNREFUSED", host="a.example")) == (
+        "name resolution failed for a.example: DNS server unreachable")
+    assert describe_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known")) == (
+        "name resolution failed: Name or service not known")
 
 
 # --------------------------------------------------------------------------- against a server

@@ -4,21 +4,26 @@ Everything here is pure (no I/O): callers check their input with these helpers b
 open a socket or send a query, so bad input fails fast with a clear ``ValueError`` or
 ``TypeError``, and name resolution failures surface as the ``socket.gaierror`` codes and
 messages the stdlib's ``getaddrinfo`` uses, so existing ``except socket.gaierror`` handlers and
-``e.errno == socket.EAI_NONAME`` checks keep working.
+``e.errno == socket.EAI_NONAME`` checks keep working. :func:`describe_error` turns any of
+these, or a failed connection race, into one line for people.
 """
 
 from __future__ import annotations
 
+import errno as errno_codes
 import functools
 import ipaddress
+import os
 import re
 import socket
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "EAI_NODATA",
     "HostSpec",
     "ResolutionError",
+    "describe_error",
+    "describe_resolution_error",
     "gaierror",
     "gaierror_from_ares",
     "parse_host",
@@ -265,3 +270,100 @@ def validate_family(family: object) -> int:
     if family not in _FAMILIES:
         raise ValueError(f"family {family} is not AF_UNSPEC, AF_INET or AF_INET6")
     return int(family)
+
+
+# --------------------------------------------------------------------------- messages for people
+
+# What a failed attempt to one endpoint means, worded around the endpoint ("{}").
+_ATTEMPT_PHRASES: dict[int, str] = {
+    errno_codes.ECONNREFUSED: "connection refused by {}",
+    errno_codes.ECONNRESET: "connection reset by {}",
+    errno_codes.ETIMEDOUT: "no answer from {}",
+    errno_codes.EHOSTUNREACH: "host unreachable: {}",
+    errno_codes.ENETUNREACH: "network unreachable: {}",
+    errno_codes.EADDRNOTAVAIL: "source address not available for {}",
+}
+_DNS_DETAILS: dict[str, str] = {
+    "ARES_ETIMEOUT": "DNS server did not answer",
+    "ARES_ECONNREFUSED": "DNS server unreachable",
+    "ARES_ESERVFAIL": "DNS server failure (SERVFAIL)",
+    "ARES_EREFUSED": "DNS server refused the query (REFUSED)",
+}
+
+
+def describe_resolution_error(exc: socket.gaierror) -> str:
+    """A name resolution failure in a few words: ``no such name (NXDOMAIN)``, ``no address``,
+    ``DNS server did not answer``..."""
+    detail = getattr(exc, "detail", None)
+    if exc.errno == socket.EAI_NONAME and isinstance(detail, str):
+        if detail.startswith("RFC 6761"):
+            return "no such name (special-use .invalid)"
+        if detail in ("ARES_ENOTFOUND", "ARES_ENONAME"):
+            return "no such name (NXDOMAIN)"
+    if exc.errno == EAI_NODATA and EAI_NODATA != socket.EAI_NONAME:
+        return "no address (NODATA)"
+    if isinstance(detail, str) and detail in _DNS_DETAILS:
+        return _DNS_DETAILS[detail]
+    return str(exc.strerror or exc)
+
+
+def _endpoint(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        if len(address) >= 4 and address[3] and "%" not in host:
+            host = f"{host}%{address[3]}"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{address[1]}" if address[1] else host
+    return "(kernel's choice)" if address is None else str(address)
+
+
+def _attempt_template(exc: BaseException) -> str:
+    number = getattr(exc, "errno", None)
+    if isinstance(number, int) and number in _ATTEMPT_PHRASES:
+        return _ATTEMPT_PHRASES[number]
+    if isinstance(exc, TimeoutError):
+        return _ATTEMPT_PHRASES[errno_codes.ETIMEDOUT]
+    return "{}: " + describe_error(exc).replace("{", "{{").replace("}", "}}")
+
+
+def _describe_attempts(attempts: tuple[tuple[Any, BaseException], ...]) -> str:
+    destinations = [_endpoint(getattr(pair, "destination", None)) for pair, _ in attempts]
+    repeated = len(set(destinations)) < len(destinations)
+    groups: dict[str, list[str]] = {}
+    for (pair, exc), destination in zip(attempts, destinations, strict=True):
+        where = destination
+        source = getattr(pair, "source", None)
+        if repeated and isinstance(source, tuple) and source:
+            # One destination tried from several sources: say which failure was which.
+            where += f" from {_endpoint((source[0], 0, *source[2:]))}"
+        groups.setdefault(_attempt_template(exc), []).append(where)
+    return "; ".join(template.format(", ".join(places)) for template, places in groups.items())
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` as one line for people, without internal class names or asyncio's wording.
+
+    A failed race (``AllAttemptsFailedError``) lists each endpoint compactly, grouped by what
+    went wrong (``connection refused by 127.0.0.1:8080, [::1]:8080``); a resolution failure
+    says so (``name resolution failed for nx.example: no such name (NXDOMAIN)``); an
+    ``OSError`` gives its errno's text; anything else its message.
+    """
+    if isinstance(exc, socket.gaierror):
+        host = getattr(exc, "host", None)
+        what = describe_resolution_error(exc)
+        return f"name resolution failed for {host}: {what}" if host else (
+            f"name resolution failed: {what}")
+    attempts = getattr(exc, "attempts", None)
+    if isinstance(exc, OSError) and isinstance(attempts, tuple):
+        if not attempts:
+            return "no (source, destination) pair to try"
+        return _describe_attempts(attempts)
+    if isinstance(exc, TimeoutError) and not exc.args:
+        return "timed out"
+    number = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and isinstance(number, int) and number > 0:
+        text = os.strerror(number)
+        text = text[0].lower() + text[1:]
+        return f"{text}: {exc.filename}" if exc.filename is not None else text
+    return str(exc) or type(exc).__name__

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from apr_async.connect import open_connection
+from apr_async.errors import describe_error
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -111,7 +112,11 @@ def parse_endpoint(text: str, *, listen: bool = False) -> Endpoint:
 
 @dataclass
 class RelayRecord:
-    """What happened to one relayed connection (passed to ``on_close`` when it ends)."""
+    """What happened to one relayed connection (passed to ``on_close`` when it ends).
+
+    ``error`` is ``None`` when the relay ended cleanly, else one line for people saying why
+    (``connection refused by 127.0.0.1:8080``, ``cancelled``).
+    """
 
     id: int
     peer: str
@@ -342,8 +347,7 @@ class Forwarder:
             clean = True
         except* Exception as group:
             record.error = (
-                "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions)
-                or type(group).__name__
+                "; ".join(describe_error(e) for e in group.exceptions) or type(group).__name__
             )
         finally:
             await self._close_writer(client_writer, clean)
