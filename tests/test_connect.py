@@ -779,6 +779,33 @@ async def test_bad_arguments_raise_before_any_io(
     assert called == []
 
 
+@pytest.mark.parametrize(
+    ("host", "family"),
+    [("::1", socket.AF_INET), ("fe80::1%lo", socket.AF_INET), ("127.0.0.1", socket.AF_INET6)],
+)
+async def test_literal_of_the_other_family_is_the_stdlib_gaierror(host: str, family: int) -> None:
+    # What socket.getaddrinfo (hence asyncio) raises here, before any I/O.
+    with pytest.raises(socket.gaierror) as stdlib:
+        socket.getaddrinfo(host, 80, family, socket.SOCK_STREAM)
+    with pytest.raises(socket.gaierror) as in_asyncio:
+        await asyncio.open_connection(host, 80, family=family)
+    assert in_asyncio.value.errno == stdlib.value.errno
+
+    def spy(host: str, port: int, family: int) -> AsyncIterator[tuple[int, Sequence[Any]]]:
+        raise AssertionError("resolution must not start")
+
+    calls = [
+        lambda: open_connection(host, 80, family=family, pair_source=spy),
+        lambda: create_connection(asyncio.Protocol, host, 80, family=family, pair_source=spy),
+        lambda: connect_socket(host, 80, family=family, pair_source=spy),
+    ]
+    for call in calls:
+        with pytest.raises(socket.gaierror) as ours:
+            await call()
+        assert ours.value.errno == stdlib.value.errno
+        assert ours.value.strerror == stdlib.value.strerror
+
+
 async def test_protocol_factory_must_be_callable() -> None:
     with pytest.raises(TypeError):
         await create_connection(None, "h", 1)  # type: ignore[arg-type]

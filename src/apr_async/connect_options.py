@@ -18,6 +18,7 @@ from apr_async.pairs import PairContext, default_context
 __all__ = [
     "Options",
     "TLSOptions",
+    "check_literal_family",
     "check_port",
     "check_request",
     "check_seconds",
@@ -52,6 +53,30 @@ def check_port(port: object) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0-65535, got {port}")
     return port
+
+
+#: What glibc's getaddrinfo says of a literal of the other family (systems without
+#: EAI_ADDRFAMILY answer EAI_NONAME, as their getaddrinfo does).
+_ADDRFAMILY: int = getattr(socket, "EAI_ADDRFAMILY", socket.EAI_NONAME)
+
+
+def check_literal_family(spec: HostSpec, family: int) -> None:
+    """Raise ``socket.gaierror`` as ``getaddrinfo`` would for a literal of the other family.
+
+    ``family=AF_INET`` with an IPv6 literal (or ``AF_INET6`` with an IPv4 one) cannot give
+    any address, so asyncio raises the stdlib's ``gaierror`` (``EAI_ADDRFAMILY`` on Linux)
+    from its resolution step; the same here, before any I/O. An IPv4-mapped IPv6 literal
+    with ``AF_INET`` is left to the resolver (glibc answers it with the IPv4 address).
+    """
+    ip = spec.ip
+    if ip is None or family == socket.AF_UNSPEC:
+        return
+    if ip.version == 6:
+        ok = family == socket.AF_INET6 or ip.ipv4_mapped is not None
+    else:
+        ok = family == socket.AF_INET
+    if not ok:
+        raise socket.gaierror(_ADDRFAMILY, "Address family for hostname not supported")
 
 
 def check_seconds(name: str, value: object, *, allow_zero: bool) -> float | None:
@@ -90,6 +115,7 @@ def check_request(
     checked_port = check_port(port)
     if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
         raise ValueError(f"family must be 0, AF_INET or AF_INET6, got {family!r}")
+    check_literal_family(spec, cast(int, family))
     checked_local: tuple[str, int] | None = None
     if local_addr is not None:
         if not isinstance(local_addr, tuple | list) or len(local_addr) != 2:
