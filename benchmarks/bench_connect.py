@@ -44,14 +44,11 @@ from typing import Any
 
 import aiohappyeyeballs
 
-from apr_async.addresses import IPAddress
 from apr_async.config import Config
 from apr_async.connect import open_connection
-from apr_async.interfaces import route_choices
 from apr_async.lab import Lab, Scenario, ZoneEntry, lab_unavailable_reason
-from apr_async.pairs import PairContext
+from apr_async.pairs import PairContext, system_order
 from apr_async.resolver import Resolver
-from apr_async.rfc6724 import SourceAddress, sort_destinations
 from apr_async.service import ProbeService
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,28 +88,6 @@ def cases(lab: Lab) -> dict[str, Case]:
 
 
 # -- the client side (inside the client namespace) --------------------------------------------
-
-
-def system_order(addresses: list[IPAddress]) -> list[IPAddress]:
-    """``addresses`` in the order glibc's getaddrinfo gives them here (RFC 6724 section 6).
-
-    glibc learns each destination's source from the kernel (a UDP ``connect()``) and sorts
-    with those sources; the netlink route lookup gives the same answer without a socket.
-    Raises ``RuntimeError`` if the RFC 6724 sort would pair an address with another source
-    than the kernel's: then this order would not be the system's.
-    """
-    choices = route_choices([(ip, None) for ip in addresses])
-    kernel = {ip: choice.source for (ip, _), choice in choices.items() if choice is not None}
-    sources = {src for src in kernel.values() if src is not None}
-    ordered = sort_destinations(
-        addresses,
-        [SourceAddress(src) for src in sources],
-        reachable=lambda ip: kernel.get(ip) is not None,
-    )
-    for ip, source in ordered:
-        if kernel.get(ip) is not None and (source is None or source.address != kernel[ip]):
-            raise RuntimeError(f"RFC 6724 pairs {ip} with {source}, the kernel with {kernel[ip]}")
-    return [ip for ip, _ in ordered]
 
 
 def _install_getaddrinfo(resolver: Resolver) -> None:

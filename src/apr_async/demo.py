@@ -26,14 +26,12 @@ import asyncio
 import contextlib
 import contextvars
 import errno as errno_codes
-import ipaddress
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
 
-from apr_async.addresses import IPAddress
 from apr_async.cli_commands import (
     TIMELINE_HEADERS,
     Timeline,
@@ -50,9 +48,8 @@ from apr_async.config import Config
 from apr_async.connect import ContextRecorder, open_connection, ranked_source
 from apr_async.lab import EchoServer, Lab, Scenario, combine, lab_unavailable_reason
 from apr_async.lab.netns import NetnsError
-from apr_async.pairs import PairContext, get_addr_pairs
+from apr_async.pairs import PairContext, get_addr_pairs, system_order
 from apr_async.resolver import Resolver
-from apr_async.rfc6724 import SourceAddress, sort_destinations
 from apr_async.service import ProbeService
 
 __all__ = ["HE_DELAY", "PLAIN_CAP", "run_demo"]
@@ -71,29 +68,6 @@ Switch = Callable[..., Awaitable[None]]
 
 
 # -- plain asyncio, observed ----------------------------------------------------------------------
-
-
-def _kernel_source(ip: IPAddress, port: int) -> IPAddress | None:
-    """The source the kernel picks for ``ip``: a UDP connect sends nothing (glibc's method)."""
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((str(ip), port))
-            return ipaddress.ip_address(probe.getsockname()[0])
-    except OSError:  # no route: RFC 6724 rule 1 puts it last
-        return None
-
-
-def system_order(addresses: list[IPAddress], port: int) -> list[IPAddress]:
-    """``addresses`` in the order glibc's getaddrinfo would return them on this host."""
-    kernel = {ip: _kernel_source(ip, port) for ip in addresses}
-    sources = {src for src in kernel.values() if src is not None}
-    ordered = sort_destinations(
-        addresses,
-        [SourceAddress(src) for src in sources],
-        reachable=lambda ip: kernel.get(ip) is not None,
-    )
-    return [ip for ip, _src in ordered]
 
 
 _observer: contextvars.ContextVar[AsyncioObserver | None] = contextvars.ContextVar(
@@ -133,7 +107,7 @@ class AsyncioObserver:
         flags: int = 0,
     ) -> list[tuple[Any, ...]]:
         found = await self._resolver.resolve(host, family)
-        ips = system_order([ip for ip, _zone in found], int(port))
+        ips = system_order([ip for ip, _zone in found])
         for fam in (socket.AF_INET6, socket.AF_INET):
             count = sum(1 for ip in ips if (ip.version == 6) == (fam == socket.AF_INET6))
             if count:

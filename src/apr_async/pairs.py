@@ -31,7 +31,13 @@ from apr_async.errors import (
 from apr_async.latency import FailureTable, LatencyTable
 from apr_async.ranking import AddrPair, rank_pairs
 from apr_async.resolver import Address, Resolution, Resolver
-from apr_async.rfc6724 import DEFAULT_POLICY_TABLE, PolicyTable
+from apr_async.rfc6724 import (
+    DEFAULT_POLICY_TABLE,
+    PolicyTable,
+    SourceAddress,
+    apply_rule9,
+    destination_key,
+)
 
 __all__ = [
     "AddrInfo",
@@ -43,6 +49,7 @@ __all__ = [
     "get_addr_pairs",
     "getaddrinfo",
     "set_default_context",
+    "system_order",
 ]
 
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
@@ -475,3 +482,38 @@ def _infos(
                 sockaddr = (text, port)
             out.append((family, kind, proto, canonname if not out else "", sockaddr))
     return out
+
+
+def system_order(addresses: Sequence[IPAddress]) -> list[IPAddress]:
+    """*addresses* in the order glibc's ``getaddrinfo`` gives them on this host (namespace).
+
+    That is RFC 6724 section 6 with, for each destination, the source the kernel picks
+    (glibc asks with a UDP ``connect()``; the netlink route lookup gives the same answer
+    without a socket) rather than RFC 6724 source selection, and rule 1 for a destination
+    without a route. What plain ``asyncio.open_connection`` tries, in that order: the
+    baseline the demo and the benchmarks compare with. The source's flags and prefix length
+    come from the interface snapshot when the kernel's source is in it.
+    """
+    ips = list(addresses)
+    choices = interfaces.route_choices([(ip, None) for ip in ips])
+    known = {src.address: src for src in interfaces.get_snapshot().sources}
+    chosen: list[SourceAddress | None] = []
+    for ip in ips:
+        choice = choices.get((ip, None))
+        kernel = choice.source if choice is not None else None
+        chosen.append(None if kernel is None else known.get(kernel) or SourceAddress(kernel))
+    views = [
+        ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+        for ip in ips
+    ]
+    keys = [
+        destination_key(view, src, DEFAULT_POLICY_TABLE)
+        for view, src in zip(views, chosen, strict=True)
+    ]
+    rule9 = [
+        src.common_prefix_len(view) if src is not None and view.version == 6 else None
+        for view, src in zip(views, chosen, strict=True)
+    ]
+    order = sorted(range(len(ips)), key=keys.__getitem__)
+    order = apply_rule9(order, lambda i, j: keys[i] == keys[j], rule9)
+    return [ips[i] for i in order]

@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from apr_async import interfaces
 from apr_async.lab import EchoServer, Lab, Scenario
-from apr_async.pairs import PairContext, get_addr_pairs, getaddrinfo
+from apr_async.pairs import PairContext, get_addr_pairs, getaddrinfo, system_order
 from apr_async.resolver import Resolver
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
@@ -249,3 +251,38 @@ async def test_getaddrinfo_in_the_lab(healthy_lab: Lab) -> None:
         (lab.server.v4[0], 443),
         (lab.server.direct_link_local, 443, 0, lab.client.direct_ifindex),
     ]
+
+
+# What glibc's getaddrinfo returns for a name whose hosts-file entries are the lab's server
+# addresses, run in the client namespace with a private /etc/hosts (a mount namespace of its
+# own: the host's file is untouched). NSS "files" keeps the file order, then glibc sorts.
+_GLIBC_ORDER = """
+import socket, sys
+infos = socket.getaddrinfo("order.lab.test", 80, 0, socket.SOCK_STREAM)
+print(" ".join(info[4][0] for info in infos))
+"""
+
+
+@pytest.mark.parametrize("scenario", ["healthy", "ula_source_trap", "ipv4_only_client"])
+async def test_system_order_is_what_glibc_gives(healthy_lab: Lab, scenario: str,
+                                                tmp_path: Path) -> None:
+    lab = healthy_lab
+    if scenario != "healthy":
+        await lab.set_scenario(getattr(Scenario, scenario)())
+    server = lab.server
+    # An order glibc must change: IPv4 first, the farther IPv6 prefix before the nearer one,
+    # dead (routed) addresses mixed in.
+    given = [*server.v4, server.v6[2], server.dead_v6[1], *server.v6[:2], server.dead_v4[0]]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{address} order.lab.test\n" for address in given))
+    script = f"mount --bind {hosts} /etc/hosts && exec {sys.executable} -c '{_GLIBC_ORDER}'"
+    result = await lab.exec("client", "unshare", "--mount", "--propagation", "private",
+                            "sh", "-c", script, check=True)
+    glibc = result.stdout.split()
+
+    async def ours() -> list[str]:
+        return [str(ip) for ip in system_order([ipaddress.ip_address(a) for a in given])]
+
+    assert sorted(glibc) == sorted(given)  # every address, each once
+    assert glibc != given
+    assert await lab.run_in("client", ours) == glibc
