@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import sys
 
@@ -17,7 +18,7 @@ import pytest
 
 from apr_async.cli import build_parser, main
 from apr_async.cli_commands import TIMELINE_HEADERS, timeline_rows
-from apr_async.cli_exit import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE
+from apr_async.cli_exit import EXIT_CODES_HELP, EXIT_FAILED, EXIT_RESOLUTION, EXIT_USAGE
 from apr_async.cli_render import LiveView, Progress, Style, render_table, visible_len
 
 
@@ -85,6 +86,118 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "exit codes:" in out and "130" in out
     assert main(["wait", "--help"]) == 0
     assert EXIT_CODES_HELP.splitlines()[1] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["connect", "h", "80", "--timeout", "-1"], "duration must be a positive number, not '-1'"),
+        (["wait", "h", "80", "--interval", "-0.5"], "not '-0.5'"),
+        (["ping", "-c", "-3", "h"], "invalid count '-3'"),
+        (["ping", "-W", "-inf", "h"], "not '-inf'"),
+        (["forward", "0", "h:1", "--grace", "-1"], "0 or more seconds, not '-1'"),
+        (["forward", "0", "h:1", "--buffer-size", "-5"], "positive integer, not '-5'"),
+        (["forward", "0", "h:1", "--buffer-size", "0"], "positive integer, not '0'"),
+        (["pairs", "h", "nosuchservice"], "expected 1-65535 or a TCP service name"),
+    ],
+)
+def test_bad_values_get_a_clear_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # -4/-6 make argparse take "-1" for an option ("expected one argument"): not any more.
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and "expected one argument" not in err
+
+
+def test_negative_values_are_not_glued_past_a_double_dash() -> None:
+    from apr_async.cli import _attach_negative_values
+
+    assert _attach_negative_values(["--timeout", "-1", "-c", "-2", "--", "--timeout", "-1"],
+                                   {"--timeout", "-c"}) == [
+        "--timeout=-1", "-c-2", "--", "--timeout", "-1"]
+    assert _attach_negative_values(["-6", "--timeout", "5"], {"--timeout"}) == [
+        "-6", "--timeout", "5"]
+
+
+@pytest.mark.parametrize("command", ["pairs", "connect", "wait"])
+def test_ports_may_be_service_names(command: str) -> None:
+    parser = build_parser()
+    assert parser.parse_args([command, "localhost", "http"]).port == 80
+    assert parser.parse_args([command, "localhost", "https"]).port == 443
+    assert parser.parse_args([command, "localhost", "8080"]).port == 8080
+
+
+def test_pairs_by_service_name(capsys: pytest.CaptureFixture[str]) -> None:
+    # localhost is loopback without DNS (RFC 6761): nothing leaves the host.
+    assert main(["pairs", "localhost", "http", "--json", "--nameserver", "127.0.0.1:9"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["port"] == 80
+    assert {p["destination"] for p in data["pairs"]} == {"[::1]:80", "127.0.0.1:80"}
+
+
+def test_ping_help_says_one_working_pair_means_up(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ping", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one working pair is enough" in text
+    assert "exit status is 0 when every HOST is up" in text
+
+
+def test_unknown_environment_variable_is_one_warning_line() -> None:
+    rc, _, err = run_cli("pairs", "127.0.0.1", "80", env={"APR_ASYNC_TARGET": "none"})
+    assert rc == 0, err
+    assert err == (
+        "apr-async: warning: APR_ASYNC_TARGET is not an apr_async setting and is ignored; "
+        "did you mean APR_ASYNC_TARGETS?\n"
+    )
+
+
+def test_connect_to_an_invalid_name_shows_both_families(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["connect", "nx.invalid", "80", "--nameserver", "127.0.0.1:9", "--color", "never"]
+    assert main(argv) == EXIT_RESOLUTION
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2:] for line in lines[1:3]] == [
+        ["IPv6", "answer", "no", "such", "name", "(special-use", ".invalid)"],
+        ["IPv4", "answer", "no", "such", "name", "(special-use", ".invalid)"],
+    ]
+    assert re.fullmatch(
+        r"failed: name resolution failed for nx\.invalid: no such name \(special-use "
+        r"\.invalid\) \(\d+ ms\)", lines[-1])
+    assert main([*argv, "--json"]) == EXIT_RESOLUTION
+    data = json.loads(capsys.readouterr().out)
+    assert [(e["family"], e["pairs"], e["error"]) for e in data["events"]] == [
+        ("IPv6", 0, "no such name (special-use .invalid)"),
+        ("IPv4", 0, "no such name (special-use .invalid)"),
+    ]
+
+
+def test_connect_when_dns_fails_shows_both_families(capsys: pytest.CaptureFixture[str]) -> None:
+    # 127.0.0.1:9 answers nothing (ICMP port unreachable): each family's row says why.
+    argv = ["connect", "a.example", "80", "--nameserver", "127.0.0.1:9", "--json", "-4"]
+    assert main(argv) == EXIT_RESOLUTION
+    data = json.loads(capsys.readouterr().out)
+    assert [(e["family"], e["error"]) for e in data["events"]] == [
+        ("IPv4", "DNS server unreachable")]
+    assert data["error"] == "name resolution failed for a.example: DNS server unreachable"
+    assert main(argv[:-1]) == EXIT_RESOLUTION
+    data = json.loads(capsys.readouterr().out)
+    assert sorted(e["family"] for e in data["events"]) == ["IPv4", "IPv6"]
+
+
+def test_status_json_times_are_wall_clock_utc() -> None:
+    from apr_async.cli_status import status_json
+    from apr_async.status import ConnectivityStatus
+
+    status = ConnectivityStatus(IPv4_ok=True, changed_at=100.0, updated_at=130.0)
+    data = status_json(status, now=131.5, wall=1_700_000_000.0)
+    assert data["changed_at"] == "2023-11-14T22:12:48.500Z"  # 31.5 s before the wall time
+    assert data["updated_at"] == "2023-11-14T22:13:18.500Z"
+    assert (data["changed_age_s"], data["updated_age_s"]) == (31.5, 1.5)
+    assert data["IPv4_ok"] is True
+    never = status_json(ConnectivityStatus())
+    assert never["changed_at"] is None and never["updated_age_s"] is None
 
 
 def test_bad_library_input_is_a_one_line_usage_error() -> None:
@@ -254,7 +367,10 @@ def test_connect_json_timeline_on_loopback() -> None:
     assert rc == EXIT_FAILED, err
     lines = out.splitlines()
     assert lines[0].split() == list(TIMELINE_HEADERS)
-    assert "refused in" in lines[2] and lines[-1].startswith("failed: ")
+    assert "refused in" in lines[2]
+    # asyncio's "Connect call failed ('127.0.0.1', port)" wording stays out of it
+    assert re.fullmatch(rf"failed: connection refused by 127\.0\.0\.1:{port} \(\d+ ms\)",
+                        lines[-1])
 
 
 # --- interfaces (reads netlink, sends nothing) -----------------------------------------------

@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import socket
 import sys
+import textwrap
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TextIO
 
 from apr_async import __version__
 from apr_async.cli_exit import (
@@ -26,9 +30,34 @@ from apr_async.cli_exit import (
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r} (expected 1-65535)")
+    """A port number, or a TCP service name (``http``) looked up like the API does."""
+    if text.isdigit():
+        if not 0 < int(text) <= 65535:
+            raise argparse.ArgumentTypeError(f"invalid port {text!r} (expected 1-65535)")
+        return int(text)
+    try:
+        # /etc/services (NSS "files"), never DNS.
+        return socket.getservbyname(text, "tcp")
+    except (OSError, UnicodeError):
+        raise argparse.ArgumentTypeError(
+            f"invalid port {text!r} (expected 1-65535 or a TCP service name such as http)"
+        ) from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
     return int(text)
+
+
+def _grace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (seconds)") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"duration must be 0 or more seconds, not {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -47,9 +76,12 @@ def _count(text: str) -> int:
     return int(text)
 
 
+_PORT_HELP = "port number or TCP service name (http, https...)"
+
+
 def _host_port_timeout(parser: argparse.ArgumentParser, timeout: int) -> None:
     parser.add_argument("host")
-    parser.add_argument("port", type=_port)
+    parser.add_argument("port", type=_port, help=_PORT_HELP)
     parser.add_argument(
         "--timeout",
         type=_seconds,
@@ -144,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         dns,
     )
     p.add_argument("host")
-    p.add_argument("port", type=_port)
+    p.add_argument("port", type=_port, help=_PORT_HELP)
 
     p = add("connect", "race HOST PORT and show the timeline of attempts and the winner", dns)
     _host_port_timeout(p, 10)
@@ -161,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         "which hosts are down",
         dns,
         icmp,
+    )
+    p.description = f"{p.description}\n\n" + textwrap.fill(
+        "A host is up when at least one (source, destination) pair to it answered at least "
+        "one probe: one working pair is enough, even if the other pairs (another family, "
+        "another source) lose every probe. The exit status is 0 when every HOST is up, 1 "
+        "when any is down (the table shows the loss per pair), 3 when no HOST resolves.",
+        width=79,
     )
     p.add_argument("hosts", nargs="+", metavar="HOST")
     p.add_argument("-c", "--count", type=_count, default=3, help="probes per pair (default 3)")
@@ -206,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--buffer-size",
-        type=int,
+        type=_positive_int,
         default=64 * 1024,
         help="bytes buffered per direction (default 65536)",
     )
@@ -218,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--grace",
-        type=float,
+        type=_grace,
         default=5.0,
         help="seconds open relays get to finish on shutdown (default 5)",
     )
@@ -250,6 +289,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("demo", "build a network lab in namespaces and show apr_async at work (needs root)")
     return parser
+
+
+# What argparse would take for an option rather than a value, since -4 and -6 are options:
+# "--timeout -1" then reads as "--timeout" without its argument.
+_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string, of any subcommand, that takes a value."""
+    names: set[str] = set()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.nargs != 0:
+                names.update(action.option_strings)
+    return names
+
+
+def _attach_negative_values(argv: Sequence[str], options: set[str]) -> list[str]:
+    """``--timeout -1`` -> ``--timeout=-1`` (``-c -1`` -> ``-c-1``), so that the option's own
+    check reports the bad value instead of argparse saying "expected one argument"."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            out.extend(argv[i:])
+            break
+        if token in options and i + 1 < len(argv) and _NEGATIVE_NUMBER.match(argv[i + 1]):
+            out.append(f"{token}{'=' if token.startswith('--') else ''}{argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _show_warning(  # noqa: PLR0917 - warnings.showwarning's signature
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    # A warning (an unknown APR_ASYNC_* variable...) is for the user: one line, no source.
+    stream = file or sys.stderr
+    stream.write(f"apr-async: warning: {message}\n")
+    stream.flush()
 
 
 def _setup_logging(verbosity: int) -> None:
@@ -305,19 +396,22 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_attach_negative_values(argv, _value_options(parser)))
     except SystemExit as exc:  # --help, --version, or a usage error (code 2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     _setup_logging(args.verbose)
-    if args.command == "demo":
-        from apr_async.demo import run_demo  # noqa: PLC0415
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        if args.command == "demo":
+            from apr_async.demo import run_demo  # noqa: PLC0415
 
-        try:
-            return int(run_demo(json_output=args.json, color=args.color))
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
-    return run_command(args)
+            try:
+                return int(run_demo(json_output=args.json, color=args.color))
+            except KeyboardInterrupt:
+                return EXIT_INTERRUPTED
+        return run_command(args)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -331,7 +425,9 @@ def run_command(args: argparse.Namespace) -> int:
         _error(str(exc))
         return exc.code
     except socket.gaierror as exc:
-        _error(f"name resolution failed: {exc.strerror or exc}")
+        from apr_async.errors import describe_error  # noqa: PLC0415
+
+        _error(describe_error(exc))
         return EXIT_RESOLUTION
     except (ValueError, TypeError) as exc:
         # The library checks its arguments (and APR_ASYNC_* settings) before any I/O.

@@ -31,9 +31,12 @@ from apr_async.connect import (
     open_connection,
     ranked_source,
 )
+from apr_async.connect_types import families_for
+from apr_async.errors import describe_error, describe_resolution_error
 from apr_async.forward import Forwarder, RelayRecord
 from apr_async.pairs import get_addr_pairs
 from apr_async.ranking import AddrPair
+from apr_async.resolver import Resolver
 
 __all__ = [
     "TIMELINE_HEADERS",
@@ -51,13 +54,7 @@ __all__ = [
 
 
 def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, socket.gaierror):
-        return f"name resolution failed: {exc.strerror or exc}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
-        return exc.strerror.lower() if len(exc.strerror) < 40 else exc.strerror
-    return str(exc) or type(exc).__name__
+    return describe_error(exc)
 
 
 # -- interfaces ---------------------------------------------------------------------------------
@@ -219,9 +216,17 @@ class Timeline:
     table.
     """
 
-    def __init__(self, source: PairSource, recorder: AttemptRecorder | None = None) -> None:
+    def __init__(
+        self,
+        source: PairSource,
+        recorder: AttemptRecorder | None = None,
+        *,
+        resolver: Resolver | None = None,
+    ) -> None:
         self._source = source
         self._recorder = recorder
+        # Asked (never queried: cached answers only) why a family came back without pairs.
+        self._resolver = resolver
         self.t0 = time.monotonic()
         self.events: list[dict[str, Any]] = []
 
@@ -255,18 +260,28 @@ class Timeline:
 
         async def gen() -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
             agen = self._source(host, port, family)
+            answered: set[int] = set()
             try:
                 async for fam, pairs in agen:
-                    self.events.append(
-                        {
-                            "t": self._at(),
-                            "kind": "answer",
-                            # AF_UNSPEC: every family at once (a literal, a warm cache).
-                            "family": "both" if fam == socket.AF_UNSPEC else family_name(fam),
-                            "pairs": len(pairs),
-                        }
+                    if fam == socket.AF_UNSPEC:
+                        answered.update(families_for(family))
+                    else:
+                        answered.add(fam)
+                    self._answer(
+                        # AF_UNSPEC: every family at once (a literal, a warm cache).
+                        "both" if fam == socket.AF_UNSPEC else family_name(fam),
+                        len(pairs),
+                        None if pairs else self._family_error(host, fam),
                     )
                     yield fam, pairs
+            except socket.gaierror as exc:
+                # A source may raise the name's error instead of yielding the families that
+                # had no answer: give every family its row, so the timeline tells the story.
+                for fam in families_for(family):
+                    if fam not in answered:
+                        why = self._family_error(host, fam) or describe_resolution_error(exc)
+                        self._answer(family_name(fam), 0, why)
+                raise
             finally:
                 # A PairSource is any async iterator; the ones that are generators get closed
                 # here, in this task, rather than by the garbage collector later.
@@ -275,6 +290,28 @@ class Timeline:
                     await aclose()
 
         return gen()
+
+    def _answer(self, family: str, pairs: int, error: str | None) -> None:
+        event: dict[str, Any] = {"t": self._at(), "kind": "answer", "family": family,
+                                 "pairs": pairs}
+        if error is not None:
+            event["error"] = error
+        self.events.append(event)
+
+    def _family_error(self, host: str, family: int) -> str | None:
+        """Why ``family`` has no address, from the resolver's cache (``None``: not known)."""
+        if self._resolver is None:
+            return None
+        try:
+            resolution = self._resolver.cached(host, family)
+        except (ValueError, TypeError):
+            return None
+        if resolution is None:
+            return None
+        for answer in resolution.answers:
+            if answer.error is not None and family in (socket.AF_UNSPEC, answer.family):
+                return describe_resolution_error(answer.error)
+        return None
 
 
 def _errno_text(errno: int | None) -> str:
@@ -316,6 +353,8 @@ def timeline_rows(events: Iterable[Mapping[str, Any]], style: Style) -> list[lis
                 if "pairs" in e
                 else f"{e['addresses']} address(es), system order"
             )
+            if e.get("error"):
+                what = style.bad(str(e["error"]))
             rows.append([t, e["family"], style("answer", "dim"), "", what])
             continue
         outcome = style.ok(e["outcome"]) if e["ok"] else style.bad(e["outcome"])
@@ -328,7 +367,9 @@ def timeline_rows(events: Iterable[Mapping[str, Any]], style: Style) -> list[lis
 async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """Race HOST PORT and show the timeline of attempts and the winner."""
     context = settings.context()
-    timeline = Timeline(ranked_source(context), ContextRecorder(context))
+    timeline = Timeline(
+        ranked_source(context), ContextRecorder(context), resolver=context.get_resolver()
+    )
     error: OSError | None = None
     sock: socket.socket | None = None
     local: tuple[Any, ...] = ()
@@ -383,7 +424,7 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
                 + f" in {format_duration(elapsed)}"
             )
         else:
-            out.print(st.bad("failed") + f": {_error_text(error)} after {format_duration(elapsed)}")
+            out.print(st.bad("failed") + f": {_error_text(error)} ({format_duration(elapsed)})")
     if isinstance(error, socket.gaierror):
         return EXIT_RESOLUTION
     return EXIT_OK if error is None else EXIT_FAILED

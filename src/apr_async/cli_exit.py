@@ -33,6 +33,7 @@ exit codes:
 environment:
   APR_ASYNC_<SETTING> overrides any setting of apr_async.Config, e.g. APR_ASYNC_TARGETS,
   APR_ASYNC_NAMESERVERS, APR_ASYNC_PROBE_INTERVAL; command-line options win over both.
+  An APR_ASYNC_* name that is no setting (a typo) is ignored with a warning.
   NO_COLOR disables colours.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import signal
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from apr_async.cli_render import LiveView, Progress, format_duration, format_ms,
 from apr_async.service import PathMeasurement, ProbeService
 from apr_async.status import ConnectivityStatus
 
-__all__ = ["cmd_monitor", "cmd_status"]
+__all__ = ["cmd_monitor", "cmd_status", "status_json"]
 
 _FLAG_HELP = {
     "IPv4_ok": "an IPv4 source reached a target beyond the gateway",
@@ -81,6 +82,30 @@ def status_rows(status: ConnectivityStatus, out: Output) -> list[list[str]]:
     return rows
 
 
+def status_json(
+    status: ConnectivityStatus, *, now: float | None = None, wall: float | None = None
+) -> dict[str, Any]:
+    """``status.as_dict(full=True)`` for JSON consumers: ``changed_at`` and ``updated_at`` as
+    ISO 8601 UTC wall-clock times (the status holds monotonic seconds, which mean nothing
+    outside this process), plus ``changed_age_s`` / ``updated_age_s`` in seconds.
+
+    ``now`` is the monotonic time matching the wall-clock ``wall`` (both default to now).
+    """
+    now = time.monotonic() if now is None else now
+    wall = time.time() if wall is None else wall
+    data = status.as_dict(full=True)
+    for name in ("changed", "updated"):
+        at = data.pop(f"{name}_at")
+        if at is None:
+            data[f"{name}_at"] = data[f"{name}_age_s"] = None
+            continue
+        age = max(0.0, now - at)
+        stamp = datetime.datetime.fromtimestamp(wall - age, tz=datetime.UTC)
+        data[f"{name}_at"] = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        data[f"{name}_age_s"] = round(age, 3)
+    return data
+
+
 def _addresses(snapshot: interfaces.HostSnapshot) -> list[dict[str, Any]]:
     out = []
     for src in snapshot.sources:
@@ -121,7 +146,7 @@ async def cmd_status(args: argparse.Namespace, out: Output, settings: Settings) 
         out.emit(
             {
                 "ready": ready,
-                "status": status.as_dict(full=True),
+                "status": status_json(status),
                 "targets": targets,
                 "addresses": _addresses(snapshot),
             }
@@ -205,7 +230,7 @@ async def cmd_monitor(args: argparse.Namespace, out: Output, settings: Settings)
                         {
                             "t": round(elapsed, 3),
                             "round": service.rounds,
-                            "status": status.as_dict(full=True),
+                            "status": status_json(status),
                             "paths": [_measure_dict(m) for m in measurements],
                         }
                     )
