@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import signal
 import sys
@@ -277,6 +278,12 @@ async def test_status_healthy(healthy_lab: Lab, echo: EchoServer) -> None:
     assert status["GUA_ok"] and status["IPv4_ok"] and status["IPv6_ok"] and status["RFC1918"]
     assert not status["NAT44"] and not status["NPTv6"]
     assert status["def_gateway4"] == lab.router.client_v4
+    # wall-clock times a JSON consumer can use, not this process's monotonic seconds
+    updated = datetime.datetime.fromisoformat(status["updated_at"])
+    assert updated.tzinfo is not None and status["updated_at"].endswith("Z")
+    now = datetime.datetime.now(datetime.UTC)
+    assert abs((now - updated).total_seconds()) < 60
+    assert 0 <= status["changed_age_s"] < 60
     assert lab.client.gua in {a["address"] for a in data["addresses"]}
     res = await cli(lab, "status", "--timeout", "10", *probe_args(lab, echo))
     assert res.returncode == 0
