@@ -14,6 +14,7 @@ import errno
 import gc
 import ipaddress
 import os
+import pickle
 import random
 import resource
 import socket
@@ -490,14 +491,55 @@ async def test_failing_pair_goes_last(servers: Servers, blackhole6: Blackhole) -
 
 
 async def test_timeout_bounds_everything(blackhole6: Blackhole, blackhole4: Blackhole) -> None:
-    source = source_of(pair("::1", blackhole6.port), pair("127.0.0.1", blackhole4.port))
+    six, four = pair("::1", blackhole6.port), pair("127.0.0.1", blackhole4.port)
     fds, tasks = open_fds(), len(asyncio.all_tasks())
     with pytest.raises(TimeoutError) as info:
-        await connect_socket("h", 1, pair_source=source, timeout=0.3)
-    assert not isinstance(info.value, AllAttemptsFailedError)
-    assert "h port 1" in str(info.value)
+        await connect_socket(
+            "h", 1, pair_source=source_of(six, four), timeout=0.3, happy_eyeballs_delay=0.05
+        )
+    # The timeout tells what became of every attempt, like the all-failed error.
+    error = info.value
+    assert isinstance(error, AllAttemptsFailedError)
+    assert error.errno == errno.ETIMEDOUT
+    assert [p for p, _ in error.attempts] == [six, four]
+    assert all(type(exc) is TimeoutError for exc in error.exceptions)
+    text = str(error)
+    assert "h port 1" in text and "timed out after 0.3 s" in text
+    assert f"[::1]:{blackhole6.port}" in text and f"127.0.0.1:{blackhole4.port}" in text
     await settle()
     assert open_fds() == fds and len(asyncio.all_tasks()) == tasks
+
+
+async def test_timeout_keeps_the_attempts_that_failed_before_it(blackhole6: Blackhole) -> None:
+    refused, hole = pair("127.0.0.1", closed_port()), pair("::1", blackhole6.port)
+    with pytest.raises(TimeoutError) as info:
+        await connect_socket("h", 1, pair_source=source_of(refused, hole), timeout=0.2)
+    error = info.value
+    assert isinstance(error, AllAttemptsFailedError) and error.errno == errno.ETIMEDOUT
+    assert [(p, type(exc)) for p, exc in error.attempts] == [
+        (refused, ConnectionRefusedError),
+        (hole, TimeoutError),
+    ]
+    assert not isinstance(error, ConnectionRefusedError)
+    # Pickled and back (to a process pool, say), it is the same kind of error.
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, TimeoutError) and str(copy) == str(error)
+
+
+async def test_timeout_on_the_one_pair_path(blackhole4: Blackhole) -> None:
+    with pytest.raises(TimeoutError) as info:
+        await open_connection("127.0.0.1", blackhole4.port, timeout=0.1)
+    error = info.value
+    assert isinstance(error, AllAttemptsFailedError)
+    assert [p.destination for p, _ in error.attempts] == [("127.0.0.1", blackhole4.port)]
+    assert f"127.0.0.1:{blackhole4.port}" in str(error)
+
+
+async def test_timeout_before_any_answer_says_so() -> None:
+    with pytest.raises(TimeoutError) as info:
+        await connect_socket("h", 1, pair_source=source_of(pair("::1", 1), delay=60), timeout=0.05)
+    assert isinstance(info.value, AllAttemptsFailedError) and info.value.attempts == ()
+    assert "no attempt made" in str(info.value)
 
 
 async def test_gaierror_from_the_source_propagates() -> None:
@@ -622,10 +664,13 @@ async def test_tls_bad_name_default_mode_raises_ssl_error(
     assert open_fds() == fds
 
 
-async def test_tls_bad_name_race_mode_fails_every_pair(
-    tls_servers: Servers, client_ctx: ssl.SSLContext
+async def test_tls_bad_name_race_mode_ends_the_race_at_once(
+    tls_servers: Servers, client_ctx: ssl.SSLContext, blackhole4: Blackhole
 ) -> None:
-    source = source_of(pair("::1", tls_servers.port), pair("127.0.0.1", tls_servers.port))
+    # A certificate that does not fit the name is the name's problem, not the path's: the
+    # race ends with it instead of waiting for the blackholed pair until the timeout.
+    bad = pair("::1", tls_servers.port)
+    source = source_of(bad, pair("127.0.0.1", blackhole4.port))
     fds = open_fds()
     with pytest.raises(AllAttemptsFailedError) as info:
         await open_connection(
@@ -635,11 +680,41 @@ async def test_tls_bad_name_race_mode_fails_every_pair(
             server_hostname="wrong.test",
             race_tls=True,
             pair_source=source,
+            happy_eyeballs_delay=0.01,
+            timeout=30,
         )
-    assert isinstance(info.value, ssl.SSLCertVerificationError)
-    assert len(info.value.attempts) == 2
+    error = info.value
+    assert isinstance(error, ssl.SSLCertVerificationError)
+    assert not isinstance(error, TimeoutError)
+    assert [p for p, _ in error.attempts] == [bad]
+    assert error.verify_code == error.exceptions[0].verify_code != 0
+    assert "wrong.test" in str(error) and f"[::1]:{tls_servers.port}" in str(error)
     await settle()
     assert open_fds() == fds
+
+
+async def test_tls_failure_on_one_path_is_kept_when_the_race_times_out(
+    servers: Servers, client_ctx: ssl.SSLContext, blackhole4: Blackhole
+) -> None:
+    # A server that speaks no TLS may be a middlebox on that path: the race goes on, and the
+    # timeout's error still says what the TLS attempt ran into.
+    plain, hole = pair("::1", servers.port), pair("127.0.0.1", blackhole4.port)
+    with pytest.raises(TimeoutError) as info:
+        await open_connection(
+            "localhost",
+            servers.port,
+            ssl=client_ctx,
+            race_tls=True,
+            pair_source=source_of(plain, hole),
+            happy_eyeballs_delay=0.01,
+            timeout=0.3,
+        )
+    error = info.value
+    assert isinstance(error, AllAttemptsFailedError)
+    assert [(p, type(exc)) for p, exc in error.attempts] == [
+        (plain, ssl.SSLError),
+        (hole, TimeoutError),
+    ]
 
 
 async def test_tls_stall_loses_the_race_with_race_tls(
@@ -680,14 +755,18 @@ async def test_tls_stall_without_race_tls_times_out(
     client_ctx: ssl.SSLContext, stall_server: int
 ) -> None:
     fds = open_fds()
-    with pytest.raises(TimeoutError):
+    stalled = pair("::1", stall_server)
+    with pytest.raises(TimeoutError) as info:
         await open_connection(
             "localhost",
             stall_server,
             ssl=client_ctx,
             timeout=0.3,
-            pair_source=source_of(pair("::1", stall_server)),
+            pair_source=source_of(stalled),
         )
+    # Connected, then abandoned in the handshake: the pair is in the error.
+    assert isinstance(info.value, AllAttemptsFailedError)
+    assert [p for p, _ in info.value.attempts] == [stalled]
     await settle()
     assert open_fds() == fds
 

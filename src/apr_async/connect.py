@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from apr_async import pairs
 from apr_async.connect_attempt import Connecting, claim, flush_records
-from apr_async.connect_errors import AllAttemptsFailedError
+from apr_async.connect_errors import AllAttemptsFailedError, AttemptLog
 from apr_async.connect_options import (
     Options,
     TLSOptions,
@@ -175,15 +175,17 @@ def _raise_all_errors(exc: AllAttemptsFailedError, all_errors: bool) -> None:
         raise exc.group from None
 
 
-async def _race_sockets(opts: Options, *, all_errors: bool) -> socket.socket:
+async def _race_sockets(opts: Options, log: AttemptLog, *, all_errors: bool) -> socket.socket:
     """Resolve and race; return the winning connected socket."""
     prepared = await _prepare(opts)
     if prepared.first is not None and len(prepared.first[1]) == 1:
         # One pair and every answer in (a literal host, typically): nothing to race.
         pair = prepared.first[1][0]
+        log.started(pair)
         try:
             return await claim(prepared.connect(pair, None), _close_socket)
         except OSError as exc:
+            log.failed(pair, exc)
             error = AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)])
             _raise_all_errors(error, all_errors)
             raise error from None
@@ -196,6 +198,7 @@ async def _race_sockets(opts: Options, *, all_errors: bool) -> socket.socket:
             host=opts.host,
             port=opts.port,
             first=prepared.first,
+            log=log,
         )
     except AllAttemptsFailedError as exc:
         _raise_all_errors(exc, all_errors)
@@ -205,6 +208,7 @@ async def _race_sockets(opts: Options, *, all_errors: bool) -> socket.socket:
 
 async def _race_finished(
     opts: Options,
+    log: AttemptLog,
     *,
     finish: Callable[[socket.socket], Awaitable[ResultT]],
     discard: Callable[[ResultT], object],
@@ -232,6 +236,7 @@ async def _race_finished(
             host=opts.host,
             port=opts.port,
             first=prepared.first,
+            log=log,
         )
     except AllAttemptsFailedError as exc:
         _raise_all_errors(exc, all_errors)
@@ -243,7 +248,9 @@ def _close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-async def _with_timeout(opts: Options, work: Awaitable[ResultT]) -> ResultT:
+async def _with_timeout(opts: Options, log: AttemptLog, work: Awaitable[ResultT]) -> ResultT:
+    """Bound ``work`` by the ``timeout``; on expiry raise an :class:`AllAttemptsFailedError`
+    that is a ``TimeoutError`` and tells what each attempt did (``log``)."""
     if opts.timeout is None:
         return await work
     scope = asyncio.timeout(opts.timeout)
@@ -252,22 +259,21 @@ async def _with_timeout(opts: Options, work: Awaitable[ResultT]) -> ResultT:
             return await work
     except TimeoutError as exc:
         if scope.expired():
-            raise TimeoutError(
-                errno_codes.ETIMEDOUT,
-                f"timed out after {opts.timeout:g} s connecting to {opts.host} port {opts.port}",
-            ) from exc
+            raise log.timed_out(opts.host, opts.port, opts.timeout) from exc
         raise
 
 
 async def _create(
     protocol_factory: Callable[[], ProtocolT],
     opts: Options,
+    log: AttemptLog,
     tls: TLSOptions | None,
+    *,
     race_tls: bool,
     all_errors: bool,
 ) -> tuple[asyncio.Transport, ProtocolT]:
     if tls is None or not race_tls:
-        sock = await _race_sockets(opts, all_errors=all_errors)
+        sock = await _race_sockets(opts, log, all_errors=all_errors)
         return await wrap_socket(protocol_factory, sock, tls)
 
     async def handshake(sock: socket.socket) -> HandshakeHolder:
@@ -275,7 +281,7 @@ async def _create(
         return holder
 
     holder = await _race_finished(
-        opts, finish=handshake, discard=abort_holder, all_errors=all_errors
+        opts, log, finish=handshake, discard=abort_holder, all_errors=all_errors
     )
     assert holder.transport is not None
     try:
@@ -318,8 +324,10 @@ async def connect_socket(
 
     Raises ``socket.gaierror`` when the name does not resolve and
     :class:`~apr_async.connect_errors.AllAttemptsFailedError` (an ``OSError``) when every
-    attempt failed (its ``ExceptionGroup`` instead when ``all_errors`` is true). Bad
-    arguments raise ``TypeError``/``ValueError`` before any I/O.
+    attempt failed (its ``ExceptionGroup`` instead when ``all_errors`` is true); when the
+    ``timeout`` expires, an ``AllAttemptsFailedError`` that is a ``TimeoutError`` and lists
+    the attempts that failed and those abandoned. Bad arguments raise
+    ``TypeError``/``ValueError`` before any I/O.
     """
     opts = _options(
         host,
@@ -334,7 +342,8 @@ async def connect_socket(
         context=context,
     )
 
-    return await _with_timeout(opts, _race_sockets(opts, all_errors=bool(all_errors)))
+    log = AttemptLog()
+    return await _with_timeout(opts, log, _race_sockets(opts, log, all_errors=bool(all_errors)))
 
 
 async def create_connection(
@@ -360,8 +369,10 @@ async def create_connection(
 
     With ``ssl`` the TLS handshake is done on the TCP race's winner; with ``race_tls=True`` a
     pair only wins once its TLS handshake completed (Happy Eyeballs v3 semantics), so a path
-    whose TLS stalls (a broken middlebox, MTU trouble) loses to a working one; the protocol
-    factory is still called once, for the winner. Also accepts ``ssl_shutdown_timeout``,
+    whose TLS stalls or fails (a broken middlebox, MTU trouble) loses to a working one, and
+    its TLS error is kept for the final error; a rejected certificate, which no other path
+    can change, ends the race at once. The protocol factory is still called once, for the
+    winner. Also accepts ``ssl_shutdown_timeout``,
     ``proto``, ``flags`` and ``all_errors`` like asyncio. Other arguments as in
     :func:`connect_socket`.
     """
@@ -383,8 +394,11 @@ async def create_connection(
     tls = tls_options(opts.host, ssl, server_hostname, ssl_handshake_timeout, shutdown)
     if race_tls and tls is None:
         raise ValueError("race_tls=True needs ssl")
+    log = AttemptLog()
     return await _with_timeout(
-        opts, _create(protocol_factory, opts, tls, bool(race_tls), all_errors)
+        opts,
+        log,
+        _create(protocol_factory, opts, log, tls, race_tls=bool(race_tls), all_errors=all_errors),
     )
 
 

@@ -1,4 +1,6 @@
-"""The exception raised when every connection attempt of a race failed."""
+"""The exception raised when every connection attempt of a race failed (or the race was cut
+short: a timeout, a certificate no other path can fix), and the log of attempts it is built
+from."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["AllAttemptsFailedError", "format_endpoint"]
+__all__ = ["AllAttemptsFailedError", "AttemptLog", "format_endpoint"]
 
 
 def format_endpoint(address: Any) -> str:
@@ -55,6 +57,11 @@ class AllAttemptsFailedError(OSError):
     (``ConnectionRefusedError``, ``TimeoutError``, ``OSError`` subclasses chosen the way
     ``OSError(errno, ...)`` chooses them), so existing ``except`` clauses keep working.
 
+    It also ends a connection cut short before every attempt failed on its own: when the
+    ``timeout`` expires it is a ``TimeoutError`` (errno ``ETIMEDOUT``) whose attempts are those
+    that failed, then those abandoned (each as a ``TimeoutError``); when a server's certificate
+    is rejected under ``race_tls`` it is an ``ssl.SSLCertVerificationError``, raised at once.
+
     Attributes: ``host``, ``port``, ``attempts`` (tuple of ``(pair, exception)`` in the order
     the attempts failed), ``exceptions`` (the exceptions alone) and ``group`` (the same as an
     ``ExceptionGroup``).
@@ -63,28 +70,61 @@ class AllAttemptsFailedError(OSError):
     host: str
     port: int
     attempts: tuple[tuple[Any, OSError], ...]
+    _cause: OSError | None
+    _summary: str | None
 
     @classmethod
     def from_attempts(
-        cls, host: str, port: int, attempts: Sequence[tuple[Any, OSError]]
+        cls,
+        host: str,
+        port: int,
+        attempts: Sequence[tuple[Any, OSError]],
+        *,
+        cause: OSError | None = None,
+        summary: str | None = None,
     ) -> AllAttemptsFailedError:
-        """Build the error for ``attempts``, choosing the class that matches their errno."""
+        """Build the error for ``attempts``, choosing the class that matches their errno.
+
+        ``cause`` is what ended the connection before every attempt had failed on its own (a
+        timeout, a rejected certificate): the error then takes its class and errno whatever
+        the attempts say, and ``summary`` (default: the cause's text) leads the message.
+        """
         numbers = {_errno_of(exc) for _, exc in attempts}
         # Nothing to try (no usable source for any address) is what the kernel would say.
         common = numbers.pop() if len(numbers) == 1 else None if attempts else errno.ENETUNREACH
         kinds = {type(exc) for _, exc in attempts}
         same_kind = kinds.pop() if len(kinds) == 1 else None
+        lead = f"could not connect to {_host_text(host)} port {port}"
+        if cause is not None:
+            common, same_kind = _errno_of(cause), type(cause)
+            lead = f"{lead}: {summary or cause.strerror or cause}"
         if not attempts:
-            text = f"could not connect to {_host_text(host)} port {port}: no address pair to try"
+            text = (
+                f"{lead}: no attempt made"
+                if cause is not None
+                else f"{lead}: no address pair to try"
+            )
         else:
             parts = "; ".join(f"{_describe_pair(pair)}: {exc}" for pair, exc in attempts)
-            many = "attempt" if len(attempts) == 1 else f"all {len(attempts)} attempts"
-            text = f"could not connect to {_host_text(host)} port {port}: {many} failed: {parts}"
+            if cause is not None:
+                many = "1 attempt" if len(attempts) == 1 else f"{len(attempts)} attempts"
+                text = f"{lead}: {many}: {parts}"
+            else:
+                many = "attempt" if len(attempts) == 1 else f"all {len(attempts)} attempts"
+                text = f"{lead}: {many} failed: {parts}"
         klass = cls._class_for(common, same_kind)
         error = klass(common, text) if common is not None else klass(text)
         error.host = host
         error.port = port
         error.attempts = tuple(attempts)
+        error._cause = cause
+        error._summary = summary
+        if cause is not None:
+            # What a handler of the cause's own class may read (SSLCertVerificationError's
+            # verify_code, ...): the combined class has the attribute names but not the values.
+            for name in _CAUSE_ATTRIBUTES:
+                if hasattr(cause, name):
+                    setattr(error, name, getattr(cause, name))
         return error
 
     @classmethod
@@ -132,11 +172,72 @@ class AllAttemptsFailedError(OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Dynamic subclasses cannot be pickled by name: rebuild from the attempts.
-        return (_rebuild, (self.host, self.port, self.attempts))
+        cause, summary = getattr(self, "_cause", None), getattr(self, "_summary", None)
+        return (_rebuild, (self.host, self.port, self.attempts, cause, summary))
 
 
-def _rebuild(host: str, port: int, attempts: Sequence[tuple[Any, OSError]]) -> OSError:
-    return AllAttemptsFailedError.from_attempts(host, port, attempts)
+_CAUSE_ATTRIBUTES = ("verify_code", "verify_message", "library", "reason")
+
+
+def _rebuild(
+    host: str,
+    port: int,
+    attempts: Sequence[tuple[Any, OSError]],
+    cause: OSError | None = None,
+    summary: str | None = None,
+) -> OSError:
+    return AllAttemptsFailedError.from_attempts(host, port, attempts, cause=cause, summary=summary)
+
+
+class AttemptLog:
+    """What one connection's attempts did so far, kept outside the race so that an error
+    raised from outside it (the ``timeout``) can still tell every attempt's story.
+
+    ``failures`` lists ``(pair, exception)`` in the order the attempts failed; ``unfinished``
+    the pairs started with no outcome yet (in flight, or connected and still in TLS).
+    """
+
+    def __init__(self) -> None:
+        self.failures: list[tuple[Any, OSError]] = []
+        self._unfinished: list[Any] = []
+
+    def started(self, pair: Any) -> None:
+        """An attempt over ``pair`` started."""
+        self._unfinished.append(pair)
+
+    def failed(self, pair: Any, exc: OSError) -> None:
+        """The attempt over ``pair`` failed with ``exc``."""
+        self.dropped(pair)
+        self.failures.append((pair, exc))
+
+    def dropped(self, pair: Any) -> None:
+        """The attempt over ``pair`` no longer matters (another attempt won)."""
+        for index, item in enumerate(self._unfinished):
+            if item is pair:
+                del self._unfinished[index]
+                return
+
+    @property
+    def unfinished(self) -> tuple[Any, ...]:
+        """The pairs started and neither failed nor dropped, in the order they started."""
+        return tuple(self._unfinished)
+
+    def timed_out(self, host: str, port: int, timeout: float) -> AllAttemptsFailedError:
+        """The error for a connection whose ``timeout`` expired: a ``TimeoutError`` (errno
+        ``ETIMEDOUT``) carrying the failed attempts, then the abandoned ones."""
+        abandoned = [
+            (
+                pair,
+                TimeoutError(errno.ETIMEDOUT, f"abandoned when the {timeout:g} s timeout expired"),
+            )
+            for pair in self._unfinished
+        ]
+        return AllAttemptsFailedError.from_attempts(
+            host,
+            port,
+            [*self.failures, *abandoned],
+            cause=TimeoutError(errno.ETIMEDOUT, f"timed out after {timeout:g} s"),
+        )
 
 
 def _host_text(host: str) -> str:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
-from apr_async.connect_errors import AllAttemptsFailedError
+from apr_async.connect_errors import AllAttemptsFailedError, AttemptLog
 from apr_async.schedule import GiveUp, SchedulablePair, Schedule, StartAttempt, Succeeded
 
 __all__ = ["race", "race_attempts", "wait_cancelled"]
@@ -99,14 +100,17 @@ async def race_attempts(
     host: str,
     port: int,
     first: tuple[int, Sequence[SchedT]] | None = None,
+    log: AttemptLog | None = None,
 ) -> tuple[SchedT, ResultT]:
     """:func:`race` over attempts that wake the race themselves (one loop turn per event).
 
     ``start(pair, notify)`` starts an attempt and returns its future; the attempt calls
     ``notify()`` when it ends. ``first`` is an answer already at hand (then ``answers`` may be
-    ``None``).
+    ``None``). ``log`` receives each attempt's start and failure as they happen, for whoever
+    must explain a race cut short from outside (a timeout).
     """
-    return await _Race(schedule, answers, start, discard, host=host, port=port).run(first)
+    race = _Race(schedule, answers, start, discard, host=host, port=port, log=log)
+    return await race.run(first)
 
 
 class _Race(Generic[SchedT, ResultT]):
@@ -122,6 +126,7 @@ class _Race(Generic[SchedT, ResultT]):
         *,
         host: str,
         port: int,
+        log: AttemptLog | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._schedule = schedule
@@ -132,7 +137,9 @@ class _Race(Generic[SchedT, ResultT]):
         self._port = port
         self._attempts: dict[asyncio.Future[ResultT], SchedT] = {}
         self._feeder: asyncio.Task[tuple[int, Sequence[SchedT]] | _Sentinel] | None = None
+        self._log = log if log is not None else AttemptLog()
         self._failures: list[tuple[SchedT, OSError]] = []
+        self._rejected: ssl.SSLCertVerificationError | None = None
         self._resolution_error: OSError | None = None
         self._winner: tuple[SchedT, ResultT] | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -167,6 +174,7 @@ class _Race(Generic[SchedT, ResultT]):
         for action in actions:
             if isinstance(action, StartAttempt):
                 pair = cast(SchedT, action.pair)
+                self._log.started(pair)
                 self._attempts[self._start(pair, self._notify)] = pair
             elif isinstance(action, Succeeded | GiveUp):
                 return True
@@ -201,6 +209,7 @@ class _Race(Generic[SchedT, ResultT]):
         if error is None:
             result = fut.result()
             if self._winner is not None:
+                self._log.dropped(pair)
                 self._discard(result)
                 return False
             self._winner = (pair, result)
@@ -208,8 +217,16 @@ class _Race(Generic[SchedT, ResultT]):
         if not isinstance(error, OSError):
             raise error
         if self._schedule.done:
+            self._log.dropped(pair)
             return False
         self._failures.append((pair, error))
+        self._log.failed(pair, error)
+        if isinstance(error, ssl.SSLCertVerificationError):
+            # The server's certificate does not fit the name: a property of the name, not of
+            # the path, so no other pair can do better. Waiting for them (a blackholed one
+            # until the timeout) would only hide this answer.
+            self._rejected = error
+            return True
         return self._carry_out(self._schedule.attempt_failed(pair, now))
 
     # -- phases ----------------------------------------------------------------------------
@@ -295,6 +312,14 @@ class _Race(Generic[SchedT, ResultT]):
 
     def _verdict(self) -> tuple[SchedT, ResultT]:
         if self._winner is None:
+            if self._rejected is not None:
+                raise AllAttemptsFailedError.from_attempts(
+                    self._host,
+                    self._port,
+                    self._failures,
+                    cause=self._rejected,
+                    summary="the server's certificate was rejected, which no other pair can change",
+                )
             if not self._failures and self._resolution_error is not None:
                 raise self._resolution_error
             raise AllAttemptsFailedError.from_attempts(self._host, self._port, self._failures)
@@ -308,6 +333,11 @@ class _Race(Generic[SchedT, ResultT]):
         feeder = self._feeder
         if feeder is not None:
             leftovers.append(feeder)
+        if self._winner is not None or self._rejected is not None:
+            # Cancelled because the race is decided: these attempts have nothing to tell. When
+            # it is cut short from outside (a timeout), they stay in the log as abandoned.
+            for pair in self._attempts.values():
+                self._log.dropped(pair)
         kept = False
         try:
             try:
