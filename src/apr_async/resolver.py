@@ -5,8 +5,7 @@ what a Happy Eyeballs connector needs (RFC 8305 section 3); ``Resolver.resolve(h
 simple form returning ``[(ip, zone), ...]``. Numeric hosts and ``addr%zone`` literals, the
 RFC 6761 special-use names and names in the hosts file are answered locally without DNS:
 ``localhost`` and ``*.localhost`` are loopback (section 6.3; a hosts-file entry for them wins,
-as with glibc, and a family it leaves out is the loopback address), ``invalid`` and
-``*.invalid`` are NXDOMAIN (``EAI_NONAME``, section 6.4).
+as with glibc), ``invalid`` and ``*.invalid`` are NXDOMAIN (``EAI_NONAME``, section 6.4).
 Answers are cached for the smallest TTL of their RRset, clamped to ``[min_ttl, max_ttl]``;
 NXDOMAIN and NODATA are cached for ``negative_ttl``, temporary failures for ``failure_ttl``.
 Concurrent lookups of one name share one query, and a caller that is cancelled does not
@@ -56,10 +55,6 @@ _RTYPE_AAAA = pycares.QUERY_TYPE_AAAA
 _RTYPE_CNAME = pycares.QUERY_TYPE_CNAME
 _ARES_NAMES: dict[int, str] = dict(pycares.errno.errorcode)
 _HOSTS_RECHECK = 5.0
-_LOOPBACK: dict[int, Address] = {
-    6: (ipaddress.IPv6Address(1), None),
-    4: (ipaddress.IPv4Address("127.0.0.1"), None),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,18 +339,17 @@ class Resolver:
                 for fam in families
             ]
         entries = self._hosts.lookup(spec.name, self._clock())
-        localhost = _is_localhost(spec.name)
-        if entries is None and not localhost:
+        origin = "hosts"
+        if entries is None and _is_localhost(spec.name):
+            # RFC 6761 6.3: localhost names are loopback and never go to DNS.
+            entries = [(ipaddress.IPv6Address(1), None), (ipaddress.IPv4Address("127.0.0.1"), None)]
+            origin = "localhost"
+        if entries is None:
             return None
         out = []
         for fam in families:
             version = 6 if fam == socket.AF_INET6 else 4
-            found = tuple(a for a in entries or () if a[0].version == version)
-            origin = "hosts"
-            if not found and localhost:
-                # RFC 6761 6.3: localhost names are loopback and never go to DNS, also for a
-                # family the hosts file leaves out (many list only "127.0.0.1 localhost").
-                found, origin = (_LOOPBACK[version],), "localhost"
+            found = tuple(a for a in entries if a[0].version == version)
             # glibc answers a hosts-file name lacking the family with EAI_NONAME, not NODATA.
             out.append(FamilyAnswer(fam, found, None, 0.0, origin,
                                     None if found else gaierror(socket.EAI_NONAME,
