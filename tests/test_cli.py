@@ -133,7 +133,8 @@ def test_pairs_by_service_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pairs", "localhost", "http", "--json", "--nameserver", "127.0.0.1:9"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["port"] == 80
-    assert {p["destination"] for p in data["pairs"]} == {"[::1]:80", "127.0.0.1:80"}
+    # ::1 too unless /etc/hosts lists localhost for IPv4 only (as glibc answers then)
+    assert {p["destination"] for p in data["pairs"]} - {"[::1]:80"} == {"127.0.0.1:80"}
 
 
 def test_ping_help_says_one_working_pair_means_up(capsys: pytest.CaptureFixture[str]) -> None:
