@@ -181,6 +181,15 @@ def test_describe_error_is_one_clean_line() -> None:
     assert describe_error(AllAttemptsFailedError.from_attempts("h", 80, [])) == (
         "no (source, destination) pair to try")
     assert describe_error(TimeoutError()) == "timed out"
+    # connect(timeout=...) raises a race error that is also a TimeoutError: it leads the line
+    expired = TimeoutError(errno.ETIMEDOUT, "timed out")
+    late = AllAttemptsFailedError.from_attempts(
+        "h", 80, [(v4, refused), (dead, TimeoutError())], cause=expired)
+    assert isinstance(late, TimeoutError)
+    assert describe_error(late) == (
+        "timed out: connection refused by 127.0.0.1:18081; no answer from [2001:db8::9]:80")
+    early = AllAttemptsFailedError.from_attempts("h", 80, [], cause=expired)
+    assert describe_error(early) == "timed out before any attempt"
     assert describe_error(refused) == "connection refused"
     assert describe_error(ConnectionError("upstream did not answer")) == "upstream did not answer"
     assert describe_error(gaierror_from_ares("ARES_ENOTFOUND", host="nx.example")) == (

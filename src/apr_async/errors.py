@@ -356,9 +356,16 @@ def describe_error(exc: BaseException) -> str:
             f"name resolution failed: {what}")
     attempts = getattr(exc, "attempts", None)
     if isinstance(exc, OSError) and isinstance(attempts, tuple):
+        # What ended the race early (its timeout, a rejected certificate) leads the line.
+        cause = getattr(exc, "_cause", None)
+        lead: str | None = None
+        if isinstance(cause, TimeoutError) or (cause is None and isinstance(exc, TimeoutError)):
+            lead = "timed out"
+        elif isinstance(cause, BaseException):
+            lead = describe_error(cause)
         if not attempts:
-            return "no (source, destination) pair to try"
-        return _describe_attempts(attempts)
+            return f"{lead} before any attempt" if lead else "no (source, destination) pair to try"
+        return f"{lead}: {_describe_attempts(attempts)}" if lead else _describe_attempts(attempts)
     if isinstance(exc, TimeoutError) and not exc.args:
         return "timed out"
     number = getattr(exc, "errno", None)
