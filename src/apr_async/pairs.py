@@ -94,6 +94,7 @@ class PairContext:
 
 _default_lock = threading.Lock()
 _default: PairContext | None = None
+_default_set_explicitly = False
 
 
 def default_context() -> PairContext:
@@ -124,10 +125,19 @@ def implicit_context() -> PairContext:
 def set_default_context(context: PairContext | None) -> None:
     """Replace the module-level default context (``None``: a fresh one on next use)."""
     global _default  # noqa: PLW0603
+    global _default_set_explicitly  # noqa: PLW0603
     if context is not None and not isinstance(context, PairContext):
         raise TypeError(f"context must be a PairContext, not {type(context).__name__}")
     with _default_lock:
         _default = context
+        _default_set_explicitly = context is not None
+
+
+def default_context_was_set() -> bool:
+    """Whether a default context was installed with :func:`set_default_context` (by the
+    application, a probe service or ``configure()``), as opposed to none or the plain one
+    created on first use."""
+    return _default is not None and _default_set_explicitly
 
 
 # --------------------------------------------------------------------------- checks

@@ -78,11 +78,24 @@ def configure(config: Config | None = None, **changes: Any) -> Config:
 
 
 def current_config() -> Config:
-    """The default service's configuration: what :func:`configure` set, else the environment's
-    (``Config.from_env()``, read once and applied like ``configure()`` would, so ``APR_ASYNC_*``
-    settings such as nameservers reach the module-level functions even with autostart off)."""
+    """The default service's configuration: what :func:`configure` set, else the environment's.
+
+    The environment's (``Config.from_env()``) is read once; its resolver and preferences then
+    serve the module-level functions even with autostart off, unless the application installed
+    a default context of its own (``pairs.set_default_context``), which is never replaced.
+    """
+    global _default_config  # noqa: PLW0603 - the package-wide default is the point
     config = _default_config
-    return config if config is not None else configure()
+    if config is not None:
+        return config
+    config = Config.from_env()
+    with _default_lock:
+        if _default_config is not None:
+            return _default_config
+        _default_config = config
+    if not pairs.default_context_was_set():
+        install_fallback_context(context_for(config))
+    return config
 
 
 def _close_soon(loop: asyncio.AbstractEventLoop, service: ProbeService) -> None:
