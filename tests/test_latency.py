@@ -397,6 +397,105 @@ def test_failure_snapshot_round_trip_and_expiry() -> None:
         other.restore({"kind": "nope"}, now=0)
 
 
+def test_failure_table_version_moves_with_every_change_and_expiry() -> None:
+    table = FailureTable(ttl=600)
+    dst = ip("192.0.2.1")
+    assert table.next_expiry == math.inf
+    seen = [table.version]
+
+    def moved() -> bool:
+        changed = table.version != seen[-1]
+        seen.append(table.version)
+        return changed
+
+    table.record_failure(SRC4, dst, 443, now=100)
+    assert moved() and table.next_expiry == 700
+    table.record_failure(SRC4, dst, 80, now=150)
+    assert moved() and table.next_expiry == 700
+    table.record_failure(SRC4, dst, 443, now=200)  # refreshed: port 80 is now the earliest
+    assert moved() and table.next_expiry == 750
+    # Reading, a success for a triple that never failed, and an early prune change nothing.
+    assert table.failing(SRC4, dst, 443, now=749) and table.generation(749) == table.version
+    table.record_success(SRC4, ip("192.0.2.9"), 443)
+    assert table.prune(now=749) == 0
+    assert not moved()
+    # The generation moves when an entry expires, at exactly next_expiry.
+    assert table.generation(750) != seen[-1] and moved()
+    assert len(table) == 1 and table.next_expiry == 800
+    table.record_success(SRC4, dst, 443)
+    assert moved() and len(table) == 0 and table.next_expiry == math.inf
+    table.clear()
+    assert moved()
+    table.restore({"kind": "apr_async.failures", "version": 1, "entries": []}, now=0)
+    assert moved()
+
+
+def test_failure_table_next_expiry_with_a_clock_that_goes_back() -> None:
+    table = FailureTable(ttl=10)
+    table.record_failure(SRC4, ip("192.0.2.1"), 1, now=50)
+    table.record_failure(SRC4, ip("192.0.2.2"), 1, now=20)  # out of order
+    table.record_failure(SRC4, ip("192.0.2.3"), 1, now=35)
+    assert table.next_expiry == 30
+    version = table.generation(29.5)
+    assert table.generation(30) != version and len(table) == 2 and table.next_expiry == 45
+    assert table.prune(now=60) == 2 and table.next_expiry == math.inf
+
+
+# Failure times on a coarse grid (ties and exact expiries), going back now and then.
+_failure_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("fail"), st.integers(0, 3), st.integers(-3, 12).map(lambda t: t / 4)),
+        st.tuples(st.just("success"), st.integers(0, 3), st.just(0.0)),
+        st.tuples(st.just("prune"), st.just(0), st.integers(-3, 12).map(lambda t: t / 4)),
+        st.tuples(st.just("generation"), st.just(0), st.integers(-3, 12).map(lambda t: t / 4)),
+        st.tuples(st.just("clear"), st.just(0), st.just(0.0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_failure_ops)
+def test_failure_table_version_and_next_expiry_follow_a_model(
+    ops: list[tuple[str, int, float]],
+) -> None:
+    ttl = 1.0
+    table = FailureTable(ttl=ttl, max_entries=3)
+    model: dict[int, tuple[float, int]] = {}  # port -> (last failure, count), oldest first
+    now = 0.0
+    dst = ip("2001:db8::1")
+    for op, port, dt in ops:
+        before, version = dict(model), table.version
+        now += dt
+        if op == "fail":
+            previous = model.pop(port, None)
+            count = previous[1] + 1 if previous and now - previous[0] < ttl else 1
+            model[port] = (now, count)
+            if len(model) > 3:
+                del model[next(iter(model))]
+            table.record_failure(SRC6, dst, port, now)
+        elif op == "success":
+            model.pop(port, None)
+            table.record_success(SRC6, dst, port)
+        elif op == "clear":
+            model.clear()
+            table.clear()
+        else:
+            if op == "prune" or any(now - last >= ttl for last, _ in model.values()):
+                model = {k: v for k, v in model.items() if now - v[0] < ttl}
+            if op == "prune":
+                table.prune(now)
+            else:
+                table.generation(now)
+        assert (table.version != version) == (model != before or op == "clear"), op
+        assert len(table) == len(model)
+        earliest = min((last for last, _ in model.values()), default=math.inf)
+        assert table.next_expiry == earliest + ttl
+        for key, (last, count) in model.items():
+            found = table.failure(SRC6, dst, key, now=last)
+            assert found is not None and (found.last, found.count) == (last, count)
+
+
 # --- record_outcome: one attempt into both tables -----------------------------------------------
 
 

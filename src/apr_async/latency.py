@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as errno_codes
 import ipaddress
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -530,6 +531,12 @@ class FailureTable:
     An entry expires ``ttl`` seconds after its latest failure; a success clears it; ``clear()``
     drops everything (network change). Beyond ``max_entries`` the oldest failure is dropped.
     A zone on an IPv6 address is ignored.
+
+    ``version`` is bumped by every change of the contents (a failure recorded, an entry
+    cleared, dropped or expired), so that callers can reuse what they derived from the table
+    while it stays the same; :meth:`generation` also drops the entries that expired by
+    ``now`` first, which makes it the number to compare. ``next_expiry`` says when the
+    earliest entry expires.
     """
 
     def __init__(self, ttl: float = 600.0, *, max_entries: int = 10_000) -> None:
@@ -544,9 +551,49 @@ class FailureTable:
         # failure first so that the size bound drops the stalest entry.
         self._entries: OrderedDict[tuple[int, int, int], tuple[Failure, IPAddress, IPAddress]]
         self._entries = OrderedDict()
+        self.version = 0
+        # True while the entries' failure times never decrease in dict order (the usual
+        # case: a monotonic clock), so the first entry is the one that expires first.
+        self._ordered = True
+        # The earliest failure time among the entries, valid while version is unchanged.
+        self._earliest = math.inf
+        self._earliest_version = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _earliest_last(self) -> float:
+        if self._earliest_version != self.version:
+            entries = self._entries
+            if not entries:
+                earliest = math.inf
+            elif self._ordered:
+                earliest = next(iter(entries.values()))[0].last
+            else:
+                earliest = min(value[0].last for value in entries.values())
+            self._earliest = earliest
+            self._earliest_version = self.version
+        return self._earliest
+
+    @property
+    def next_expiry(self) -> float:
+        """When the entry with the earliest failure expires (``inf`` for an empty table).
+
+        Until then, and while ``version`` stays the same, every answer of the table stands.
+        """
+        return self._earliest_last() + self.ttl
+
+    def generation(self, now: float) -> int:
+        """``version`` once the entries expired by *now* are dropped.
+
+        Equal numbers from two calls mean that the table gives the same answers at the
+        second call's *now* as at the first's (for a *now* that does not go back): nothing
+        was recorded, cleared or dropped, and no entry expired in between. Costs a comparison
+        unless an entry did expire.
+        """
+        if self._entries and now - self._earliest_last() >= self.ttl:
+            self.prune(now)
+        return self.version
 
     @staticmethod
     def _checked(
@@ -580,13 +627,17 @@ class FailureTable:
         count = 1
         if previous is not None and now - previous[0].last < self.ttl:
             count = previous[0].count + 1
+        if self._ordered and entries and next(reversed(entries.values()))[0].last > now:
+            self._ordered = False
         entries[key] = (Failure(now, count, error), src, dst)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
+        self.version += 1
 
     def record_success(self, source: IPAddress, destination: IPAddress, port: int) -> None:
         """A successful connection clears the entry."""
-        self._entries.pop(self._checked(source, destination, port)[0], None)
+        if self._entries.pop(self._checked(source, destination, port)[0], None) is not None:
+            self.version += 1
 
     def failure(
         self, source: IPAddress, destination: IPAddress, port: int, now: float
@@ -603,6 +654,7 @@ class FailureTable:
             return None
         if now - found[0].last >= self.ttl:
             del self._entries[key]
+            self.version += 1
             return None
         return found[0]
 
@@ -612,14 +664,30 @@ class FailureTable:
 
     def prune(self, now: float) -> int:
         """Drop expired entries; return how many were dropped."""
-        expired = [k for k, v in self._entries.items() if now - v[0].last >= self.ttl]
-        for key in expired:
-            del self._entries[key]
-        return len(expired)
+        entries = self._entries
+        ttl = self.ttl
+        if self._ordered:
+            # Oldest first: the expired entries are a prefix.
+            dropped = 0
+            while entries and now - next(iter(entries.values()))[0].last >= ttl:
+                entries.popitem(last=False)
+                dropped += 1
+        else:
+            expired = [k for k, v in entries.items() if now - v[0].last >= ttl]
+            for key in expired:
+                del entries[key]
+            dropped = len(expired)
+        if dropped:
+            self.version += 1
+        if not entries:
+            self._ordered = True
+        return dropped
 
     def clear(self) -> None:
         """Forget everything (network change)."""
         self._entries.clear()
+        self._ordered = True
+        self.version += 1
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Unexpired entries as plain JSON-able data; times are ages relative to *now*."""
@@ -663,6 +731,10 @@ class FailureTable:
             self._entries[key] = value
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        # Sorted, unless a malformed snapshot repeated a triple (the first place is kept).
+        lasts = [value[0].last for value in self._entries.values()]
+        self._ordered = all(a <= b for a, b in itertools.pairwise(lasts))
+        self.version += 1
 
 
 #: An attempt's RTT beyond this (seconds) cannot be right: the sample is dropped.
