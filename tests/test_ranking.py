@@ -253,6 +253,31 @@ def test_failing_usable_pair_still_before_doubtful_pairs() -> None:
     assert pairs[0].failing
 
 
+def test_ranking_with_a_recent_failure_is_memoised_and_says_the_age_now() -> None:
+    latency, failures = LatencyTable(), FailureTable(ttl=600)
+    d = dests(*D6, *D4)
+    for dst in (*D6, *D4):
+        latency.record(GUA.address if dst.version == 6 else V4.address, dst, 0.010, now=0)
+    failures.record_failure(GUA.address, D6[0], 443, now=100, error="ECONNREFUSED")
+    first = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=110)
+    again = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=160)
+    assert again == first and again[0] is first[0]  # the same pair objects: a memo hit
+    assert first[-1].failing and "failed 10 s ago (ECONNREFUSED)" in first[-1].reason
+    assert again[-1].failing and "failed 60 s ago (ECONNREFUSED)" in again[-1].reason
+    # A change of either table, or the failure's expiry, is seen at once.
+    failures.record_failure(V4.address, D4[0], 443, now=170)
+    moved = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=170)
+    assert [p.failing for p in moved] == [False, False, True, True]
+    latency.record(GUA.address, D6[1], 0.050, now=170)
+    slower = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=170)
+    assert simple(slower)[0] == ("192.168.1.10", "198.51.100.2")
+    before = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=699.5)
+    assert [p.failing for p in before] == [False, False, True, True]
+    expired = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=700)
+    assert [p.failing for p in expired] == [False, False, False, True]
+    assert simple(expired)[0] == (str(GUA.address), str(D6[0]))  # IPv6 ahead, as fast
+
+
 # --- level 3: latency -------------------------------------------------------------------------
 
 
@@ -669,3 +694,84 @@ def test_comparator_path_agrees_with_key_path(
     slow = rank_pairs(destinations, [*sources, S("192.0.2.200", home=True)], 443)
     assert fast == slow
     assert [p.reason for p in fast] == [p.reason for p in slow]
+
+
+# --- the memo of levels 2 and 3 ---------------------------------------------------------------
+
+MEMO_SOURCES = [GUA, ULA, V4, V4B]
+MEMO_DESTS = [*D6, ip("2001:db8:2::99"), *D4, ip("198.51.100.77")]
+MEMO_PAIRS = [
+    (s.address, d) for s in MEMO_SOURCES for d in MEMO_DESTS if s.address.version == d.version
+]
+_memo_times = st.integers(-4, 24).map(lambda t: t / 4)  # ties, exact expiries, going back
+memo_ops_st = st.lists(
+    st.one_of(
+        st.tuples(st.just("fail"), st.integers(0, len(MEMO_PAIRS) - 1), _memo_times),
+        st.tuples(st.just("fail other port"), st.integers(0, len(MEMO_PAIRS) - 1), _memo_times),
+        st.tuples(st.just("success"), st.integers(0, len(MEMO_PAIRS) - 1), st.just(0.0)),
+        st.tuples(st.just("rtt"), st.integers(0, len(MEMO_PAIRS) - 1), st.integers(0, 40)),
+        st.tuples(st.just("loss"), st.integers(0, len(MEMO_PAIRS) - 1), st.just(0)),
+        st.tuples(st.just("time"), st.just(0), _memo_times),
+        st.tuples(st.just("prune"), st.just(0), st.just(0)),
+        st.tuples(st.just("clear failures"), st.just(0), st.just(0)),
+        st.tuples(st.just("clear latency"), st.just(0), st.just(0)),
+        st.tuples(st.just("other tables"), st.just(0), st.just(0)),
+        st.tuples(st.just("bias"), st.just(0), st.sampled_from([0.0, 5.0, 20.0])),
+    ),
+    max_size=40,
+)
+
+
+def _seen(pairs: list[AddrPair]) -> list[tuple[object, ...]]:
+    return [(tuple(p), p.reason, p.rtt, p.failing) for p in pairs]
+
+
+@settings(max_examples=300, deadline=None, print_blob=True)
+@given(memo_ops_st)
+def test_memoised_rankings_equal_fresh_ones(ops: list[tuple[str, int, float]]) -> None:
+    # Two sets of tables (two contexts) take turns, so the memo also sees other tables.
+    tables = [(LatencyTable(), FailureTable(ttl=5)), (LatencyTable(), FailureTable(ttl=5))]
+    active, now, bias = 0, 0.0, 5.0
+    d = dests(*MEMO_DESTS)
+    for op, index, value in ops:
+        latency, failures = tables[active]
+        src, dst = MEMO_PAIRS[index]
+        if op == "fail":
+            now += value
+            failures.record_failure(src, dst, 443, now, error="ECONNREFUSED")
+        elif op == "fail other port":
+            now += value
+            failures.record_failure(src, dst, 80, now)
+        elif op == "success":
+            failures.record_success(src, dst, 443)
+        elif op == "rtt":
+            latency.record(src, dst, value / 1000, now)
+        elif op == "loss":
+            latency.record(src, dst, None, now)
+        elif op == "time":
+            now += value
+        elif op == "prune":
+            failures.prune(now)
+        elif op == "clear failures":
+            failures.clear()
+        elif op == "clear latency":
+            latency.clear()
+        elif op == "other tables":
+            active = 1 - active
+        else:
+            bias = value
+        latency, failures = tables[active]
+        for _ in range(2):  # the second call is the one most likely to hit the memo
+            memoised = rank_pairs(
+                d, MEMO_SOURCES, 443, latency=latency, failures=failures, now=now,
+                ipv6_bias_ms=bias,
+            )
+            ranking._MEMOISE = False
+            try:
+                fresh = rank_pairs(
+                    d, MEMO_SOURCES, 443, latency=latency, failures=failures, now=now,
+                    ipv6_bias_ms=bias,
+                )
+            finally:
+                ranking._MEMOISE = True
+            assert _seen(memoised) == _seen(fresh), op

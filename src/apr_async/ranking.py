@@ -25,7 +25,9 @@
    (and tells source rule 5 which interface is the outgoing one).
 
 Levels 1 and 4 depend only on the addresses, so they are computed once per distinct input
-and cached (with the ready-made pairs); levels 2 and 3 are applied per call from the tables.
+and cached (with the ready-made pairs). Levels 2 and 3 are applied from the tables and their
+result is memoised with the tables' versions: it stands until either table changes or a
+failure expires (the failure table's generation), recent failures included.
 """
 
 from __future__ import annotations
@@ -292,14 +294,32 @@ class _Entry(NamedTuple):
     base_key: tuple[int, int, int, float, int, int]  # sort key when nothing is measured
 
 
+class _Memo(NamedTuple):
+    """The last result of levels 2 and 3 for a plan, and what it was computed from.
+
+    It stands while both tables keep their versions (the failure table's generation, which
+    moves when an entry expires, too) and the bias is the same. Only the age of a recent
+    failure in a reason depends on ``now`` beyond that: those pairs are made again with the
+    new ``now`` from their ``failing`` recipes, ``(index in pairs, recipe)``.
+    """
+
+    latency: LatencyTable | None
+    latency_version: int
+    failures: FailureTable | None
+    failures_version: int
+    bias_ms: float
+    now: float
+    pairs: tuple[AddrPair, ...]
+    failing: tuple[tuple[int, reasons.Recipe], ...]
+
+
 class _Plan(NamedTuple):
     """The cached result of levels 1 and 4 for one input."""
 
     entries: tuple[_Entry, ...]
     pairs: tuple[AddrPair, ...]
     source_keys: tuple[int, ...]
-    # Last result with a latency table and no failures: (table, table version, bias, pairs).
-    memo: list[tuple[LatencyTable, int, float, tuple[AddrPair, ...]]]
+    memo: list[_Memo]  # empty or one: the last result of levels 2 and 3
 
 
 # Two caches of plans. The fast one is keyed by id() of the input objects, because hashing
@@ -621,28 +641,65 @@ def rank_pairs(
         skip=skip,
     )
 
-    use_latency = latency is not None and len(latency) > 0
-    use_failures = failures is not None and len(failures) > 0
-    if not (use_latency or use_failures):
+    # First, as it drops the failures expired by now.
+    failures_version = 0 if failures is None else failures.generation(now)
+    if latency is not None and len(latency) == 0:
+        latency = None
+    if failures is not None and len(failures) == 0:
+        failures = None
+    if latency is None and failures is None:
         return list(plan.pairs)
-    if not use_failures and latency is not None:
-        # Without failures the result depends only on the table's content and the bias
-        # (reasons do not mention time), so an unchanged table gives the same answer.
-        memo = plan.memo
-        if memo:
-            table, version, bias, pairs = memo[0]
-            if table is latency and version == latency.version and bias == bias_ms:
-                return list(pairs)
-        result = _apply_measurements(plan, latency=latency, failures=None, now=now, bias_ms=bias_ms)
-        memo[:] = [(latency, latency.version, bias_ms, tuple(result))]
-        return result
-    return _apply_measurements(
-        plan,
-        latency=latency if use_latency else None,
-        failures=failures if use_failures else None,
-        now=now,
-        bias_ms=bias_ms,
-    )
+    latency_version = 0 if latency is None else latency.version
+    memo = plan.memo
+    if memo and _MEMOISE:
+        # The tables' versions cover every change of their contents and every expiry, so
+        # equal versions mean the same order and the same measurements.
+        last = memo[0]
+        if (
+            last.latency is latency
+            and last.failures is failures
+            and last.latency_version == latency_version
+            and last.failures_version == failures_version
+            and last.bias_ms == bias_ms
+        ):
+            if not last.failing or last.now == now:
+                return list(last.pairs)
+            return _restamp(last, now)
+    result = _apply_measurements(plan, latency=latency, failures=failures, now=now, bias_ms=bias_ms)
+    if _MEMOISE:
+        failing = tuple(
+            (index, pair.__dict__["_meta"][0]) for index, pair in enumerate(result) if pair.failing
+        )
+        memo[:] = [
+            _Memo(
+                latency,
+                latency_version,
+                failures,
+                # Read again: a lookup may have dropped an expired entry.
+                0 if failures is None else failures.version,
+                bias_ms,
+                now,
+                tuple(result),
+                failing,
+            )
+        ]
+    return result
+
+
+#: Off only in tests, to compare memoised rankings with fresh ones.
+_MEMOISE = True
+
+
+def _restamp(memo: _Memo, now: float) -> list[AddrPair]:
+    """The memoised pairs, the failing ones made again so their reasons say the age at *now*."""
+    result = list(memo.pairs)
+    for index, recipe in memo.failing:
+        pair = result[index]
+        stamped: reasons.Recipe = (*recipe[:6], now, *recipe[7:])
+        result[index] = _make_pair(
+            pair.family, pair.source, pair.destination, (stamped, pair.rtt, True)
+        )
+    return result
 
 
 def _identity_key(
