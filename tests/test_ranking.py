@@ -276,6 +276,11 @@ def test_ranking_with_a_recent_failure_is_memoised_and_says_the_age_now() -> Non
     expired = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=700)
     assert [p.failing for p in expired] == [False, False, False, True]
     assert simple(expired)[0] == (str(GUA.address), str(D6[0]))  # IPv6 ahead, as fast
+    # An emptied failure table is no table: the memo holds (it was missed on every call).
+    failures.record_success(V4.address, D4[0], 443)
+    empty = rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=710)
+    assert not any(p.failing for p in empty)
+    assert rank_pairs(d, [GUA, V4], 443, latency=latency, failures=failures, now=720)[0] is empty[0]
 
 
 # --- level 3: latency -------------------------------------------------------------------------

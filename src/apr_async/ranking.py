@@ -641,12 +641,13 @@ def rank_pairs(
         skip=skip,
     )
 
-    # First, as it drops the failures expired by now.
-    failures_version = 0 if failures is None else failures.generation(now)
+    failures_version = 0
+    if failures is not None:
+        failures_version = failures.generation(now)  # first: it drops what expired by now
+        if len(failures) == 0:
+            failures, failures_version = None, 0
     if latency is not None and len(latency) == 0:
         latency = None
-    if failures is not None and len(failures) == 0:
-        failures = None
     if latency is None and failures is None:
         return list(plan.pairs)
     latency_version = 0 if latency is None else latency.version
