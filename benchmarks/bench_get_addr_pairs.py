@@ -8,7 +8,8 @@ lab's own plus RFC 1918 extras; IPv6: two GUAs and a ULA, plus link-local), for 
   the interface cache, empty latency table (RFC 6724 order): the figure issue 3 sets a
   50 microsecond ceiling on;
 * the same with every pair measured (the ranking is memoised while the table is unchanged);
-* the same with one recent failure as well (no memo: levels 2 and 3 re-run on every call);
+* the same with one recent failure as well (still memoised: the failure table's generation
+  moves only when an entry is recorded, cleared or expires);
 * a numeric host (no resolver at all), and ``apr_async.getaddrinfo`` warm (stdlib shape).
 
 Peers, in the same namespace (they return destinations only, no source per destination):
