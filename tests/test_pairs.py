@@ -237,3 +237,28 @@ async def test_default_context_is_replaceable(context: PairContext) -> None:
             set_default_context("nope")  # type: ignore[arg-type]
     finally:
         set_default_context(previous)
+
+
+def test_rank_memo_dies_with_any_change_of_the_failure_table() -> None:
+    from apr_async.connect_rank_memo import RankMemo
+    from apr_async.latency import FailureTable
+    from apr_async.ranking import AddrPair
+
+    memo, ctx = RankMemo(), PairContext()
+    ranked = [AddrPair(socket.AF_INET, ("127.0.0.1", 0), ("127.0.0.2", 80))]
+    src, dst = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("127.0.0.2")
+    memo.put(ctx, ("h", 80, 0), ranked, now=0)  # type: ignore[arg-type]
+    assert memo.get(ctx, "h", 80, 0, now=0.5) is ranked
+    ctx.failures.record_success(src, dst, 80)  # nothing to clear: nothing changed
+    assert memo.get(ctx, "h", 80, 0, now=0.5) is ranked
+    # A failure recorded by someone else (the probe service), not through the recorders.
+    ctx.failures.record_failure(src, dst, 80, now=0)
+    assert memo.get(ctx, "h", 80, 0, now=0.5) is None
+    memo.put(ctx, ("h", 80, 0), ranked, now=0)  # type: ignore[arg-type]
+    ctx.failures.record_success(src, dst, 80)  # the failing pair may move up again
+    assert memo.get(ctx, "h", 80, 0, now=0.5) is None
+    memo.put(ctx, ("h", 80, 0), ranked, now=0)  # type: ignore[arg-type]
+    ctx.failures = FailureTable()  # a new table, whatever its version
+    assert memo.get(ctx, "h", 80, 0, now=0.5) is None
+    memo.put(ctx, ("h", 80, 0), ranked, now=0)  # type: ignore[arg-type]
+    assert memo.get(ctx, "h", 80, 0, now=memo.TTL) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import weakref
 
 from apr_async.connect_types import ConnectPair
+from apr_async.latency import FailureTable
 from apr_async.pairs import PairContext
 
 __all__ = ["RankMemo", "rank_memo"]
@@ -17,8 +18,10 @@ class RankMemo:
     Ranking costs tens of microseconds, as much as a loopback connect itself; a client that
     connects to the same place in a loop should not pay it every time. An entry lives for
     ``TTL`` seconds and dies at once when a connection attempt's failure is recorded (a path
-    just broke: re-rank now). Measurements arriving from elsewhere (the probe service) are
-    seen within ``TTL``; the interface snapshot itself is cached longer than that.
+    just broke: re-rank now), and when the context's failure table changes in any way (its
+    ``version``: a failure recorded or cleared by anyone, the probe service included).
+    Latency measurements arriving from elsewhere are seen within ``TTL``; the interface
+    snapshot itself is cached longer than that.
     """
 
     TTL = 1.0
@@ -26,9 +29,12 @@ class RankMemo:
 
     def __init__(self) -> None:
         # Contexts are mutable dataclasses (unhashable): key by id, check identity by weakref.
+        # The failure table is kept with its version: a context may be given a new table.
         self._entries: dict[
             tuple[int, str, int, int],
-            tuple[weakref.ref[PairContext], float, int, list[ConnectPair]],
+            tuple[
+                weakref.ref[PairContext], float, int, tuple[FailureTable, int], list[ConnectPair]
+            ],
         ] = {}
         self._epochs: dict[int, tuple[weakref.ref[PairContext], int]] = {}
 
@@ -43,8 +49,14 @@ class RankMemo:
         hit = self._entries.get((id(context), host, port, family))
         if hit is None:
             return None
-        ref, expires, epoch, ranked = hit
-        if ref() is not context or now >= expires or epoch != self._epoch(context):
+        ref, expires, epoch, (failures, version), ranked = hit
+        if (
+            ref() is not context
+            or now >= expires
+            or epoch != self._epoch(context)
+            or context.failures is not failures
+            or failures.version != version
+        ):
             return None
         return ranked
 
@@ -54,7 +66,14 @@ class RankMemo:
         """Store a fresh ranking."""
         if len(self._entries) >= self.MAX:
             self._entries.clear()
-        entry = (weakref.ref(context), now + self.TTL, self._epoch(context), ranked)
+        failures = context.failures
+        entry = (
+            weakref.ref(context),
+            now + self.TTL,
+            self._epoch(context),
+            (failures, failures.version),
+            ranked,
+        )
         self._entries[(id(context), *key)] = entry
 
     def failure(self, context: PairContext) -> None:
