@@ -116,6 +116,27 @@ def test_recent_destinations_due_on_their_port_rate_limited_and_bounded() -> Non
     assert len(recent) == 0
 
 
+def test_untried_destinations_are_due_at_once_then_rate_limited() -> None:
+    recent = RecentDestinations(2, ttl=100.0, interval=10.0)
+    # a destination the race never tried: nothing measured it, so the next round probes it
+    recent.note(ip("198.51.100.1"), None, 8443, now=0.0, measured=False)
+    (due,) = recent.due(0.0, tcp=True)
+    assert (str(due.ip), due.port, due.kind) == ("198.51.100.1", 8443, "recent")
+    # untried again by the next races: still at most one probe per interval
+    recent.note(ip("198.51.100.1"), None, 8443, now=1.0, measured=False)
+    assert recent.due(5.0, tcp=True) == []
+    assert len(recent.due(10.0, tcp=True)) == 1
+    # one just used (measured) keeps its re-probe time when a race then leaves it untried
+    recent.note(ip("198.51.100.2"), None, 443, now=11.0)
+    recent.note(ip("198.51.100.2"), None, 443, now=12.0, measured=False)
+    assert recent.due(12.0, tcp=True) == []
+    # untried ones count as uses: the limit and the expiry hold as for the others
+    recent.note(ip("198.51.100.3"), None, 443, now=13.0, measured=False)
+    assert len(recent) == 2
+    assert [str(t.ip) for t in recent.due(13.0, tcp=True)] == ["198.51.100.3"]
+    assert recent.due(200.0, tcp=True) == [] and len(recent) == 0
+
+
 @pytest.mark.looptime
 async def test_pacer_enforces_global_rate() -> None:
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ destinations the application used, re-probed on their own port, rate-limited) an
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -167,13 +168,20 @@ class RecentDestinations:
     def __len__(self) -> int:
         return len(self._used)
 
-    def note(self, ip: IPAddress, ifindex: int | None, port: int, now: float) -> None:
+    def note(
+        self, ip: IPAddress, ifindex: int | None, port: int, now: float, *, measured: bool = True
+    ) -> None:
         """The application used ``ip`` on ``port`` at ``now``; the use itself counts as a
-        measurement, so the next re-probe is due ``interval`` later."""
+        measurement, so the next re-probe is due ``interval`` later.
+
+        ``measured=False`` notes a destination the application could have used but did not
+        measure (a pair its race never tried): a new one is due at once, one already known
+        keeps its re-probe time, so the rate limit holds either way.
+        """
         if self.limit <= 0 or not 0 < port <= 65535:
             return
         key = (ip, ifindex, port)
-        times = self._used.pop(key, None) or [now, now]
+        times = self._used.pop(key, None) or [now, now if measured else -math.inf]
         times[0] = now
         self._used[key] = times
         while len(self._used) > self.limit:
