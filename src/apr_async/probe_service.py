@@ -10,7 +10,9 @@ package default while the service runs). In the background it:
   destinations the application used recently (re-probed on their own port, at most every
   ``recent_probe_interval``) and, optionally, RIPE Atlas anchors (see :mod:`.probe_plan`);
 * records passive samples: :meth:`~ProbeService.record_attempt` takes every connection attempt
-  made by ``open_connection`` and friends;
+  made by ``open_connection`` and friends, and :meth:`~ProbeService.record_untried` the best
+  pair of each family a won race never tried, re-probed like a used destination so that a
+  family that always loses within the attempt delay gets measured all the same;
 * derives a :class:`~apr_async.status.ConnectivityStatus` after each round and discovers a NAT64
   prefix (RFC 7050);
 * notices network changes (netlink events or polling) and then drops the failure table and the
@@ -37,7 +39,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -88,6 +90,8 @@ log = logging.getLogger("apr_async.service")
 _NAT64_RECHECK = 300.0
 #: Anchor choices made from one fetched RIPE Atlas anchor list before it is fetched again.
 _ATLAS_ROTATIONS_PER_FETCH = 6
+#: Untried destinations of one family kept from one :meth:`ProbeService.record_untried` call.
+_UNTRIED_PER_FAMILY = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +422,29 @@ class ProbeService:
         self._recent.note(dst, scope, port, now)
         self._status_dirty = True
         self._notify_progress()
+
+    def record_untried(self, pairs: Sequence[object], port: int) -> None:
+        """Pairs a won connection race never tried (see ``connect_types.UntriedRecorder``):
+        their destinations join the recently used ones, due for a probe on ``port`` in the
+        next round and then rate-limited like any other. No sample: nothing was sent.
+
+        The connector gives the best untried pair of each family other than the winner's;
+        without it a family that always loses within the attempt delay would never be
+        measured, so the ranking could never learn that it is faster. At most
+        ``_UNTRIED_PER_FAMILY`` per family of each call are kept, whoever the caller is.
+        """
+        now = self._clock()
+        taken: dict[int, int] = {}
+        for pair in pairs:
+            dst_info = _ip_of(getattr(pair, "destination", None))
+            if dst_info is None:
+                continue
+            dst, scope = dst_info
+            count = taken.get(dst.version, 0)
+            if count >= _UNTRIED_PER_FAMILY:
+                continue
+            taken[dst.version] = count + 1
+            self._recent.note(dst, scope, port, now, measured=False)
 
     def note_destination(self, destination: IPAddress, port: int, *, ifindex: int | None = None,
                          now: float | None = None) -> None:
