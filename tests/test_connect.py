@@ -13,6 +13,7 @@ import contextlib
 import errno
 import gc
 import ipaddress
+import logging
 import os
 import pickle
 import random
@@ -31,6 +32,7 @@ import pytest_asyncio
 
 from apr_async.connect import (
     ConnectPair,
+    ContextRecorder,
     DirectPair,
     PairSource,
     connect_socket,
@@ -39,6 +41,7 @@ from apr_async.connect import (
     race,
 )
 from apr_async.connect_errors import AllAttemptsFailedError
+from apr_async.connect_race import untried_alternatives
 from apr_async.lab.dnsserver import DNSServer, ZoneEntry
 from apr_async.pairs import PairContext, get_addr_pairs
 from apr_async.ranking import AddrPair
@@ -488,6 +491,90 @@ async def test_failing_pair_goes_last(servers: Servers, blackhole6: Blackhole) -
     )
     assert await exchange(reader, writer) == "hello 127.0.0.1"
     assert [c[0] for c in recorder.calls] == [good]  # the failing pair was never tried
+
+
+class UntriedRecorder(Recorder):
+    """A Recorder that also takes the pairs a won race never tried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.untried: list[tuple[list[Any], int]] = []
+
+    def record_untried(self, pairs: Sequence[Any], port: int) -> None:
+        self.untried.append((list(pairs), port))
+
+
+def test_untried_alternatives_are_the_best_unmeasured_pair_of_each_losing_family() -> None:
+    a6, b6 = pair("2001:db8::1", 443), pair("2001:db8::2", 443)
+    a4, b4 = pair("192.0.2.1", 443), pair("192.0.2.2", 443)
+    schedule: Schedule[ConnectPair] = Schedule()
+    schedule.answers_all([a6, b6, a4, b4], now=0.0)
+    assert untried_alternatives(schedule) == []  # nobody won yet
+    schedule.attempt_succeeded(a6, now=0.05)
+    assert untried_alternatives(schedule) == [a4]  # not b6: the winner's family is measured
+    assert untried_alternatives(schedule, per_family=2) == [a4, b4]
+    assert untried_alternatives(schedule, per_family=0) == []
+    # a pair in flight when the race was won was cut short: unmeasured, and it ranked first
+    schedule = Schedule()
+    schedule.answers_all([a6, b6, a4, b4], now=0.0)
+    assert [type(a).__name__ for a in schedule.timer(0.25)] == ["StartAttempt", "SetTimer"]
+    assert schedule.in_flight == (a6, a4)
+    schedule.attempt_succeeded(a6, now=0.26)
+    assert untried_alternatives(schedule, per_family=2) == [a4, b4]
+    # IPv4 winning leaves IPv6 unmeasured; a race that failed has nothing to say
+    schedule = Schedule()
+    schedule.answers_all([a4, a6], now=0.0)
+    schedule.attempt_succeeded(a4, now=0.01)
+    assert untried_alternatives(schedule) == [a6]
+    schedule = Schedule()
+    schedule.answers_all([a6], now=0.0)
+    schedule.attempt_failed(a6, now=0.01)
+    assert schedule.done and untried_alternatives(schedule) == []
+
+
+@pytest.mark.parametrize("tls", ["none", "race_tls"])
+async def test_won_race_reports_the_untried_pair_of_the_other_family(
+    servers: Servers, tls_servers: Servers, client_ctx: ssl.SSLContext, tls: str
+) -> None:
+    srv = servers if tls == "none" else tls_servers
+    six = pair("::1", srv.port, rtt=None)
+    four, four_too = pair("127.0.0.1", srv.port, rtt=None), pair("127.0.0.2", srv.port, rtt=None)
+    recorder = UntriedRecorder()
+    kw: dict[str, Any] = {"ssl": client_ctx, "race_tls": True} if tls == "race_tls" else {}
+    reader, writer = await open_connection(
+        "localhost", srv.port, pair_source=source_of(six, four, four_too), service=recorder, **kw
+    )
+    assert await exchange(reader, writer) == "hello ::1"
+    # IPv6 won within the attempt delay: IPv4 was never tried, and the best IPv4 pair is
+    # handed over (one per family), on the application's port
+    assert [c[0] for c in recorder.calls] == [six]
+    assert recorder.untried == [([four], srv.port)]
+
+
+async def test_untried_pairs_go_nowhere_without_a_taker(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    six, four = pair("::1", servers.port, rtt=None), pair("127.0.0.1", servers.port, rtt=None)
+    # a service without record_untried (the protocol's method is optional): nothing breaks
+    plain = Recorder()
+    sock = await connect_socket("h", servers.port, pair_source=source_of(six, four), service=plain)
+    sock.close()
+    await settle()  # the winner is recorded once the caller has its socket
+    assert [c[0] for c in plain.calls] == [six]
+    # the plain context recorder takes none: without a service nothing would probe them
+    assert not hasattr(ContextRecorder(PairContext()), "record_untried")
+
+    # a taker that fails is logged; the application still gets its connection
+    class Broken(UntriedRecorder):
+        def record_untried(self, pairs: Sequence[Any], port: int) -> None:
+            raise RuntimeError("bookkeeping bug")
+
+    with caplog.at_level(logging.ERROR, logger="apr_async.connect"):
+        sock = await connect_socket(
+            "h", servers.port, pair_source=source_of(six, four), service=Broken()
+        )
+    sock.close()
+    assert "record_untried failed" in caplog.text
 
 
 async def test_timeout_bounds_everything(blackhole6: Blackhole, blackhole4: Blackhole) -> None:

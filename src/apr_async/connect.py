@@ -8,7 +8,8 @@ answer arrives, :mod:`apr_async.connect_source`), starts each attempt on a non-b
 bound to the pair's source (:mod:`apr_async.connect_attempt`), runs the race
 (:mod:`apr_async.connect_race`) and hands the winner over, wrapped in TLS if asked
 (:mod:`apr_async.connect_tls`). Every outcome goes to the probe service, or to the pair
-context's tables (:mod:`apr_async.connect_recorders`).
+context's tables (:mod:`apr_async.connect_recorders`); a probe service also hears of the best
+pair of each losing family that a won race never tried, so that it measures that family too.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from apr_async.connect_options import (
     pop_compat_kwds,
     tls_options,
 )
-from apr_async.connect_race import race, race_attempts
+from apr_async.connect_race import race, race_attempts, untried_alternatives
 from apr_async.connect_rank_memo import rank_memo
-from apr_async.connect_recorders import ContextRecorder
+from apr_async.connect_recorders import ContextRecorder, report_untried
 from apr_async.connect_source import filtered, ranked_source
 from apr_async.connect_tls import HandshakeHolder, ProtocolT, abort_holder, wrap_socket
 from apr_async.connect_types import (
@@ -42,6 +43,7 @@ from apr_async.connect_types import (
     ConnectPair,
     DirectPair,
     PairSource,
+    UntriedRecorder,
     families_for,
 )
 from apr_async.pairs import PairContext
@@ -54,6 +56,7 @@ __all__ = [
     "ContextRecorder",
     "DirectPair",
     "PairSource",
+    "UntriedRecorder",
     "connect_socket",
     "create_connection",
     "open_connection",
@@ -170,6 +173,13 @@ def _schedule_for(opts: Options, families: tuple[int, ...]) -> Schedule[ConnectP
     )
 
 
+def _report_untried(opts: Options, schedule: Schedule[ConnectPair]) -> None:
+    """Tell a recorder that takes them (a probe service) which pairs of the losing families
+    the won race never measured, so that its next rounds do."""
+    if callable(getattr(opts.recorder, "record_untried", None)):
+        report_untried(opts.recorder, untried_alternatives(schedule), opts.port)
+
+
 def _raise_all_errors(exc: AllAttemptsFailedError, all_errors: bool) -> None:
     if all_errors and exc.attempts:
         raise exc.group from None
@@ -189,9 +199,10 @@ async def _race_sockets(opts: Options, log: AttemptLog, *, all_errors: bool) -> 
             error = AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)])
             _raise_all_errors(error, all_errors)
             raise error from None
+    schedule = _schedule_for(opts, prepared.families)
     try:
         _, sock = await race_attempts(
-            _schedule_for(opts, prepared.families),
+            schedule,
             prepared.answers,
             prepared.connect,
             _close_socket,
@@ -203,6 +214,7 @@ async def _race_sockets(opts: Options, log: AttemptLog, *, all_errors: bool) -> 
     except AllAttemptsFailedError as exc:
         _raise_all_errors(exc, all_errors)
         raise
+    _report_untried(opts, schedule)
     return sock
 
 
@@ -227,9 +239,10 @@ async def _race_finished(
         task.add_done_callback(lambda _: notify())
         return task
 
+    schedule = _schedule_for(opts, prepared.families)
     try:
         _, result = await race_attempts(
-            _schedule_for(opts, prepared.families),
+            schedule,
             prepared.answers,
             start,
             discard,
@@ -241,6 +254,7 @@ async def _race_finished(
     except AllAttemptsFailedError as exc:
         _raise_all_errors(exc, all_errors)
         raise
+    _report_untried(opts, schedule)
     return result
 
 
@@ -318,9 +332,11 @@ async def connect_socket(
     bounds the whole operation (``TimeoutError``); ``local_addr`` binds every attempt to that
     address instead of the pair's source. ``service`` receives every attempt's outcome
     (:class:`AttemptRecorder`; default: the running default probe service, else the
-    context's tables are fed directly); ``context`` is the ``PairContext`` whose tables
-    rank the pairs (default: the service's, else the package's); ``pair_source`` replaces
-    the ranked pairs altogether (:data:`PairSource`).
+    context's tables are fed directly) and, when it has ``record_untried``
+    (:class:`UntriedRecorder`), the best untried pair of each family that lost a won race;
+    ``context`` is the ``PairContext`` whose tables rank the pairs (default: the service's,
+    else the package's); ``pair_source`` replaces the ranked pairs altogether
+    (:data:`PairSource`).
 
     Raises ``socket.gaierror`` when the name does not resolve and
     :class:`~apr_async.connect_errors.AllAttemptsFailedError` (an ``OSError``) when every

@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from typing import Any, Generic, TypeVar, cast
 
 from apr_async.connect_errors import AllAttemptsFailedError, AttemptLog
+from apr_async.connect_types import UNTRIED_PER_FAMILY
 from apr_async.schedule import GiveUp, SchedulablePair, Schedule, StartAttempt, Succeeded
 
-__all__ = ["race", "race_attempts", "wait_cancelled"]
+__all__ = ["race", "race_attempts", "untried_alternatives", "wait_cancelled"]
 
 SchedT = TypeVar("SchedT", bound=SchedulablePair)
 ResultT = TypeVar("ResultT")
@@ -61,6 +62,34 @@ async def wait_cancelled(tasks: Iterable[asyncio.Future[Any]]) -> None:
         pending = [t for t in pending if not t.done()]
     if interrupted:
         raise asyncio.CancelledError
+
+
+def untried_alternatives(
+    schedule: Schedule[SchedT], per_family: int = UNTRIED_PER_FAMILY
+) -> list[SchedT]:
+    """After a won race, the best pairs it did not measure of each family other than the
+    winner's, at most ``per_family`` each (best first); empty when nobody won.
+
+    A pair still in flight when the race was won counts as unmeasured (it was cancelled, and
+    reported only if it had waited past its attempt delay); it comes before the untried ones
+    of its family, since attempts go in rank order. Without this, a family that always loses
+    within the attempt delay is never attempted, so never measured, so never known to be
+    faster.
+    """
+    winner = schedule.winner
+    if winner is None or per_family <= 0:
+        return []
+    taken: dict[int, int] = {}
+    out: list[SchedT] = []
+    for pair in (*schedule.in_flight, *schedule.untried):
+        family = pair.family
+        if family == winner.family or pair == winner:
+            continue
+        count = taken.get(family, 0)
+        if count < per_family:
+            taken[family] = count + 1
+            out.append(pair)
+    return out
 
 
 async def race(

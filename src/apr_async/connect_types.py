@@ -9,7 +9,19 @@ from typing import Any, NamedTuple, Protocol
 
 from apr_async.schedule import SchedulablePair
 
-__all__ = ["AttemptRecorder", "ConnectPair", "DirectPair", "PairSource", "families_for"]
+__all__ = [
+    "UNTRIED_PER_FAMILY",
+    "AttemptRecorder",
+    "ConnectPair",
+    "DirectPair",
+    "PairSource",
+    "UntriedRecorder",
+    "families_for",
+]
+
+#: How many untried pairs of each family other than the winner's a race reports
+#: (:class:`UntriedRecorder`): the best one is what the next ranking needs to compare.
+UNTRIED_PER_FAMILY = 1
 
 
 class ConnectPair(SchedulablePair, Protocol):
@@ -51,6 +63,27 @@ class AttemptRecorder(Protocol):
         self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
     ) -> None:
         """Record one attempt's outcome."""
+
+
+class UntriedRecorder(Protocol):
+    """An :class:`AttemptRecorder` that also wants the pairs a race never tried.
+
+    Optional: the connector looks the method up with ``getattr`` and calls it only when the
+    recorder has it. A race that an IPv6 pair wins within its attempt delay never attempts
+    IPv4, so nothing measures IPv4 and the ranking cannot learn that it is faster. When a race
+    is won, ``record_untried`` receives the best pair not measured by the race of each family
+    other than the winner's (at most :data:`UNTRIED_PER_FAMILY` per family), so that a probe
+    service can measure them on ``port``. The plain ``ContextRecorder`` does not implement it:
+    without a service nothing would probe them.
+    """
+
+    def record_attempt(
+        self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
+    ) -> None:
+        """Record one attempt's outcome."""
+
+    def record_untried(self, pairs: Sequence[Any], port: int) -> None:
+        """Note pairs the race did not measure, best first (no outcome: nothing was sent)."""
 
 
 class DirectPair(NamedTuple):
