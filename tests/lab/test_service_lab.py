@@ -16,6 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import pytest_asyncio
 
 from apr_async import pairs
 from apr_async.config import Config
+from apr_async.connect import open_connection
 from apr_async.lab import EchoServer, Lab, Scenario, ZoneEntry
 from apr_async.netwatch import NetWatcher
 from apr_async.ranking import AddrPair
@@ -162,6 +164,30 @@ async def test_recent_destinations_reprobed_on_their_port_rate_limited(
     # about ten rounds ran, but the used destination was probed at most every 0.45 s
     assert rounds >= 5
     assert 1 <= probed <= 3
+
+
+async def test_untried_pairs_are_probed_next_round_on_their_port_bounded(
+    listener: socket.socket,
+) -> None:
+    port = listener.getsockname()[1]
+    cfg = loopback_config(1, targets=(), probe_interval=0.1, probe_jitter=0.0,
+                          recent_probe_interval=5.0)
+    async with ProbeService(cfg, install=False) as svc:
+        await svc.wait_ready(5)
+        used = AddrPair(socket.AF_INET, ("127.0.0.1", 0), ("127.0.0.10", port))
+        svc.record_attempt(used, port, True, 0.001, None)  # used: re-probed only later
+        untried = [AddrPair(socket.AF_INET, ("127.0.0.1", 0), (f"127.0.0.{n}", port))
+                   for n in (7, 8, 9, 10)]
+        svc.record_untried([object(), *untried], port)  # garbage is skipped, never raised
+        await svc.wait_rounds(1, timeout=5)
+        recent = {(str(t.ip), t.port) for t in svc.targets() if t.kind == "recent"}
+        # due at once, on the application's port; at most two per family from one call
+        assert recent == {("127.0.0.7", port), ("127.0.0.8", port)}
+        assert {m.destination for m in svc.measurements()} >= {"127.0.0.7", "127.0.0.8"}
+        # untried again by the next races: rate-limited like any used destination
+        svc.record_untried(untried[:1], port)
+        await svc.wait_rounds(1, timeout=5)
+        assert not any(t.kind == "recent" for t in svc.targets())
 
 
 def _ips(*texts: str) -> tuple[object, ...]:
@@ -503,6 +529,75 @@ async def test_lab_ranking_follows_a_broken_ipv6_path(healthy_lab: Lab, echo: Ec
     assert first_v4 - broke <= 2 * interval + 0.2
     assert first_v6 - healed <= 2 * interval + 0.2
     assert {fam for t, fam in timeline if first_v4 <= t < healed} == {socket.AF_INET}
+
+
+@dataclass
+class SlowerRun:
+    families: list[int] = field(default_factory=list)  # each connection's, in order
+    recent: set[tuple[str, int | None]] = field(default_factory=set)  # "recent" targets seen
+    ranked: list[AddrPair] = field(default_factory=list)  # the ranking at the end
+
+
+async def connect_until_ipv4(
+    cfg: Config, name: str, port: int, *, bound: bool, connections: int = 5
+) -> SlowerRun:
+    """Connect to ``name`` once per probe round until a connection goes over IPv4, through
+    the package's default service (module-level calls) or one given as ``service=``."""
+    bound_service = ProbeService(cfg, install=False) if bound else None
+    if bound_service is not None:
+        await bound_service.start()
+    else:
+        configure(cfg)  # autostart: the first module-level call starts the default service
+    try:
+        run = SlowerRun()
+        svc: ProbeService | None = bound_service
+        for _ in range(connections):
+            _reader, writer = await open_connection(name, port, timeout=5.0,
+                                                    service=bound_service)
+            peer = writer.get_extra_info("peername")
+            writer.close()
+            await writer.wait_closed()
+            run.families.append(socket.AF_INET6 if ":" in peer[0] else socket.AF_INET)
+            svc = svc or current_service()
+            assert svc is not None, "no probe service behind the connection"
+            if run.families[-1] == socket.AF_INET:
+                break
+            await svc.wait_rounds(1, timeout=5)
+            run.recent |= {(str(t.ip), t.port) for t in svc.targets() if t.kind == "recent"}
+        context = svc.context if svc is not None else None
+        run.ranked = list(await pairs.get_addr_pairs(name, port, context=context))
+        return run
+    finally:
+        if bound_service is not None:
+            await bound_service.aclose()
+        else:
+            await aclose_default()
+            configure()  # back to the environment's (test) configuration
+
+
+@lab_test
+@pytest.mark.parametrize("bound", [False, True], ids=["module-level", "service-bound"])
+async def test_lab_slower_ipv6_gets_ipv4_measured_and_preferred(
+    healthy_lab: Lab, echo: EchoServer, bound: bool
+) -> None:
+    """IPv6 answers 50 ms later than IPv4, well within the 250 ms attempt delay, so the race
+    never tries IPv4: the connector hands its untried IPv4 pair to the service, whose next
+    rounds measure it, and the ranking (then the connection) moves to IPv4."""
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_slower(0.05))
+    # nothing to probe but what the application uses: only the connector can name IPv4
+    cfg = lab_config(lab, echo.port, targets=(), probe_gateways=False, nat64_discovery=False,
+                     atlas=False, probe_interval=0.3, autostart=True)
+    run = await lab.run_in("client", connect_until_ipv4, cfg, lab.names.dual, echo.port,
+                           bound=bound)
+    assert run.families[0] == socket.AF_INET6, run  # cold: nothing known, IPv6 first
+    assert run.families[-1] == socket.AF_INET, run  # within four probe rounds
+    assert (lab.server.v4[0], echo.port) in run.recent  # re-probed on the application's port
+    best = run.ranked[0]
+    assert (best.family, best.destination[0]) == (socket.AF_INET, lab.server.v4[0])
+    assert best.rtt is not None and "bias" in best.reason, best.reason
+    slower = next(p for p in run.ranked if p.family == socket.AF_INET6)
+    assert "bias" in slower.reason, slower.reason
 
 
 @lab_test
