@@ -199,13 +199,28 @@ async def _race_sockets(opts: Options, log: AttemptLog, *, all_errors: bool) -> 
             error = AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)])
             _raise_all_errors(error, all_errors)
             raise error from None
+    return await _race_prepared(
+        opts, prepared, prepared.connect, _close_socket, log, all_errors=all_errors
+    )
+
+
+async def _race_prepared(
+    opts: Options,
+    prepared: _Prepared,
+    start: Callable[[ConnectPair, Callable[[], None]], asyncio.Future[ResultT]],
+    discard: Callable[[ResultT], object],
+    log: AttemptLog,
+    *,
+    all_errors: bool,
+) -> ResultT:
+    """Race the prepared answers; after a win, tell the recorder which families went untried."""
     schedule = _schedule_for(opts, prepared.families)
     try:
-        _, sock = await race_attempts(
+        _, result = await race_attempts(
             schedule,
             prepared.answers,
-            prepared.connect,
-            _close_socket,
+            start,
+            discard,
             host=opts.host,
             port=opts.port,
             first=prepared.first,
@@ -215,7 +230,7 @@ async def _race_sockets(opts: Options, log: AttemptLog, *, all_errors: bool) -> 
         _raise_all_errors(exc, all_errors)
         raise
     _report_untried(opts, schedule)
-    return sock
+    return result
 
 
 async def _race_finished(
@@ -239,23 +254,7 @@ async def _race_finished(
         task.add_done_callback(lambda _: notify())
         return task
 
-    schedule = _schedule_for(opts, prepared.families)
-    try:
-        _, result = await race_attempts(
-            schedule,
-            prepared.answers,
-            start,
-            discard,
-            host=opts.host,
-            port=opts.port,
-            first=prepared.first,
-            log=log,
-        )
-    except AllAttemptsFailedError as exc:
-        _raise_all_errors(exc, all_errors)
-        raise
-    _report_untried(opts, schedule)
-    return result
+    return await _race_prepared(opts, prepared, start, discard, log, all_errors=all_errors)
 
 
 def _close_socket(sock: socket.socket) -> None:
