@@ -274,8 +274,8 @@ async def test_labs_side_by_side_are_isolated() -> None:
                                    limit=0.4)
         assert blocked.timed_out  # while it does apply in two
         assert (await two.run_in("client", tcp_connect, two.server.v4[0], echo_two.port)).ok
-        assert [a.peer for a in echo_one.accepted] == [one.client.gua]
-        assert [a.peer for a in echo_two.accepted] == [two.client.v4]
+        assert [a.peer for a in await echo_one.wait_accepted(1)] == [one.client.gua]
+        assert [a.peer for a in await echo_two.wait_accepted(1)] == [two.client.v4]
     finally:
         await asyncio.gather(one.close(), two.close())
     assert lab_namespaces(one.prefix) == lab_namespaces(two.prefix) == []

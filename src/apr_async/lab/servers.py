@@ -60,6 +60,7 @@ class EchoServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.accepted: list[Accepted] = []
+        self._accepted_changed = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -86,6 +87,20 @@ class EchoServer:
             sock.close()
             raise
         self._server = await asyncio.start_server(self._handle, sock=sock)
+
+    async def wait_accepted(self, count: int, timeout: float = 2.0) -> list[Accepted]:  # noqa: ASYNC109
+        """Wait until at least ``count`` connections were recorded, and return the records.
+
+        A client in another namespace (or thread) sees its connect complete as soon as the
+        kernel finished the handshake; this server's loop records the connection a few
+        iterations later, so a test that reads :attr:`accepted` right after a connect must
+        wait here. Raises ``TimeoutError`` if fewer arrived within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while len(self.accepted) < count:
+                self._accepted_changed.clear()
+                await self._accepted_changed.wait()
+        return list(self.accepted)
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
@@ -127,6 +142,7 @@ class EchoServer:
             record = Accepted(unmap(str(peer[0])), int(peer[1]), unmap(str(local[0])),
                               int(local[1]))
             self.accepted.append(record)
+            self._accepted_changed.set()
             if self.announce_peer:
                 writer.write(f"PEER {record.peer} {record.peer_port} "
                              f"LOCAL {record.local} {record.local_port}\n".encode())
