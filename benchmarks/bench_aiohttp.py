@@ -50,9 +50,9 @@ from aiohttp import web
 from apr_async.aiohttp import AprConnector
 from apr_async.config import Config
 from apr_async.lab import Lab, LabNames, Scenario, lab_unavailable_reason
-from apr_async.pairs import PairContext
-from apr_async.resolver import Resolver
-from apr_async.service import aclose_default, configure, current_service, wait_ready
+from apr_async.probe.default import aclose_default, configure, current_service, wait_ready
+from apr_async.resolve.pairs import PairContext
+from apr_async.resolve.resolver import Resolver
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The name every request goes to: one A and one AAAA record, both the lab server's.

@@ -45,11 +45,11 @@ from typing import Any
 import aiohappyeyeballs
 
 from apr_async.config import Config
-from apr_async.connect import open_connection
+from apr_async.connect.api import open_connection
 from apr_async.lab import Lab, Scenario, ZoneEntry, lab_unavailable_reason
-from apr_async.pairs import PairContext, system_order
-from apr_async.resolver import Resolver
-from apr_async.service import ProbeService
+from apr_async.probe.default import ProbeService
+from apr_async.resolve.pairs import PairContext, system_order
+from apr_async.resolve.resolver import Resolver
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CAP = 3.0  # seconds: slower counts as failed (plain asyncio waits ~2 min for a blackhole)

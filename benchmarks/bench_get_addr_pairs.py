@@ -44,8 +44,8 @@ from pathlib import Path
 import aiodns
 
 from apr_async.lab import Lab, ServerPlan, ZoneEntry, default_zone, lab_unavailable_reason
-from apr_async.pairs import PairContext, get_addr_pairs, getaddrinfo
-from apr_async.resolver import Resolver
+from apr_async.resolve.pairs import PairContext, get_addr_pairs, getaddrinfo
+from apr_async.resolve.resolver import Resolver
 
 NAME = "bench.lab.test"
 HOSTS_NAME = "bench-hosts.lab.test"  # only in the namespace's hosts file, for glibc

@@ -30,7 +30,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 
-from apr_async.latency import LatencyTable
+from apr_async.core.latency import LatencyTable
 
 SOURCE = ipaddress.IPv6Address("2001:db8:1::10")
 BASE = 0x20010DB8 << 96  # 2001:db8::/32

@@ -46,7 +46,7 @@ def cpu_seconds() -> float:
 async def child(args: argparse.Namespace) -> dict[str, Any]:
     """Inside the client namespace: run the service for ``duration`` seconds, measure."""
     from apr_async.config import Config
-    from apr_async.service import ProbeService
+    from apr_async.probe.default import ProbeService
 
     targets = tuple(args.target)
     config = Config(

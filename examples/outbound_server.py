@@ -13,9 +13,9 @@ import asyncio
 import signal
 import sys
 
-from apr_async.connect import open_connection
-from apr_async.pairs import PairContext
-from apr_async.resolver import Resolver
+from apr_async.connect.api import open_connection
+from apr_async.resolve.pairs import PairContext
+from apr_async.resolve.resolver import Resolver
 
 
 class Gateway:

@@ -13,9 +13,9 @@ import asyncio
 import sys
 import time
 
-from apr_async.connect import connect_socket
-from apr_async.pairs import PairContext
-from apr_async.resolver import Resolver
+from apr_async.connect.api import connect_socket
+from apr_async.resolve.pairs import PairContext
+from apr_async.resolve.resolver import Resolver
 
 
 async def wait_for(host: str, port: int, seconds: float, nameservers: list[str] | None) -> bool:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apr_async.addresses import (
+from apr_async.core.addresses import (
     AddressKind,
     Scope,
     common_prefix_len,

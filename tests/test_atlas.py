@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from apr_async.atlas import (
+from apr_async.probe.atlas import (
     Anchor,
     AnchorRotation,
     choose_anchors,

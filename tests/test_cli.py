@@ -16,10 +16,10 @@ import sys
 
 import pytest
 
-from apr_async.cli import build_parser, main
-from apr_async.cli_commands import TIMELINE_HEADERS, timeline_rows
-from apr_async.cli_exit import EXIT_CODES_HELP, EXIT_FAILED, EXIT_RESOLUTION, EXIT_USAGE
-from apr_async.cli_render import LiveView, Progress, Style, render_table, visible_len
+from apr_async.cli.commands import TIMELINE_HEADERS, timeline_rows
+from apr_async.cli.exit import EXIT_CODES_HELP, EXIT_FAILED, EXIT_RESOLUTION, EXIT_USAGE
+from apr_async.cli.main import build_parser, main
+from apr_async.cli.render import LiveView, Progress, Style, render_table, visible_len
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -111,7 +111,7 @@ def test_bad_values_get_a_clear_message(
 
 
 def test_negative_values_are_not_glued_past_a_double_dash() -> None:
-    from apr_async.cli import _attach_negative_values
+    from apr_async.cli.main import _attach_negative_values
 
     assert _attach_negative_values(["--timeout", "-1", "-c", "-2", "--", "--timeout", "-1"],
                                    {"--timeout", "-c"}) == [
@@ -188,8 +188,8 @@ def test_connect_when_dns_fails_shows_both_families(capsys: pytest.CaptureFixtur
 
 
 def test_status_json_times_are_wall_clock_utc() -> None:
-    from apr_async.cli_status import status_json
-    from apr_async.status import ConnectivityStatus
+    from apr_async.cli.status import status_json
+    from apr_async.core.status import ConnectivityStatus
 
     status = ConnectivityStatus(IPv4_ok=True, changed_at=100.0, updated_at=130.0)
     data = status_json(status, now=131.5, wall=1_700_000_000.0)

@@ -13,8 +13,9 @@ import pytest
 
 def test_importing_apr_async_does_not_import_aiohttp() -> None:
     code = (
-        "import sys, apr_async, apr_async.cli, apr_async.connect, apr_async.pairs\n"
-        "import apr_async.forward, apr_async.cli_commands, apr_async.cli_ping\n"
+        "import sys, apr_async, apr_async.cli.main, apr_async.connect.api\n"
+        "import apr_async.resolve.pairs\n"
+        "import apr_async.cli.forward, apr_async.cli.commands, apr_async.cli.ping\n"
         "bad = sorted(m for m in sys.modules if m == 'aiohttp' or m.startswith('aiohttp.'))\n"
         "assert not bad, bad\n"
     )

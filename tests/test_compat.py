@@ -23,8 +23,8 @@ import pytest
 import pytest_asyncio
 
 from apr_async import compat
+from apr_async.core.status import PROTOTYPE_FIELDS
 from apr_async.lab import EchoServer, ExecResult, Lab, Scenario
-from apr_async.status import PROTOTYPE_FIELDS
 
 
 def test_bad_input_raises_before_anything_starts() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from apr_async.connect import (
+from apr_async.connect.api import (
     ConnectPair,
     ContextRecorder,
     DirectPair,
@@ -40,13 +40,13 @@ from apr_async.connect import (
     open_connection,
     race,
 )
-from apr_async.connect_errors import AllAttemptsFailedError
-from apr_async.connect_race import untried_alternatives
+from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.connect.race import untried_alternatives
+from apr_async.core.ranking import AddrPair
+from apr_async.core.schedule import Schedule
 from apr_async.lab.dnsserver import DNSServer, ZoneEntry
-from apr_async.pairs import PairContext, get_addr_pairs
-from apr_async.ranking import AddrPair
-from apr_async.resolver import Resolver
-from apr_async.schedule import Schedule
+from apr_async.resolve.pairs import PairContext, get_addr_pairs
+from apr_async.resolve.resolver import Resolver
 
 V6 = socket.AF_INET6
 V4 = socket.AF_INET

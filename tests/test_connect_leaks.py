@@ -18,9 +18,15 @@ from typing import Any
 
 import pytest
 
-from apr_async.connect import ConnectPair, DirectPair, PairSource, connect_socket, open_connection
-from apr_async.connect_errors import AllAttemptsFailedError
-from apr_async.pairs import PairContext
+from apr_async.connect.api import (
+    ConnectPair,
+    DirectPair,
+    PairSource,
+    connect_socket,
+    open_connection,
+)
+from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.resolve.pairs import PairContext
 
 BATCH = 250
 

@@ -19,7 +19,7 @@ import apr_async
 async def main():
     pairs = await apr_async.get_addr_pairs("svc.example.test", 443)
     print(sorted({pair[2][0] for pair in pairs}))
-    print(apr_async.service.current_service())
+    print(apr_async.probe.default.current_service())
 
 asyncio.run(main())
 """

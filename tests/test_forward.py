@@ -1,4 +1,4 @@
-"""The TCP relay (``apr_async.forward``) on loopback: curl, half-close, load, shutdown."""
+"""The TCP relay (``apr_async.cli.forward``) on loopback: curl, half-close, load, shutdown."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from apr_async.forward import Endpoint, Forwarder, RelayRecord, parse_endpoint
+from apr_async.cli.forward import Endpoint, Forwarder, RelayRecord, parse_endpoint
 
 HAS_V6 = socket.has_ipv6
 try:

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from apr_async import interfaces
 from apr_async.lab.netns import call_in_netns, run_ip_sync
 from apr_async.lab.topology import new_lab_prefix
+from apr_async.resolve import interfaces
 
 pytestmark = pytest.mark.lab
 

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from apr_async import interfaces
 from apr_async.lab.dnsserver import DNSServer, ZoneEntry
-from apr_async.pairs import (
+from apr_async.resolve import interfaces
+from apr_async.resolve.pairs import (
     PairContext,
     default_context,
     explain_text,
@@ -24,7 +24,7 @@ from apr_async.pairs import (
     getaddrinfo,
     set_default_context,
 )
-from apr_async.resolver import Resolver
+from apr_async.resolve.resolver import Resolver
 
 ZONE = {
     "loop.example.test": ZoneEntry(a=["127.0.0.2", "127.0.0.3"], aaaa=["::1"]),
@@ -240,9 +240,9 @@ async def test_default_context_is_replaceable(context: PairContext) -> None:
 
 
 def test_rank_memo_dies_with_any_change_of_the_failure_table() -> None:
-    from apr_async.connect_rank_memo import RankMemo
-    from apr_async.latency import FailureTable
-    from apr_async.ranking import AddrPair
+    from apr_async.connect.rank_memo import RankMemo
+    from apr_async.core.latency import FailureTable
+    from apr_async.core.ranking import AddrPair
 
     memo, ctx = RankMemo(), PairContext()
     ranked = [AddrPair(socket.AF_INET, ("127.0.0.1", 0), ("127.0.0.2", 80))]

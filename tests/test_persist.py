@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from apr_async.persist import (
+from apr_async.probe.persist import (
     CACHE_FORMAT,
     CACHE_VERSION,
     CacheBusyError,
@@ -84,7 +84,7 @@ def test_bad_files_ignored_with_one_warning(
     path = tmp_path / "c.json"
     path.write_bytes(content)
     path.chmod(0o600)
-    with caplog.at_level(logging.WARNING, logger="apr_async.persist"):
+    with caplog.at_level(logging.WARNING, logger="apr_async.probe.persist"):
         assert load_cache(path) == []
     assert len(caplog.records) == 1
     assert message in caplog.records[0].getMessage()

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from apr_async.interfaces import Gateway, HostSnapshot
-from apr_async.probe_plan import (
+from apr_async.core.rfc6724 import SourceAddress
+from apr_async.probe.plan import (
     Pacer,
     RecentDestinations,
     Target,
@@ -20,7 +20,7 @@ from apr_async.probe_plan import (
     plan_probes,
     source_text,
 )
-from apr_async.rfc6724 import SourceAddress
+from apr_async.resolve.interfaces import Gateway, HostSnapshot
 
 ip = ipaddress.ip_address
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from apr_async.probes import (
+from apr_async.probe.probes import (
     IcmpUnavailableError,
     detect_icmp_mode,
     icmp_probe,

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_async import ranking, reasons
-from apr_async.addresses import kind_of
-from apr_async.latency import FailureTable, LatencyTable
-from apr_async.ranking import AddrPair, Translator, rank_pairs
-from apr_async.rfc6724 import DESTINATION_RULES, SOURCE_RULES, SourceAddress, sort_destinations
+from apr_async.core import ranking, reasons
+from apr_async.core.addresses import kind_of
+from apr_async.core.latency import FailureTable, LatencyTable
+from apr_async.core.ranking import AddrPair, Translator, rank_pairs
+from apr_async.core.rfc6724 import DESTINATION_RULES, SOURCE_RULES, SourceAddress, sort_destinations
 
 ip = ipaddress.ip_address
 S = SourceAddress

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
-from apr_async.connect_errors import AllAttemptsFailedError
+from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.errors import (
     EAI_NODATA,
     describe_error,
@@ -27,7 +27,7 @@ from apr_async.errors import (
 )
 from apr_async.lab.dnsserver import DNSServer, ZoneEntry
 from apr_async.lab.dnswire import Query, Rcode
-from apr_async.resolver import Resolver
+from apr_async.resolve.resolver import Resolver
 
 # --------------------------------------------------------------------------- input checks
 

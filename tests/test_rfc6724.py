@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_async.rfc6724 import (
+from apr_async.core.rfc6724 import (
     DEFAULT_POLICY_TABLE,
     PolicyTable,
     SourceAddress,

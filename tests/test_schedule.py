@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apr_async.connect import race
-from apr_async.connect_errors import AllAttemptsFailedError
-from apr_async.schedule import (
+from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.connect.race import race
+from apr_async.core.schedule import (
     DEFAULT_ATTEMPT_DELAY,
     MAX_ATTEMPT_DELAY,
     MIN_ATTEMPT_DELAY,

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from apr_async import pairs, service
 from apr_async.config import Config
-from apr_async.probe_service import ProbeService
-from apr_async.ranking import AddrPair
+from apr_async.core.ranking import AddrPair
+from apr_async.probe import default as service
+from apr_async.probe.service import ProbeService
+from apr_async.resolve import pairs
 
 
 def quiet_config(**changes: object) -> Config:

@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from apr_async.rfc6724 import SourceAddress
-from apr_async.status import (
+from apr_async.core.rfc6724 import SourceAddress
+from apr_async.core.status import (
     PROTOTYPE_FIELDS,
     ConnectivityStatus,
     Observation,

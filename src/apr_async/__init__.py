@@ -10,22 +10,22 @@ The aiohttp integration lives in :mod:`apr_async.aiohttp` and the server-side he
 
 from __future__ import annotations
 
-from apr_async.addresses import AddressKind, Scope, kind_of, parse_address, scope_of
 from apr_async.config import Config
-from apr_async.connect import connect_socket, create_connection, open_connection
-from apr_async.connect_errors import AllAttemptsFailedError
-from apr_async.latency import Estimate, FailureTable, LatencyTable
-from apr_async.pairs import PairContext, explain, explain_text, get_addr_pairs, getaddrinfo
-from apr_async.ranking import AddrPair, rank_pairs
-from apr_async.rfc6724 import (
+from apr_async.connect.api import connect_socket, create_connection, open_connection
+from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.core.addresses import AddressKind, Scope, kind_of, parse_address, scope_of
+from apr_async.core.latency import Estimate, FailureTable, LatencyTable
+from apr_async.core.ranking import AddrPair, rank_pairs
+from apr_async.core.rfc6724 import (
     DEFAULT_POLICY_TABLE,
     PolicyTable,
     SourceAddress,
     select_source,
     sort_destinations,
 )
-from apr_async.service import ProbeService, configure, status, wait_ready
-from apr_async.status import ConnectivityStatus
+from apr_async.core.status import ConnectivityStatus
+from apr_async.probe.default import ProbeService, configure, status, wait_ready
+from apr_async.resolve.pairs import PairContext, explain, explain_text, get_addr_pairs, getaddrinfo
 
 __version__ = "0.1.0"
 

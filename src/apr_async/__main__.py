@@ -1,5 +1,5 @@
 """``python -m apr_async`` runs the command-line interface."""
 
-from apr_async.cli import main
+from apr_async.cli.main import main
 
 raise SystemExit(main())

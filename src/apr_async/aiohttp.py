@@ -39,10 +39,10 @@ from aiohttp.client_exceptions import (
 )
 from aiohttp.helpers import ceil_timeout
 
-from apr_async.connect import AttemptRecorder, create_connection
-from apr_async.pairs import PairContext, get_addr_pairs
-from apr_async.resolver import Resolver
-from apr_async.service import current_service
+from apr_async.connect.api import AttemptRecorder, create_connection
+from apr_async.probe.default import current_service
+from apr_async.resolve.pairs import PairContext, get_addr_pairs
+from apr_async.resolve.resolver import Resolver
 
 if TYPE_CHECKING:
     from aiohttp.client_proto import ResponseHandler

@@ -33,11 +33,11 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from apr_async import pairs as _pairs
 from apr_async.config import Config
+from apr_async.core.ranking import AddrPair
 from apr_async.errors import parse_host, validate_port
-from apr_async.ranking import AddrPair
-from apr_async.service import ProbeService
+from apr_async.probe.default import ProbeService
+from apr_async.resolve import pairs as _pairs
 
 __all__ = [
     "get_addr_pairs",

@@ -372,9 +372,9 @@ async def test_apr_resolver_with_stock_connector(healthy_lab: Lab, web_server: W
 
 
 async def fetch_with_default_service(url: str, nameservers: list[str], target: str) -> Any:
-    from apr_async import service as service_module
     from apr_async.config import Config
-    from apr_async.service import configure, default_service
+    from apr_async.probe import default as service_module
+    from apr_async.probe.default import configure, default_service
 
     configure(Config(targets=(target,), nameservers=tuple(nameservers), probe_interval=5.0))
     service = default_service()

@@ -24,17 +24,17 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from apr_async import service
 from apr_async.config import Config
-from apr_async.connect import (
+from apr_async.connect.api import (
     ContextRecorder,
     connect_socket,
     create_connection,
     open_connection,
 )
 from apr_async.lab import EchoServer, Lab, PathMode, Scenario
-from apr_async.pairs import PairContext
-from apr_async.resolver import Resolver
+from apr_async.probe import default as service
+from apr_async.resolve.pairs import PairContext
+from apr_async.resolve.resolver import Resolver
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 

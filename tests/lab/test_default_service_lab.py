@@ -13,10 +13,10 @@ import pytest
 import pytest_asyncio
 
 import apr_async
-from apr_async import service
 from apr_async.config import Config
 from apr_async.lab import Lab
 from apr_async.lab.servers import EchoServer
+from apr_async.probe import default as service
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.lab]
 

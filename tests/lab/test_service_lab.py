@@ -22,13 +22,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from apr_async import pairs
 from apr_async.config import Config
-from apr_async.connect import open_connection
+from apr_async.connect.api import open_connection
+from apr_async.core.ranking import AddrPair
+from apr_async.core.status import ConnectivityStatus
 from apr_async.lab import EchoServer, Lab, Scenario, ZoneEntry
-from apr_async.netwatch import NetWatcher
-from apr_async.ranking import AddrPair
-from apr_async.service import (
+from apr_async.probe.default import (
     ProbeService,
     aclose_default,
     configure,
@@ -37,7 +36,8 @@ from apr_async.service import (
     status,
     wait_ready,
 )
-from apr_async.status import ConnectivityStatus
+from apr_async.probe.netwatch import NetWatcher
+from apr_async.resolve import pairs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -197,7 +197,7 @@ def _ips(*texts: str) -> tuple[object, ...]:
 
 
 async def test_connector_reports_attempts_to_the_service(listener: socket.socket) -> None:
-    from apr_async.connect import connect_socket
+    from apr_async.connect.api import connect_socket
 
     port = listener.getsockname()[1]
     async with ProbeService(loopback_config(port, targets=()), install=False) as svc:
@@ -258,10 +258,10 @@ async def test_corrupt_cache_is_ignored(
 async def test_default_service_lazy_configure_and_close(
     listener: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import apr_async.service
+    import apr_async.probe.default
 
     # whatever this test configures is undone afterwards for the rest of the suite
-    monkeypatch.setattr(apr_async.service, "_default_config", None)
+    monkeypatch.setattr(apr_async.probe.default, "_default_config", None)
     port = listener.getsockname()[1]
     assert current_service() is None
     configure(loopback_config(port))
@@ -438,7 +438,7 @@ async def test_lab_icmp_off_status_via_tcp(healthy_lab: Lab, echo: EchoServer,
     await lab.exec("client", "sysctl", "-qw", "net.ipv4.ping_group_range=1 0", check=True)
     try:
         cfg = lab_config(lab, echo.port, icmp="unprivileged")
-        with caplog.at_level(logging.WARNING, logger="apr_async.service"):
+        with caplog.at_level(logging.WARNING, logger="apr_async.probe"):
             s, _, icmp = await lab.run_in("client", status_within, cfg, healthy_flags)
     finally:
         await lab.exec("client", "sysctl", "-qw",

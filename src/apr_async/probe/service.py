@@ -1,0 +1,845 @@
+"""The background probe service, :class:`ProbeService`: keeps the ranking true to the network.
+
+A service owns the latency table, the failure table and the resolver that ranking uses (its
+:attr:`~ProbeService.context` is a :class:`~apr_async.resolve.pairs.PairContext`, installed as the
+package default while the service runs). In the background it:
+
+* probes, every ``probe_interval`` (with jitter), each target from each usable local source:
+  ICMP echo (when sockets allow) and a TCP connect on the target's port, under a global rate
+  limit and a concurrency bound. Targets are the configured ones, the default gateways, the
+  destinations the application used recently (re-probed on their own port, at most every
+  ``recent_probe_interval``) and, optionally, RIPE Atlas anchors (see :mod:`.probe_plan`);
+* records passive samples: :meth:`~ProbeService.record_attempt` takes every connection attempt
+  made by ``open_connection`` and friends, and :meth:`~ProbeService.record_untried` the best
+  pair of each family a won race never tried, re-probed like a used destination so that a
+  family that always loses within the attempt delay gets measured all the same;
+* derives a :class:`~apr_async.core.status.ConnectivityStatus` after each round and discovers a
+  NAT64 prefix (RFC 7050);
+* notices network changes (netlink events or polling) and then drops the failure table and the
+  stale status, and probes again at once.
+
+Nothing blocks the start: :meth:`~ProbeService.start` reads the interfaces (one netlink dump),
+checks which ICMP sockets are allowed and schedules the first round; ranking answers at once
+from RFC 6724 and the kernel's routes, and measurements refine it as they arrive. ``await
+service.wait_ready(timeout)`` waits for the first round. Every probe is an asyncio task on the
+caller's loop; the only thread is the periodic warm-start cache write (it fsyncs) when
+``Config.persist`` is on.
+
+The package's lazily started default service lives in :mod:`apr_async.probe.default`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno as errno_codes
+import logging
+import random
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from apr_async.config import Config
+from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address, scope_of
+from apr_async.core.latency import FailureTable, LatencyTable, record_outcome
+from apr_async.core.ranking import Translator
+from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
+from apr_async.probe.netwatch import NetWatcher
+from apr_async.probe.persist import (
+    CacheBusyError,
+    CachedLatency,
+    load_cache,
+    restore_latency,
+    save_cache,
+    table_entries,
+)
+from apr_async.probe.plan import (
+    Pacer,
+    PlannedProbe,
+    RecentDestinations,
+    Target,
+    gateway_targets,
+    is_offlink,
+    plan_probes,
+    source_text,
+)
+from apr_async.probe.probes import (
+    IcmpMode,
+    IcmpUnavailableError,
+    ProbeResult,
+    detect_icmp_mode,
+    icmp_probe,
+    tcp_probe,
+)
+from apr_async.resolve import interfaces, pairs
+from apr_async.resolve.resolver import Resolver
+
+if TYPE_CHECKING:
+    from apr_async.probe.atlas import AnchorRotation
+
+__all__ = ["PathMeasurement", "ProbeService", "context_for", "install_fallback_context"]
+
+# The service logged under this name before it had a module of its own; users filter on it.
+log = logging.getLogger("apr_async.probe")
+
+#: How often the NAT64 prefix is looked up again when the network did not change.
+_NAT64_RECHECK = 300.0
+#: Anchor choices made from one fetched RIPE Atlas anchor list before it is fetched again.
+_ATLAS_ROTATIONS_PER_FETCH = 6
+#: Untried destinations of one family kept from one :meth:`ProbeService.record_untried` call.
+_UNTRIED_PER_FAMILY = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PathMeasurement:
+    """What is known about one (source, destination) path, for people and monitors.
+
+    ``ok``: the latest result of at least one method (ICMP, TCP, passive) proved the path.
+    ``rtt`` is the EWMA, ``last_rtt`` the latest sample, ``min_rtt`` the smallest (seconds);
+    ``loss`` the fraction of recent probes lost; ``age`` seconds since the latest result.
+    """
+
+    source: str
+    destination: str
+    methods: tuple[str, ...]
+    ok: bool
+    rtt: float | None
+    min_rtt: float | None
+    loss: float
+    samples: int
+    age: float
+    last_rtt: float | None = None
+
+
+
+
+def context_for(
+    config: Config, *, clock: Callable[[], float] = time.monotonic
+) -> pairs.PairContext:
+    """A ranking context with ``config``'s tables, resolver and preferences (empty tables).
+
+    The resolver uses ``config.nameservers`` (the system's when empty) and ``dns_timeout``;
+    it opens no socket until its first query.
+    """
+    return pairs.PairContext(
+        latency=LatencyTable(
+            prefix_v6=config.prefix_v6,
+            prefix_v4=config.prefix_v4,
+            alpha=config.ewma_weight,
+            max_entries=config.table_size,
+        ),
+        failures=FailureTable(config.failure_ttl, max_entries=config.table_size),
+        resolver=Resolver(list(config.nameservers) or None, timeout=config.dns_timeout),
+        ipv6_bias_ms=config.ipv6_bias_ms,
+        clock=clock,
+    )
+
+
+def _ip_of(addr: object) -> tuple[IPAddress, int | None] | None:
+    if not isinstance(addr, tuple) or not addr or not isinstance(addr[0], str):
+        return None
+    try:
+        ip, zone = parse_address(addr[0])
+    except ValueError:
+        return None
+    scope = addr[3] if len(addr) == 4 and isinstance(addr[3], int) and addr[3] else None
+    if scope is None and zone is not None and zone.isdigit():
+        scope = int(zone)
+    return ip, scope
+
+
+
+class ProbeService:
+    """The background probe service; an async context manager.
+
+    ``config`` defaults to ``Config.from_env()``. With ``install=True`` (default) the
+    service's :attr:`context` becomes the package-wide default ranking context while it runs,
+    so ``apr_async.get_addr_pairs`` uses its measurements; the previous default comes back
+    when it closes. ``clock`` (monotonic seconds) and ``rng`` are for tests.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        install: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if config is None:
+            config = Config.from_env()
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be an apr_async.Config, not {type(config).__name__}")
+        self.config = config
+        self._install = bool(install)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        #: The ranking context backed by this service's tables (pass it as ``context=``).
+        self.context = context_for(config, clock=clock)
+        self.latency: LatencyTable = self.context.latency
+        self.failures: FailureTable = self.context.failures
+        self.resolver: Resolver = self.context.get_resolver()
+        self._tracker = StatusTracker(max_entries=config.table_size)
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._atlas_task: asyncio.Task[None] | None = None
+        self._watcher: NetWatcher | None = None
+        self._snapshot: interfaces.HostSnapshot | None = None
+        self._icmp: IcmpMode | None = None
+        self._nat64: str | None = None
+        self._nat64_checked: float | None = None
+        self._recent = RecentDestinations(
+            config.recent_destinations,
+            ttl=config.recent_ttl,
+            interval=config.recent_probe_interval,
+        )
+        self._targets: list[Target] = []
+        self._anchors: list[IPAddress] = []
+        self._status_dirty = True
+        self._status = ConnectivityStatus()
+        self._ready = asyncio.Event()
+        self._tick = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._pacer = Pacer(config.probe_rate, min(config.probe_rate, 10.0))
+        self._limit = asyncio.Semaphore(config.max_concurrent_probes)
+        self._previous_context: pairs.PairContext | None = None
+        self._released = False
+        self._last_save: float | None = None
+        self._persist_warned = False
+        #: Completed probe rounds.
+        self.rounds = 0
+        #: Network changes noticed (addresses, gateways).
+        self.network_changes = 0
+        #: Probes sent, by method (for diagnostics and the benchmark).
+        self.probes_sent = {"icmp": 0, "tcp": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> ProbeService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`aclose`."""
+        return self._state == "running"
+
+    @property
+    def icmp_mode(self) -> IcmpMode | None:
+        """The ICMP socket kind in use, or ``None`` when ICMP is off."""
+        return self._icmp
+
+    async def start(self) -> None:
+        """Start probing in the background; returns at once (no network wait)."""
+        self.start_nowait()
+
+    def start_nowait(self) -> None:
+        """:meth:`start` for synchronous callers that run inside the event loop."""
+        if self._state != "new":
+            raise RuntimeError(f"ProbeService is {self._state}; it can be started once")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._state = "running"
+        try:
+            self._snapshot = interfaces.read_snapshot()
+            self.context.observe_network(self._snapshot.fingerprint)
+            self._icmp = detect_icmp_mode(self.config.icmp)
+            if self._icmp is None and self.config.icmp != "off":
+                log.warning(
+                    "ICMP probes are off: neither raw sockets nor ping sockets are allowed "
+                    "here (see net.ipv4.ping_group_range); TCP probes carry on"
+                )
+            if self.config.persist:
+                self._load_cache()
+            self._derive_status()
+            self._watcher = NetWatcher(
+                self._on_network_event,
+                mode=self.config.netwatch,
+                poll_interval=self.config.poll_interval,
+                debounce=self.config.netwatch_debounce,
+            )
+            self._watcher.start()
+            if self.config.atlas:
+                self._start_atlas(loop)
+            if self._install:
+                _install(self)
+            self._task = loop.create_task(self._run(), name="apr_async-probe-service")
+        except BaseException:
+            if self._atlas_task is not None:
+                self._atlas_task.cancel()
+            self._release_sync()
+            self._state = "closed"
+            raise
+
+    async def aclose(self) -> None:
+        """Stop probing and release everything (sockets, tasks, resolver). Idempotent."""
+        if self._state == "new":
+            self._state = "closed"
+            await self.resolver.close()
+            return
+        tasks = [t for t in (self._task, self._atlas_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        await self._release()
+
+    def _release_sync(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+        _uninstall(self)
+
+    async def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._state = "closed"
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await watcher.aclose()
+        self._release_sync()
+        if self.config.persist:
+            self._save_cache_now()
+        await self.resolver.close()
+        self._notify_progress()
+
+    # ------------------------------------------------------------------ public API
+
+    def status(self) -> ConnectivityStatus:
+        """The current connectivity status (derived from recent observations)."""
+        if self._status_dirty:
+            self._derive_status()
+        return self._status
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until the first probe round has completed; False on timeout or when closed."""
+        if self._ready.is_set():
+            return True
+        if self._state == "closed":
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_progress(self._ready.is_set)
+        except (TimeoutError, RuntimeError):
+            return False
+        return self._ready.is_set()
+
+    async def wait_rounds(self, count: int, timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Wait for ``count`` more completed rounds; return the total. TimeoutError if not."""
+        target = self.rounds + count
+        async with asyncio.timeout(timeout):
+            await self._wait_progress(lambda: self.rounds >= target)
+        return self.rounds
+
+    async def wait_status(
+        self,
+        predicate: Callable[[ConnectivityStatus], bool],
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ConnectivityStatus:
+        """Wait until the status satisfies ``predicate`` (checked after every round and
+        passive sample); raise ``TimeoutError`` naming the last status otherwise."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_progress(lambda: predicate(self.status()))
+        except TimeoutError:
+            raise TimeoutError(f"status never matched; last: {self.status().summary()}") from None
+        return self.status()
+
+    async def _wait_progress(self, done: Callable[[], bool]) -> None:
+        while not done():
+            if self._state == "closed":
+                raise RuntimeError("ProbeService closed")
+            await self._tick.wait()
+
+    def probe_now(self) -> None:
+        """Start the next probe round at once (e.g. after the application saw trouble)."""
+        self._wake.set()
+
+    def targets(self) -> list[Target]:
+        """The targets of the latest round."""
+        return list(self._targets)
+
+    def measurements(self) -> list[PathMeasurement]:
+        """The latest result and latency figures of every probed path, best first."""
+        now = self._clock()
+        by_pair: dict[tuple[IPAddress, IPAddress], list[Observation]] = {}
+        for obs in self._tracker.observations():
+            by_pair.setdefault((obs.source, obs.destination), []).append(obs)
+        out: list[PathMeasurement] = []
+        for (src, dst), items in by_pair.items():
+            latest = max(items, key=lambda o: o.at)
+            estimate = self.latency.estimate(src, dst)
+            if estimate is not None and estimate.inherited:
+                estimate = None  # a path's own figures only, never its prefix's
+            out.append(
+                PathMeasurement(
+                    source=str(src),
+                    destination=str(dst),
+                    methods=tuple(sorted({o.method for o in items})),
+                    ok=any(o.ok for o in items),
+                    rtt=estimate.rtt if estimate is not None else None,
+                    min_rtt=estimate.min if estimate is not None else None,
+                    loss=estimate.loss if estimate is not None else 0.0,
+                    samples=estimate.samples if estimate is not None else 0,
+                    age=now - latest.at,
+                    last_rtt=estimate.last if estimate is not None else None,
+                )
+            )
+        out.sort(key=lambda m: (not m.ok, m.rtt if m.rtt is not None else float("inf")))
+        return out
+
+    def record_attempt(
+        self, pair: object, port: int, ok: bool, rtt: float | None, errno: int | None
+    ) -> None:
+        """Passive sample: one connection attempt's outcome (see ``connect.AttemptRecorder``).
+
+        A refusal (``ok`` false with an ``rtt``) proves the path; a silent failure counts as
+        a loss. The destination joins the recently used ones, re-probed on ``port``.
+        """
+        src_info = _ip_of(getattr(pair, "source", None))
+        dst_info = _ip_of(getattr(pair, "destination", None))
+        if src_info is None or dst_info is None:
+            return
+        src, _ = src_info
+        dst, scope = dst_info
+        now = self._clock()
+        if not record_outcome(
+            self.latency, self.failures, src, dst, port, ok=ok, rtt=rtt, errno=errno, now=now
+        ):
+            return  # a sample that cannot be right is dropped; the connector must not fail
+        self._tracker.observe(
+            Observation(src, dst, ok or rtt is not None, now, is_offlink(dst, self._snapshot),
+                        "passive")
+        )
+        self._recent.note(dst, scope, port, now)
+        self._status_dirty = True
+        self._notify_progress()
+
+    def record_untried(self, pairs: Sequence[object], port: int) -> None:
+        """Pairs a won connection race never tried (see ``connect_types.UntriedRecorder``):
+        their destinations join the recently used ones, due for a probe on ``port`` in the
+        next round and then rate-limited like any other. No sample: nothing was sent.
+
+        The connector gives the best untried pair of each family other than the winner's;
+        without it a family that always loses within the attempt delay would never be
+        measured, so the ranking could never learn that it is faster. At most
+        ``_UNTRIED_PER_FAMILY`` per family of each call are kept, whoever the caller is.
+        """
+        now = self._clock()
+        taken: dict[int, int] = {}
+        for pair in pairs:
+            dst_info = _ip_of(getattr(pair, "destination", None))
+            if dst_info is None:
+                continue
+            dst, scope = dst_info
+            count = taken.get(dst.version, 0)
+            if count >= _UNTRIED_PER_FAMILY:
+                continue
+            taken[dst.version] = count + 1
+            self._recent.note(dst, scope, port, now, measured=False)
+
+    def note_destination(self, destination: IPAddress, port: int, *, ifindex: int | None = None,
+                         now: float | None = None) -> None:
+        """Add a destination the application uses to the re-probed set (no sample)."""
+        self._recent.note(destination, ifindex, port, self._clock() if now is None else now)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        urgent = True  # the first round, and one after a wake-up, is not spread out
+        try:
+            while True:
+                started = loop.time()
+                try:
+                    await self._round(spread_out=not urgent)
+                except Exception:
+                    # a bug in one round must not silently end the service for good
+                    log.exception("apr_async probe round failed")
+                jitter = self.config.probe_jitter
+                interval = self.config.probe_interval * (1 + self._rng.uniform(-jitter, jitter))
+                # start-to-start schedule: a slow round does not stretch the period
+                delay = max(0.0, started + interval - loop.time())
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
+                urgent = self._wake.is_set()
+                self._wake.clear()
+        finally:
+            # also reached when the loop shuts down without aclose() (asyncio.run)
+            await self._release()
+
+    async def _round(self, *, spread_out: bool) -> None:
+        self._refresh_snapshot()
+        snapshot = self._snapshot
+        assert snapshot is not None
+        now = self._clock()
+        nat64 = None
+        if self._nat64_due(snapshot, now):
+            nat64 = asyncio.create_task(self._discover_nat64(), name="apr_async-nat64")
+        try:
+            targets = await self._collect_targets(snapshot, now)
+            self._targets = targets
+            plan = plan_probes(snapshot, targets, icmp=self._icmp is not None)
+            if plan:
+                # steady-state rounds spread their probes (no bursts on the wire); the first
+                # round and one after a network change go as fast as the rate limit allows
+                spread = 0.0
+                if spread_out:
+                    spread = min(self.config.probe_jitter * self.config.probe_interval,
+                                 self.config.probe_interval / 2)
+                outcomes = await asyncio.gather(*(self._probe(p, spread) for p in plan),
+                                                return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, Exception):
+                        log.error("apr_async probe failed", exc_info=outcome)
+            if nat64 is not None:
+                await nat64
+        finally:
+            if nat64 is not None and not nat64.done():
+                nat64.cancel()
+                await asyncio.wait({nat64})
+        self.rounds += 1
+        self._derive_status()
+        self._ready.set()
+        self._notify_progress()
+        if self.config.persist:
+            await self._save_cache_in_background()
+
+    def _notify_progress(self) -> None:
+        # wake every waiter once; they re-check their condition and wait on the next event
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    # ------------------------------------------------------------------ targets and plan
+
+    async def _collect_targets(
+        self, snapshot: interfaces.HostSnapshot, now: float
+    ) -> list[Target]:
+        cfg = self.config
+        out: list[Target] = []
+        tcp_default = cfg.probe_port if cfg.tcp_probes else None
+        for target in cfg.probe_targets:
+            port = (target.port or cfg.probe_port) if cfg.tcp_probes else None
+            for ip, ifindex in await self._resolve_target(target.host, snapshot):
+                out.append(Target(ip, ifindex, port, "configured", target.host))
+        if cfg.probe_gateways:
+            # a gateway is not a TCP service; it gets TCP only when ICMP cannot be used,
+            # and then a refusal (RST) is the expected proof of the path
+            out += gateway_targets(snapshot, tcp_default if self._icmp is None else None)
+        out += self._recent.due(now, tcp=cfg.tcp_probes)
+        out += [Target(ip, None, tcp_default, "atlas", str(ip)) for ip in self._anchors]
+        return out
+
+    async def _resolve_target(
+        self, host: str, snapshot: interfaces.HostSnapshot
+    ) -> list[tuple[IPAddress, int | None]]:
+        try:
+            ip, zone = parse_address(host)
+        except ValueError:
+            pass
+        else:
+            ifindex = None
+            if zone is not None:
+                ifindex = int(zone) if zone.isdigit() else snapshot.ifindex_of(zone)
+                if ifindex is None:
+                    return []
+            return [(ip, ifindex)]
+        try:
+            async with asyncio.timeout(self.config.dns_timeout * 2):
+                found = await self.resolver.resolve(host)
+        except (OSError, TimeoutError) as exc:
+            log.debug("probe target %s does not resolve: %s", host, exc)
+            return []
+        out: list[tuple[IPAddress, int | None]] = []
+        for ip, zone in found:
+            ifindex = None
+            if zone is not None:
+                ifindex = int(zone) if zone.isdigit() else snapshot.ifindex_of(zone)
+            out.append((ip, ifindex))
+        return out
+
+    # ------------------------------------------------------------------ probing
+
+    async def _probe(self, probe: PlannedProbe, spread: float) -> None:
+        loop = asyncio.get_running_loop()
+        if spread > 0:
+            await asyncio.sleep(self._rng.uniform(0, spread))
+        async with self._limit:
+            await self._pacer.wait(loop)
+            source, target = source_text(probe.source), probe.target.text()
+            wait = self.config.probe_timeout
+            try:
+                if probe.method == "icmp":
+                    if self._icmp is None:
+                        return
+                    self.probes_sent["icmp"] += 1
+                    result = await icmp_probe(
+                        source, target, max_wait=wait, privileged=self._icmp == "privileged"
+                    )
+                else:
+                    assert probe.target.port is not None
+                    self.probes_sent["tcp"] += 1
+                    result = await tcp_probe(source, target, probe.target.port, max_wait=wait)
+            except IcmpUnavailableError as exc:
+                if self._icmp is not None:
+                    log.warning("ICMP probes are off (%s); TCP probes carry on", exc.strerror)
+                    self._icmp = None
+                return
+            except (ValueError, OSError) as exc:
+                log.debug("probe %s -> %s skipped: %s", source, target, exc)
+                return
+        self._record_probe(probe, result)
+
+    def _record_probe(self, probe: PlannedProbe, result: ProbeResult) -> None:
+        if result.error in (errno_codes.EADDRNOTAVAIL, errno_codes.EINVAL) and not result.ok:
+            return  # the source went away mid-round: that says nothing about the path
+        src, dst = probe.source.address, probe.target.ip
+        now = self._clock()
+        self.latency.record(src, dst, result.rtt if result.ok else None, now)
+        port = probe.target.port
+        if result.method == "tcp" and port is not None:
+            if result.ok:
+                self.failures.record_success(src, dst, port)
+            else:
+                name = errno_codes.errorcode.get(result.error or 0, "failed")
+                self.failures.record_failure(src, dst, port, now, error=name)
+        self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink,
+                                          result.method))
+        self._status_dirty = True
+
+    # ------------------------------------------------------------------ status and network
+
+    def _derive_status(self) -> None:
+        snapshot = self._snapshot
+        if snapshot is None:
+            return
+        gateways: dict[int, str | None] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            gw = snapshot.default_gateway(family)
+            text: str | None = None
+            if gw is not None:
+                if gw.address is None:
+                    text = f"dev {gw.interface}" if gw.interface else "on-link"
+                elif scope_of(gw.address) <= Scope.LINK_LOCAL and gw.interface:
+                    text = f"{gw.address}%{gw.interface}"
+                else:
+                    text = str(gw.address)
+            gateways[family] = text
+        sources = [s for s in snapshot.sources if s.kind is not AddressKind.LOOPBACK]
+        before = self._status
+        status = self._tracker.derive(
+            sources,
+            now=self._clock(),
+            max_age=self.config.effective_status_max_age,
+            gateway4=gateways[socket.AF_INET],
+            gateway6=gateways[socket.AF_INET6],
+            nat64_prefix=self._nat64,
+        )
+        self._status = status
+        self._status_dirty = False
+        translators = set()
+        if status.NAT44:
+            translators.add(Translator.NAT44.value)
+        if status.NPTv6:
+            translators.add(Translator.NPTV6.value)
+        if status.NAT64_prefix:
+            translators.add(Translator.NAT64.value)
+        self.context.translators_seen = frozenset(translators)
+        if not before.same_flags(status) and status.observations:
+            log.info("apr_async connectivity: %s", status.summary())
+
+    def _refresh_snapshot(self) -> None:
+        try:
+            snapshot = interfaces.read_snapshot()
+        except OSError as exc:
+            log.debug("cannot read interfaces: %s", exc)
+            return
+        if self._snapshot is None or snapshot.fingerprint != self._snapshot.fingerprint:
+            self._network_changed(snapshot)
+        else:
+            self._snapshot = snapshot
+
+    def _on_network_event(self) -> None:
+        if self._state != "running":
+            return
+        before = self._snapshot.fingerprint if self._snapshot is not None else None
+        self._refresh_snapshot()
+        if self._snapshot is not None and self._snapshot.fingerprint != before:
+            self._wake.set()
+
+    def _network_changed(self, snapshot: interfaces.HostSnapshot) -> None:
+        first = self._snapshot is None
+        self._snapshot = snapshot
+        self.context.observe_network(snapshot.fingerprint)
+        if first:
+            return
+        self.network_changes += 1
+        log.info("apr_async: network changed (addresses or gateways); probing again")
+        # failures and observations describe the old network
+        self.failures.clear()
+        self._tracker.forget()
+        interfaces.invalidate_cache()
+        self._nat64_checked = None
+        self._derive_status()
+        self._notify_progress()
+
+    def _nat64_due(self, snapshot: interfaces.HostSnapshot, now: float) -> bool:
+        if not self.config.nat64_discovery:
+            return False
+        if not any(s.address.version == 6 and s.scope == Scope.GLOBAL for s in snapshot.sources):
+            self._nat64 = None
+            return False
+        return self._nat64_checked is None or now - self._nat64_checked >= _NAT64_RECHECK
+
+    async def _discover_nat64(self) -> None:
+        self._nat64_checked = self._clock()
+        try:
+            async with asyncio.timeout(self.config.dns_timeout * 2):
+                resolution = await self.resolver.lookup("ipv4only.arpa", socket.AF_INET6)
+            answers = [ip for ip, _zone in resolution.addresses]
+        except (OSError, TimeoutError) as exc:
+            log.debug("NAT64 discovery: %s", exc)
+            answers = []
+        found = nat64_prefixes(answers)
+        prefix = str(found[0]) if found else None
+        if prefix != self._nat64:
+            if prefix:
+                log.info("apr_async: NAT64 prefix %s (RFC 7050)", prefix)
+            self._nat64 = prefix
+            self._status_dirty = True
+
+    # ------------------------------------------------------------------ atlas
+
+    def _start_atlas(self, loop: asyncio.AbstractEventLoop) -> None:
+        from apr_async.probe.atlas import AnchorRotation  # noqa: PLC0415 - optional feature
+
+        rotation = AnchorRotation(
+            per_family=self.config.atlas_per_family,
+            interval=self.config.atlas_rotate_interval,
+            rng=self._rng,
+        )
+        self._atlas_task = loop.create_task(self._atlas_loop(rotation), name="apr_async-atlas")
+
+    async def _atlas_loop(self, rotation: AnchorRotation) -> None:
+        from apr_async.probe.atlas import fetch_anchors  # noqa: PLC0415
+
+        cfg = self.config
+        # the anchor list changes slowly and is large: fetch it every few rotations only
+        refresh = cfg.atlas_rotate_interval * _ATLAS_ROTATIONS_PER_FETCH
+        fetched_at: float | None = None
+        while True:
+            now = self._clock()
+            if fetched_at is None or now - fetched_at >= refresh:
+                try:
+                    anchors = await fetch_anchors(
+                        cfg.atlas_url,
+                        max_wait=max(10.0, cfg.dns_timeout * 4),
+                        nameservers=cfg.nameservers,
+                    )
+                except Exception as exc:  # optional targets: never fatal
+                    log.info("RIPE Atlas anchors unavailable: %s", exc)
+                else:
+                    rotation.update(anchors, now)
+                    fetched_at = now
+            self._anchors = rotation.targets(self._clock())
+            await asyncio.sleep(cfg.atlas_rotate_interval)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _load_cache(self) -> None:
+        path = self.config.effective_cache_path
+        wall, now = time.time(), self._clock()
+        entries = load_cache(path, now=wall)
+        if not entries:
+            return
+        try:
+            restore_latency(self.latency, entries, now=now, wall=wall)
+        except ValueError as exc:
+            log.warning("apr_async cache %s not usable: %s", path, exc)
+        else:
+            log.debug("warm start: %d latency entries from %s", len(entries), path)
+
+    def _save_due(self) -> bool:
+        last = self._last_save
+        return last is None or self._clock() - last >= self.config.persist_interval
+
+    async def _save_cache_in_background(self) -> None:
+        if not self._save_due():
+            return
+        self._last_save = self._clock()
+        entries = table_entries(self.latency, now=self._clock(), wall=time.time())
+        # fsync can stall for a long time on a busy disk: never on the event loop's thread
+        await asyncio.to_thread(self._write_cache, entries)
+
+    def _save_cache_now(self) -> None:
+        # the last save, on close: wait for a concurrent writer rather than lose it
+        entries = table_entries(self.latency, now=self._clock(), wall=time.time())
+        self._write_cache(entries, wait=True)
+
+    def _write_cache(self, entries: list[CachedLatency], *, wait: bool = False) -> None:
+        if not entries:
+            return
+        try:
+            save_cache(self.config.effective_cache_path, entries, wait=wait)
+        except CacheBusyError:
+            self._last_save = None  # another process is writing: try again next round
+        except OSError as exc:
+            if not self._persist_warned:
+                log.warning("apr_async cache not written: %s", exc)
+                self._persist_warned = True
+
+
+# Services whose context is the package default, or was until another service installed its
+# own on top: a chain through ``_previous_context``. Closing a service unlinks it, so the
+# default never falls back to the context of a service that is already closed, whatever order
+# services close in.
+_installed: weakref.WeakSet[ProbeService] = weakref.WeakSet()
+_install_lock = threading.Lock()
+
+
+def _install(service: ProbeService) -> None:
+    with _install_lock:
+        service._previous_context = pairs.default_context()
+        pairs.set_default_context(service.context)
+        _installed.add(service)
+
+
+def _uninstall(service: ProbeService) -> None:
+    with _install_lock:
+        if service not in _installed:
+            return
+        _installed.discard(service)
+        previous, service._previous_context = service._previous_context, None
+        if pairs.default_context() is service.context:
+            pairs.set_default_context(previous)
+        for other in _installed:
+            if other._previous_context is service.context:
+                other._previous_context = previous
+
+
+def install_fallback_context(context: pairs.PairContext) -> None:
+    """Make ``context`` the package default once no running service's context is installed.
+
+    Running services keep theirs installed; ``context`` takes the place of whatever the first
+    of them replaced, so it comes back when they close.
+    """
+    with _install_lock:
+        owners = {id(s.context): s for s in _installed}
+        current = pairs.default_context()
+        owner = owners.get(id(current))
+        if owner is None:
+            pairs.set_default_context(context)
+            return
+        while (below := owners.get(id(owner._previous_context))) is not None:
+            owner = below
+        owner._previous_context = context
