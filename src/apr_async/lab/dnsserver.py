@@ -47,7 +47,10 @@ def normalize_name(name: str) -> str:
 class ZoneEntry:
     """Records of one name. Addresses are validated; lists are accepted and frozen to tuples.
 
-    ``delay_a``/``delay_aaaa`` hold back answers to that query type by that many seconds.
+    ``delay_a``/``delay_aaaa``/``delay_https`` hold back answers to that query type by that
+    many seconds. ``https`` are HTTPS (type 65) RDATA, served as given (build them with
+    :func:`apr_async.lab.dnswire.https_rdata`; any bytes, so malformed ones too);
+    ``drop_https`` never answers type-65 queries, like a middlebox that eats them.
     """
 
     a: tuple[str, ...] = ()
@@ -55,27 +58,35 @@ class ZoneEntry:
     ttl: int = 300
     delay_a: float = 0.0
     delay_aaaa: float = 0.0
+    https: tuple[bytes, ...] = ()
+    delay_https: float = 0.0
+    drop_https: bool = False
 
     def __post_init__(self) -> None:
         a = tuple(_checked(self.a, 4))
         aaaa = tuple(_checked(self.aaaa, 6))
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "aaaa", aaaa)
+        object.__setattr__(self, "https", tuple(bytes(r) for r in self.https))
+        if any(len(r) > 65535 for r in self.https):
+            raise ValueError("an RDATA longer than 65535 octets cannot be sent")
         if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not (
                 0 <= self.ttl < 2**31):
             raise ValueError(f"ttl must be an int in [0, 2**31): {self.ttl!r}")
-        for name in ("delay_a", "delay_aaaa"):
+        for name in ("delay_a", "delay_aaaa", "delay_https"):
             delay = getattr(self, name)
             if (isinstance(delay, bool) or not isinstance(delay, int | float)
                     or not math.isfinite(delay) or not 0 <= delay <= 60):
                 raise ValueError(f"{name} must be seconds in [0, 60]: {delay!r}")
 
-    def records(self, qtype: int) -> list[tuple[int, int, str]]:
-        """Answers for ``qtype`` as ``(rrtype, ttl, address)``."""
+    def records(self, qtype: int) -> list[tuple[int, int, str | bytes]]:
+        """Answers for ``qtype`` as ``(rrtype, ttl, address or rdata)``."""
         if qtype == RRType.A:
             return [(RRType.A, self.ttl, a) for a in self.a]
         if qtype == RRType.AAAA:
             return [(RRType.AAAA, self.ttl, a) for a in self.aaaa]
+        if qtype == RRType.HTTPS:
+            return [(RRType.HTTPS, self.ttl, r) for r in self.https]
         return []
 
     def delay(self, qtype: int) -> float:
@@ -84,6 +95,8 @@ class ZoneEntry:
             return self.delay_a
         if qtype == RRType.AAAA:
             return self.delay_aaaa
+        if qtype == RRType.HTTPS:
+            return self.delay_https
         return 0.0
 
 
@@ -326,7 +339,7 @@ class DNSServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def resolve(self, query: Query) -> tuple[Rcode, list[tuple[int, int, str]], float]:
+    def resolve(self, query: Query) -> tuple[Rcode, list[tuple[int, int, str | bytes]], float]:
         """Decide the answer to ``query``: rcode, records and delay (pure zone lookup)."""
         if query.opcode != 0:
             return Rcode.NOTIMP, [], 0.0
@@ -343,6 +356,9 @@ class DNSServer:
         except DNSFormatError:
             return formerr(data)
         self.queries.append(QueryRecord(query.name, query.qtype, transport, peer))
+        entry = self._zone.get(query.name)
+        if entry is not None and entry.drop_https and query.qtype == RRType.HTTPS:
+            return None  # silence: the client's resolver must time out on its own
         rcode, answers, delay = self.resolve(query)
         if delay > 0:
             await asyncio.sleep(delay)

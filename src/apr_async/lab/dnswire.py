@@ -20,6 +20,7 @@ __all__ = [
     "build_response",
     "encode_name",
     "formerr",
+    "https_rdata",
     "parse_query",
 ]
 
@@ -164,13 +165,14 @@ def encode_name(name: str) -> bytes:
 def build_response(
     query: Query,
     rcode: Rcode,
-    answers: list[tuple[int, int, str]] | None = None,
+    answers: list[tuple[int, int, str | bytes]] | None = None,
     *,
     max_size: int | None = None,
 ) -> bytes:
     """Build an authoritative response to ``query``.
 
-    ``answers`` are ``(rrtype, ttl, address)`` for the queried name (A or AAAA). When the
+    ``answers`` are ``(rrtype, ttl, address)`` for the queried name (A or AAAA), or
+    ``(rrtype, ttl, rdata bytes)`` sent as they are (HTTPS, or a deliberately bad one). When the
     message would exceed ``max_size`` (UDP), answers are dropped and TC is set so the client
     retries over TCP.
     """
@@ -178,7 +180,7 @@ def build_response(
     flags = _QR | _AA | _RA | (query.flags & _RD) | (query.opcode << 11) | int(rcode)
     records = bytearray()
     for rrtype, ttl, address in answers:
-        rdata = ipaddress.ip_address(address).packed
+        rdata = address if isinstance(address, bytes) else ipaddress.ip_address(address).packed
         # 0xC00C points at the question name right after the 12-byte header
         records += struct.pack("!HHHIH", 0xC00C, rrtype, CLASS_IN, ttl, len(rdata)) + rdata
     message = _HEADER.pack(query.id, flags, 1, len(answers), 0, 0) + query.question + records
@@ -196,3 +198,42 @@ def formerr(msg: bytes) -> bytes | None:
     if flags & _QR:
         return None  # never answer responses: that is how reflection loops start
     return _HEADER.pack(qid, _QR | (flags & _RD) | int(Rcode.FORMERR), 0, 0, 0, 0)
+
+
+def https_rdata(
+    priority: int,
+    target: str = ".",
+    *,
+    mandatory: tuple[int, ...] = (),
+    alpn: tuple[str, ...] = (),
+    no_default_alpn: bool = False,
+    port: int | None = None,
+    ipv4hint: tuple[str, ...] = (),
+    ech: bytes | None = None,
+    ipv6hint: tuple[str, ...] = (),
+    extra: tuple[tuple[int, bytes], ...] = (),
+) -> bytes:
+    """RDATA of an HTTPS/SVCB record (RFC 9460 section 2.2), keys in increasing order.
+
+    Nothing is validated on purpose (a port of 0, thousands of hints, an unknown mandatory
+    key in ``extra``): the lab serves what a hostile zone could. Written independently of the
+    library's parser so the tests compare two implementations.
+    """
+    params: list[tuple[int, bytes]] = list(extra)
+    if mandatory:
+        params.append((0, b"".join(struct.pack("!H", k) for k in mandatory)))
+    if alpn:
+        params.append((1, b"".join(bytes([len(a)]) + a.encode("ascii") for a in alpn)))
+    if no_default_alpn:
+        params.append((2, b""))
+    if port is not None:
+        params.append((3, struct.pack("!H", port)))
+    if ipv4hint:
+        params.append((4, b"".join(ipaddress.IPv4Address(a).packed for a in ipv4hint)))
+    if ech is not None:
+        params.append((5, ech))
+    if ipv6hint:
+        params.append((6, b"".join(ipaddress.IPv6Address(a).packed for a in ipv6hint)))
+    params.sort(key=lambda kv: kv[0])
+    body = b"".join(struct.pack("!HH", k, len(v)) + v for k, v in params)
+    return struct.pack("!H", priority) + encode_name(target) + body
