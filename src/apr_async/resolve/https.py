@@ -1,0 +1,106 @@
+"""HTTPS records (RFC 9460) through the resolver: one query per name, aliases followed.
+
+The wire values come from pycares 5 (``HTTPSRecordData``: priority, target and the raw
+SvcParam values), the meaning from :mod:`apr_async.core.svcb` and
+:mod:`apr_async.core.svcb_plan`. Nothing here raises for DNS trouble: a failed query, a
+malformed record or an alias loop gives an :class:`HttpsAnswer` without endpoints and a
+log line, and the connection goes on with A/AAAA as if no record existed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pycares
+
+from apr_async.core.svcb import MAX_ALIAS_CHAIN, SvcbError, SvcbRecord, parse_record
+from apr_async.core.svcb_plan import SvcbEndpoint, SvcbPlan, plan
+from apr_async.resolve.resolver import Resolver
+
+__all__ = ["HttpsAnswer", "lookup_https"]
+
+log = logging.getLogger(__name__)
+_RTYPE_HTTPS = pycares.QUERY_TYPE_HTTPS
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsAnswer:
+    """What the HTTPS records of ``name`` say: the alias ``chain`` followed, the final
+    ``plan`` (``None`` when no record set was usable) and ``error`` (why not)."""
+
+    name: str
+    chain: tuple[str, ...]
+    plan: SvcbPlan | None
+    error: str | None = None
+
+    @property
+    def endpoints(self) -> tuple[SvcbEndpoint, ...]:
+        """The ServiceMode endpoints in SvcPriority order (empty: use A/AAAA of ``name``)."""
+        return self.plan.endpoints if self.plan is not None else ()
+
+
+def _records(owner: str, result: Any) -> tuple[list[SvcbRecord], list[tuple[str, str]]]:
+    records: list[SvcbRecord] = []
+    errors: list[tuple[str, str]] = []
+    for rr in result.answer:
+        if rr.type != _RTYPE_HTTPS:
+            continue  # CNAMEs on the way (c-ares follows them)
+        data = rr.data
+        try:
+            records.append(parse_record(int(data.priority), str(data.target),
+                                        [(int(k), bytes(v)) for k, v in data.params],
+                                        owner=owner))
+        except SvcbError as exc:
+            text = f"{data.priority} {data.target or '.'} ({len(data.params)} params)"
+            log.warning("HTTPS record of %s ignored: %s: %s", owner, text, exc)
+            errors.append((text, str(exc)))
+    return records, errors
+
+
+async def lookup_https(
+    resolver: Resolver,
+    name: str,
+    *,
+    port: int,
+    spoken: Sequence[str],
+    max_chain: int = MAX_ALIAS_CHAIN,
+) -> HttpsAnswer:
+    """Query HTTPS for ``name`` and follow AliasMode records (at most ``max_chain`` names).
+
+    ``port`` and ``spoken`` are as in :func:`apr_async.core.svcb_plan.plan`. Cancelling
+    cancels the query in flight.
+    """
+    origin = name.rstrip(".").lower()
+    current = origin
+    chain: list[str] = []
+    for _ in range(max_chain):
+        try:
+            result = await resolver.query_dns(current, _RTYPE_HTTPS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a DNS error means "no record", never a crash
+            # NODATA/NXDOMAIN is the common case (no record published): not worth a warning.
+            level = logging.DEBUG if _is_nodata(exc) else logging.WARNING
+            log.log(level, "HTTPS query for %s failed: %r; using A/AAAA", current, exc)
+            return HttpsAnswer(origin, tuple(chain), None, f"query for {current}: {exc!r}")
+        records, errors = _records(current, result)
+        decided = plan(current, records, port=port, spoken=spoken, errors=errors, chain=chain)
+        for text, why in decided.skipped[len(errors):]:  # errors were logged already
+            log.info("HTTPS record of %s not used: %s: %s", current, text, why)
+        if decided.alias is None:
+            if not decided.endpoints and (records or errors):
+                log.warning("no usable HTTPS record for %s; using A/AAAA", origin)
+            return HttpsAnswer(origin, tuple(chain), decided)
+        chain.append(current)
+        current = decided.alias
+    log.warning("HTTPS alias chain of %s longer than %d; using A/AAAA", origin, max_chain)
+    return HttpsAnswer(origin, tuple(chain), None, "alias chain too long")
+
+
+def _is_nodata(exc: BaseException) -> bool:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return code in (pycares.errno.ARES_ENODATA, pycares.errno.ARES_ENOTFOUND)
