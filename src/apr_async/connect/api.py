@@ -36,6 +36,7 @@ from apr_async.connect.race import race, race_attempts, untried_alternatives
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.recorders import ContextRecorder, report_untried
 from apr_async.connect.source import filtered, ranked_source
+from apr_async.connect.svcb_race import SvcbOptions, check_svcb, connect_via_svcb
 from apr_async.connect.tls import HandshakeHolder, ProtocolT, abort_holder, wrap_socket
 from apr_async.connect.types import (
     AttemptRecorder,
@@ -378,6 +379,7 @@ async def create_connection(
     race_tls: bool = False,
     pair_source: PairSource | None = None,
     context: PairContext | None = None,
+    svcb: bool | SvcbOptions | None = None,
     **kwds: Any,
 ) -> tuple[asyncio.Transport, ProtocolT]:
     """Like ``loop.create_connection``, over ranked pairs; returns ``(transport, protocol)``.
@@ -388,8 +390,10 @@ async def create_connection(
     its TLS error is kept for the final error; a rejected certificate, which no other path
     can change, ends the race at once. The protocol factory is still called once, for the
     winner. Also accepts ``ssl_shutdown_timeout``,
-    ``proto``, ``flags`` and ``all_errors`` like asyncio. Other arguments as in
-    :func:`connect_socket`.
+    ``proto``, ``flags`` and ``all_errors`` like asyncio. ``svcb`` decides whether the
+    name's HTTPS records (RFC 9460) are used: by default for TLS to port 443, always with
+    ``True`` or :class:`~apr_async.connect.svcb_race.SvcbOptions`, never with ``False``
+    (see :mod:`apr_async.connect.svcb_race`). Other arguments as in :func:`connect_socket`.
     """
     shutdown, all_errors = pop_compat_kwds(dict(kwds))
     if not callable(protocol_factory):
@@ -409,12 +413,19 @@ async def create_connection(
     tls = tls_options(opts.host, ssl, server_hostname, ssl_handshake_timeout, shutdown)
     if race_tls and tls is None:
         raise ValueError("race_tls=True needs ssl")
+    settings = check_svcb(svcb, opts, tls)
     log = AttemptLog()
-    return await _with_timeout(
-        opts,
-        log,
-        _create(protocol_factory, opts, log, tls, race_tls=bool(race_tls), all_errors=all_errors),
-    )
+
+    def create(
+        request: Options, request_tls: TLSOptions | None
+    ) -> Awaitable[tuple[asyncio.Transport, ProtocolT]]:
+        return _create(protocol_factory, request, log, request_tls, race_tls=bool(race_tls),
+                       all_errors=all_errors)
+
+    if settings is None:
+        return await _with_timeout(opts, log, create(opts, tls))
+    work = connect_via_svcb(opts, tls, settings, create, library_context=ssl is True)
+    return await _with_timeout(opts, log, work)
 
 
 async def open_connection(
@@ -434,6 +445,7 @@ async def open_connection(
     race_tls: bool = False,
     pair_source: PairSource | None = None,
     context: PairContext | None = None,
+    svcb: bool | SvcbOptions | None = None,
     **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Like ``asyncio.open_connection``, over ranked pairs; returns ``(reader, writer)``.
@@ -461,6 +473,7 @@ async def open_connection(
         race_tls=race_tls,
         pair_source=pair_source,
         context=context,
+        svcb=svcb,
         **kwds,
     )
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
