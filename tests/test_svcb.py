@@ -124,7 +124,7 @@ alpn_ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/.-", min_size=
        hints4=st.lists(v4, max_size=MAX_HINTS).map(tuple),
        hints6=st.lists(v6, max_size=MAX_HINTS).map(tuple),
        ech=st.none() | st.binary(min_size=1, max_size=64))
-def test_round_trip_through_the_lab_encoder(
+def test_round_trip_through_the_lab_encoder(  # noqa: PLR0917 - hypothesis arguments
     priority: int, target: str, alpn: tuple[str, ...], port: int | None,
     hints4: tuple[str, ...], hints6: tuple[str, ...], ech: bytes | None,
 ) -> None:

@@ -225,6 +225,8 @@ class Resolver:
         # Not a WeakKeyDictionary: a channel holds its loop, so the key would never die.
         # Channels of closed loops are dropped when a new loop shows up (see _channel).
         self._channels: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
+        # Channels for queries outside the cache (HTTPS records), see query_dns.
+        self._side_channels: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
         self._closed = False
         #: Number of DNS queries sent (cache misses), for tests and diagnostics.
         self.queries_sent = 0
@@ -297,7 +299,10 @@ class Resolver:
         through this loop's channel (for record types the cache does not hold, HTTPS)."""
         self._check_open()
         self.queries_sent += 1
-        channel = self._channel(asyncio.get_running_loop())
+        # A channel of its own: c-ares treats a reply it cannot parse (a hostile HTTPS record)
+        # as a server error and re-sends or fails every query on that connection, which
+        # would take the A/AAAA queries in flight down with it.
+        channel = self._channel(asyncio.get_running_loop(), self._side_channels)
         # aiodns 4's query_dns() knows type names only from a table without HTTPS (type 65),
         # which pycares 5 does query and decode: go one level down, through the same future
         # and error plumbing query_dns() uses (aiodns 4.0 internals; tests/test_https*.py
@@ -315,8 +320,9 @@ class Resolver:
     async def close(self) -> None:
         """Cancel outstanding queries and close every pycares channel."""
         self._closed = True
-        channels = list(self._channels.values())
+        channels = [*self._channels.values(), *self._side_channels.values()]
         self._channels.clear()
+        self._side_channels.clear()
         for channel in channels:
             await channel.close()
 
@@ -382,15 +388,20 @@ class Resolver:
             return None
         return answer
 
-    def _channel(self, loop: asyncio.AbstractEventLoop) -> aiodns.DNSResolver:
-        channel = self._channels.get(loop)
+    def _channel(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        store: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] | None = None,
+    ) -> aiodns.DNSResolver:
+        channels = self._channels if store is None else store
+        channel = channels.get(loop)
         if channel is None:
             self._drop_closed_loops()
             kwargs: dict[str, Any] = {"timeout": self.timeout, "tries": self.tries}
             channel = aiodns.DNSResolver(loop=loop, **kwargs)
             if self.nameservers:
                 channel.nameservers = self.nameservers
-            self._channels[loop] = channel
+            channels[loop] = channel
         return channel
 
     def _drop_closed_loops(self) -> None:
@@ -404,6 +415,8 @@ class Resolver:
         closed = [loop for loop in self._channels if loop.is_closed()]
         for loop in closed:
             del self._channels[loop]
+        for loop in [loop for loop in self._side_channels if loop.is_closed()]:
+            del self._side_channels[loop]
         if closed:
             for key in [key for key in self._inflight if key[0].is_closed()]:
                 del self._inflight[key]
