@@ -211,3 +211,66 @@ def test_bad_svcb_argument_before_io() -> None:
         SvcbOptions(wait=5.0)
     with pytest.raises(ValueError, match="alpn"):
         SvcbOptions(alpn="h2")  # type: ignore[arg-type]
+
+
+async def test_aiohttp_connector_follows_the_record(
+    tls_files: tuple[Path, Path, Path], client_ctx: ssl.SSLContext
+) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    from apr_async.aiohttp import AprConnector
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.host}")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(tls_files[1]), str(tls_files[2]))
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = runner.addresses[0][1]
+    zone = {"svc.test": ZoneEntry(a=("127.0.0.1",), https=(https_rdata(1, port=port),)),
+            "plain.test": ZoneEntry(a=("127.0.0.1",))}
+    try:
+        async with DNSServer(zone) as dns:
+            resolver = Resolver(dns.nameservers, hosts_path=None, timeout=0.5, tries=1)
+            connector = AprConnector(context=PairContext(resolver=resolver), ssl=client_ctx)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async with session.get("https://svc.test/") as response:
+                    # the Host header stays the origin's (no port: the URL's is 443)
+                    assert await response.text() == "hello svc.test"
+                with pytest.raises(aiohttp.ClientConnectorError):
+                    await session.get("https://plain.test/")
+            off = AprConnector(context=PairContext(resolver=resolver), ssl=client_ctx,
+                               svcb=False)
+            async with aiohttp.ClientSession(connector=off) as session:
+                with pytest.raises(aiohttp.ClientConnectorError):
+                    await session.get("https://svc.test/")
+            await resolver.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_svcb_endpoints_explain_each_endpoint(dns: DNSServer, ports: tuple[int, int]) -> None:
+    from apr_async import explain_https, svcb_endpoints
+
+    resolver = Resolver(dns.nameservers, hosts_path=None, timeout=0.5, tries=1)
+    try:
+        answer = await svcb_endpoints("svc.test", context=PairContext(resolver=resolver))
+        (endpoint,) = answer.endpoints
+        assert (endpoint.target, endpoint.port, endpoint.alpn) == ("svc.test", ports[0],
+                                                                   ("http/1.1",))
+        assert endpoint.ech == b"\x00\x01"  # kept and exposed, never used
+        text = "\n".join(explain_https(answer))
+        assert f"svc.test:{ports[0]}" in text and "ech kept, not used" in text
+        aliased = await svcb_endpoints("alias.test", context=PairContext(resolver=resolver))
+        assert "alias chain: alias.test -> cdn.test" in explain_https(aliased)[0]
+        none = explain_https(await svcb_endpoints("plain.test",
+                                                  context=PairContext(resolver=resolver)))
+        assert "A/AAAA only" in none[-1]
+    finally:
+        await resolver.close()

@@ -17,6 +17,8 @@ PUBLIC_API: dict[str, set[str]] = {
         "connect_socket", "create_connection", "explain", "explain_text", "get_addr_pairs",
         "getaddrinfo", "kind_of", "open_connection", "parse_address", "rank_pairs", "scope_of",
         "select_source", "sort_destinations", "status", "wait_ready",
+        # HTTPS records (RFC 9460)
+        "HttpsAnswer", "SvcbEndpoint", "SvcbOptions", "explain_https", "svcb_endpoints",
     },
     "apr_async.aiohttp": {"AprConnector", "AprResolver"},
     "apr_async.server": {

@@ -13,6 +13,7 @@ from __future__ import annotations
 from apr_async.config import Config
 from apr_async.connect.api import connect_socket, create_connection, open_connection
 from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.connect.svcb_race import SvcbOptions
 from apr_async.core.addresses import AddressKind, Scope, kind_of, parse_address, scope_of
 from apr_async.core.latency import Estimate, FailureTable, LatencyTable
 from apr_async.core.ranking import AddrPair, rank_pairs
@@ -24,7 +25,9 @@ from apr_async.core.rfc6724 import (
     sort_destinations,
 )
 from apr_async.core.status import ConnectivityStatus
+from apr_async.core.svcb_plan import SvcbEndpoint
 from apr_async.probe.default import ProbeService, configure, status, wait_ready
+from apr_async.resolve.https import HttpsAnswer, explain_https, svcb_endpoints
 from apr_async.resolve.pairs import PairContext, explain, explain_text, get_addr_pairs, getaddrinfo
 
 __version__ = "0.1.0"
@@ -38,17 +41,21 @@ __all__ = [
     "ConnectivityStatus",
     "Estimate",
     "FailureTable",
+    "HttpsAnswer",
     "LatencyTable",
     "PairContext",
     "PolicyTable",
     "ProbeService",
     "Scope",
     "SourceAddress",
+    "SvcbEndpoint",
+    "SvcbOptions",
     "__version__",
     "configure",
     "connect_socket",
     "create_connection",
     "explain",
+    "explain_https",
     "explain_text",
     "get_addr_pairs",
     "getaddrinfo",
@@ -60,5 +67,6 @@ __all__ = [
     "select_source",
     "sort_destinations",
     "status",
+    "svcb_endpoints",
     "wait_ready",
 ]

@@ -40,6 +40,7 @@ from aiohttp.client_exceptions import (
 from aiohttp.helpers import ceil_timeout
 
 from apr_async.connect.api import AttemptRecorder, create_connection
+from apr_async.connect.svcb_race import SvcbOptions
 from apr_async.probe.default import current_service
 from apr_async.resolve.pairs import PairContext, get_addr_pairs
 from apr_async.resolve.resolver import Resolver
@@ -82,6 +83,10 @@ class AprConnector(aiohttp.TCPConnector):
         happy_eyeballs_delay: fixed Connection Attempt Delay in seconds (default: adaptive).
         interleave: First Address Family Count (default 1).
         race_tls: a pair wins only once its TLS handshake completed (HTTPS only).
+        svcb: HTTPS records (RFC 9460) for ``https://`` URLs on port 443 by default (port,
+            hints, ALPN filter: aiohttp speaks ``http/1.1``); ``False`` turns them off,
+            ``True`` or ``SvcbOptions`` uses them for every request. A name without a
+            record connects exactly as before.
         **kwargs: any other ``TCPConnector`` argument (``limit``, ``ssl``, ``family``,
             ``local_addr``, ``keepalive_timeout``...). ``resolver``, ``use_dns_cache`` and
             ``ttl_dns_cache`` are refused: resolution is apr_async's.
@@ -96,6 +101,7 @@ class AprConnector(aiohttp.TCPConnector):
         happy_eyeballs_delay: float | None = None,
         interleave: int | None = None,
         race_tls: bool = False,
+        svcb: bool | SvcbOptions | None = None,
         **kwargs: Any,
     ) -> None:
         for name in ("resolver", "use_dns_cache", "ttl_dns_cache", "socket_factory"):
@@ -116,6 +122,9 @@ class AprConnector(aiohttp.TCPConnector):
         self._apr_delay = happy_eyeballs_delay
         self._apr_interleave = interleave
         self._apr_race_tls = bool(race_tls)
+        if svcb is not None and not isinstance(svcb, bool | SvcbOptions):
+            raise TypeError(f"svcb must be None, a bool or SvcbOptions: {svcb!r}")
+        self._apr_svcb = svcb
 
     async def close(self, *, abort_ssl: bool = False) -> None:
         """Close every connection, then the private resolver (if ``nameservers`` made one)."""
@@ -168,6 +177,7 @@ class AprConnector(aiohttp.TCPConnector):
                     service=service,
                     race_tls=self._apr_race_tls and sslcontext is not None,
                     context=self._apr_context,
+                    svcb=self._apr_svcb,
                 )
         except socket.gaierror as exc:
             raise ClientConnectorDNSError(req.connection_key, exc) from exc

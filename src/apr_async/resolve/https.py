@@ -19,9 +19,10 @@ import pycares
 
 from apr_async.core.svcb import MAX_ALIAS_CHAIN, SvcbError, SvcbRecord, parse_record
 from apr_async.core.svcb_plan import SvcbEndpoint, SvcbPlan, plan
+from apr_async.resolve.pairs import PairContext, default_context
 from apr_async.resolve.resolver import Resolver
 
-__all__ = ["HttpsAnswer", "lookup_https"]
+__all__ = ["HttpsAnswer", "explain_https", "lookup_https", "svcb_endpoints"]
 
 log = logging.getLogger(__name__)
 _RTYPE_HTTPS = pycares.QUERY_TYPE_HTTPS
@@ -104,3 +105,51 @@ async def lookup_https(
 def _is_nodata(exc: BaseException) -> bool:
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
     return code in (pycares.errno.ARES_ENODATA, pycares.errno.ARES_ENOTFOUND)
+
+
+async def svcb_endpoints(
+    host: str,
+    port: int = 443,
+    *,
+    alpn: Sequence[str] = ("http/1.1",),
+    context: PairContext | None = None,
+) -> HttpsAnswer:
+    """The HTTPS-record endpoints of ``host`` (RFC 9460), as a connection would use them.
+
+    ``alpn`` is what the application speaks over TLS; ``context`` gives the resolver
+    (default: the package's). Each endpoint has its target, port, usable ALPN, hints, ECH
+    config (exposed only: Python's ssl cannot do ECH) and the record it came from.
+    """
+    if not isinstance(host, str) or not host:
+        raise TypeError("host must be a non-empty str")
+    ctx = context if context is not None else default_context()
+    return await lookup_https(ctx.get_resolver(), host, port=port, spoken=tuple(alpn))
+
+
+def explain_https(answer: HttpsAnswer) -> list[str]:
+    """Lines saying what the HTTPS records of a name mean and why (for ``explain``/CLI)."""
+    lines: list[str] = []
+    if answer.chain:
+        lines.append("alias chain: " + " -> ".join([*answer.chain, _final(answer)]))
+    if answer.plan is None:
+        lines.append(f"no HTTPS record used for {answer.name}"
+                     + (f" ({answer.error})" if answer.error else "") + ": A/AAAA only")
+        return lines
+    for e in answer.endpoints:
+        extra = []
+        if e.hints:
+            extra.append("hints " + ",".join(map(str, e.hints)))
+        if e.ech is not None:
+            extra.append("ech kept, not used (no ECH in Python's ssl)")
+        lines.append(f"#{e.rank + 1} {e.target}:{e.port} alpn={','.join(e.alpn)}"
+                     f" [{e.record.describe()}] {e.reason}"
+                     + ("; " + "; ".join(extra) if extra else ""))
+    for text, why in answer.plan.skipped:
+        lines.append(f"skipped [{text}]: {why}")
+    if not answer.endpoints:
+        lines.append(f"no usable endpoint: A/AAAA of {answer.name}")
+    return lines
+
+
+def _final(answer: HttpsAnswer) -> str:
+    return answer.plan.name if answer.plan is not None else "?"
