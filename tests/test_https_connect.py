@@ -274,3 +274,21 @@ async def test_svcb_endpoints_explain_each_endpoint(dns: DNSServer, ports: tuple
         assert "A/AAAA only" in none[-1]
     finally:
         await resolver.close()
+
+
+async def test_dropped_https_query_is_not_waited_for(
+    dns: DNSServer, ports: tuple[int, int], client_ctx: ssl.SSLContext
+) -> None:
+    # The resolver would retry the unanswered type-65 query for 30 s; the connection's own
+    # 5 s timeout would expire long before: success shows only the short bound was waited.
+    resolver = Resolver(dns.nameservers, hosts_path=None, timeout=30.0, tries=1)
+    try:
+        reader, writer = await open_connection(
+            "drop.test", ports[1], ssl=client_ctx, svcb=True, timeout=5.0,
+            context=PairContext(resolver=resolver))
+        assert (await reader.readline()).startswith(f"PORT {ports[1]} ".encode())
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await resolver.close()
+    assert [q.qtype for q in dns.queries].count(RRType.HTTPS) == 1
