@@ -105,17 +105,17 @@ def clients(dns: list[str], port: int, ctx: ssl.SSLContext) -> dict[str, Client]
     async def apr_aiohttp() -> None:
         resolver = Resolver(dns, hosts_path=None)
         connector = AprConnector(context=PairContext(resolver=resolver), ssl=ctx)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            async with session.get(f"https://{NAMES[0]}/") as response:
-                await response.content.read(1)
+        async with (aiohttp.ClientSession(connector=connector) as session,
+                    session.get(f"https://{NAMES[0]}/") as response):
+            await response.content.read(1)
         await resolver.close()
 
     async def stock() -> None:
         connector = aiohttp.TCPConnector(resolver=AsyncResolver(nameservers=dns), ssl=ctx,
                                          use_dns_cache=False)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            async with session.get(f"https://{NAMES[2]}:{port}/") as response:
-                await response.content.read(1)
+        async with (aiohttp.ClientSession(connector=connector) as session,
+                    session.get(f"https://{NAMES[2]}:{port}/") as response):
+            await response.content.read(1)
 
     async def plain_asyncio() -> None:
         resolver = aiodns.DNSResolver(nameservers=dns)
