@@ -22,6 +22,7 @@ from apr_async.cli.common import (
 from apr_async.cli.exit import EXIT_FAILED, EXIT_OK, EXIT_RESOLUTION
 from apr_async.cli.forward import Forwarder, RelayRecord
 from apr_async.cli.render import Progress, Style, format_duration, format_ms, render_table
+from apr_async.cli.svcb import svcb_view
 from apr_async.connect.api import (
     AttemptRecorder,
     ConnectPair,
@@ -188,15 +189,15 @@ def pairs_table(pairs: list[AddrPair], out: Output) -> str:
 
 async def cmd_pairs(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """The ranked (source, destination) pairs for HOST PORT, with latency and reasons."""
-    pairs = await get_addr_pairs(
-        args.host, args.port, family=family_arg(args), context=settings.context()
-    )
+    host, port, svcb = await svcb_view(args, out, settings)
+    pairs = await get_addr_pairs(host, port, family=family_arg(args), context=settings.context())
     if out.json:
         out.emit(
             {
                 "host": args.host,
                 "port": args.port,
                 "pairs": [pair_dict(n, p) for n, p in enumerate(pairs, 1)],
+                **({"svcb": svcb} if svcb is not None else {}),
             }
         )
     else:
@@ -366,6 +367,7 @@ def timeline_rows(events: Iterable[Mapping[str, Any]], style: Style) -> list[lis
 
 async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """Race HOST PORT and show the timeline of attempts and the winner."""
+    host, port, svcb = await svcb_view(args, out, settings)
     context = settings.context()
     timeline = Timeline(
         ranked_source(context), ContextRecorder(context), resolver=context.get_resolver()
@@ -376,8 +378,8 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
     peer: tuple[Any, ...] = ()
     try:
         sock = await connect_socket(
-            args.host,
-            args.port,
+            host,
+            port,
             family=family_arg(args),
             timeout=args.timeout,
             happy_eyeballs_delay=args.delay,
@@ -411,6 +413,7 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
                 },
                 "error": None if error is None else _error_text(error),
                 "events": events,
+                **({"svcb": svcb} if svcb is not None else {}),
             }
         )
     else:

@@ -29,6 +29,14 @@ from apr_async.cli.exit import (
 )
 
 
+def add_svcb_flag(parser: argparse.ArgumentParser) -> None:
+    """The ``--svcb`` option of ``pairs`` and ``connect`` (handled in :mod:`.svcb`)."""
+    parser.add_argument(
+        "--svcb", action="store_true",
+        help="also ask DNS for HTTPS records (RFC 9460): show every endpoint, its ALPN and "
+             "the record it came from, and go on with the first endpoint's target and port")
+
+
 def _port(text: str) -> int:
     """A port number, or a TCP service name (``http``) looked up like the API does."""
     if text.isdigit():
@@ -177,9 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("host")
     p.add_argument("port", type=_port, help=_PORT_HELP)
+    add_svcb_flag(p)
 
     p = add("connect", "race HOST PORT and show the timeline of attempts and the winner", dns)
     _host_port_timeout(p, 10)
+    add_svcb_flag(p)
     p.add_argument(
         "--delay",
         type=_seconds,
