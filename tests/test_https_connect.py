@@ -292,3 +292,24 @@ async def test_dropped_https_query_is_not_waited_for(
     finally:
         await resolver.close()
     assert [q.qtype for q in dns.queries].count(RRType.HTTPS) == 1
+
+
+async def test_https_answer_is_cached_for_its_ttl(
+    dns: DNSServer, ports: tuple[int, int], client_ctx: ssl.SSLContext
+) -> None:
+    resolver = Resolver(dns.nameservers, hosts_path=None, timeout=0.5, tries=1)
+    context = PairContext(resolver=resolver)
+    try:
+        for _ in range(3):
+            reader, writer = await open_connection("alias.test", 443, ssl=client_ctx,
+                                                   context=context, timeout=GUARD)
+            assert (await reader.readline()).startswith(f"PORT {ports[1]} ".encode())
+            writer.close()
+            await writer.wait_closed()
+        https = [q.name for q in dns.queries if q.qtype == RRType.HTTPS]
+        assert https == ["alias.test", "cdn.test"]  # once each, then from the cache
+        assert resolver.side_cached("alias.test", RRType.HTTPS) is not None
+        resolver.clear_cache()
+        assert resolver.side_cached("alias.test", RRType.HTTPS) is None
+    finally:
+        await resolver.close()

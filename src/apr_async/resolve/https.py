@@ -62,6 +62,42 @@ def _records(owner: str, result: Any) -> tuple[list[SvcbRecord], list[tuple[str,
     return records, errors
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """The decoded HTTPS answer of one name, as kept in the resolver's side cache."""
+
+    records: tuple[SvcbRecord, ...]
+    errors: tuple[tuple[str, str], ...]
+    failure: str | None = None
+
+
+async def _fetch(resolver: Resolver, name: str) -> _Fetched:
+    """The HTTPS records of ``name``: from the cache, else one query (logged once)."""
+    hit = resolver.side_cached(name, _RTYPE_HTTPS)
+    if isinstance(hit, _Fetched):
+        return hit
+    try:
+        result = await resolver.query_dns(name, _RTYPE_HTTPS)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a DNS error means "no record", never a crash
+        # NODATA/NXDOMAIN is the common case (no record published): not worth a warning.
+        nodata = _is_nodata(exc)
+        log.log(logging.DEBUG if nodata else logging.WARNING,
+                "HTTPS query for %s failed: %r; using A/AAAA", name, exc)
+        fetched = _Fetched((), (), f"query for {name}: {exc!r}")
+        if not _is_cancelled(exc):
+            resolver.side_cache(name, _RTYPE_HTTPS, fetched,
+                                resolver.negative_ttl if nodata else resolver.failure_ttl)
+        return fetched
+    records, errors = _records(name, result)
+    ttls = [rr.ttl for rr in result.answer if rr.type == _RTYPE_HTTPS]
+    fetched = _Fetched(tuple(records), tuple(errors))
+    resolver.side_cache(name, _RTYPE_HTTPS, fetched,
+                        float(min(ttls)) if ttls else resolver.negative_ttl)
+    return fetched
+
+
 async def lookup_https(
     resolver: Resolver,
     name: str,
@@ -70,36 +106,36 @@ async def lookup_https(
     spoken: Sequence[str],
     max_chain: int = MAX_ALIAS_CHAIN,
 ) -> HttpsAnswer:
-    """Query HTTPS for ``name`` and follow AliasMode records (at most ``max_chain`` names).
+    """The HTTPS records of ``name``, AliasMode followed (at most ``max_chain`` names).
 
-    ``port`` and ``spoken`` are as in :func:`apr_async.core.svcb_plan.plan`. Cancelling
-    cancels the query in flight.
+    ``port`` and ``spoken`` are as in :func:`apr_async.core.svcb_plan.plan`. Answers are
+    cached by the resolver for their TTL (failures for its ``negative_ttl``/``failure_ttl``).
+    Cancelling cancels the query in flight.
     """
     origin = name.rstrip(".").lower()
     current = origin
     chain: list[str] = []
     for _ in range(max_chain):
-        try:
-            result = await resolver.query_dns(current, _RTYPE_HTTPS)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a DNS error means "no record", never a crash
-            # NODATA/NXDOMAIN is the common case (no record published): not worth a warning.
-            level = logging.DEBUG if _is_nodata(exc) else logging.WARNING
-            log.log(level, "HTTPS query for %s failed: %r; using A/AAAA", current, exc)
-            return HttpsAnswer(origin, tuple(chain), None, f"query for {current}: {exc!r}")
-        records, errors = _records(current, result)
+        fetched = await _fetch(resolver, current)
+        if fetched.failure is not None:
+            return HttpsAnswer(origin, tuple(chain), None, fetched.failure)
+        records, errors = fetched.records, fetched.errors
         decided = plan(current, records, port=port, spoken=spoken, errors=errors, chain=chain)
         for text, why in decided.skipped[len(errors):]:  # errors were logged already
-            log.info("HTTPS record of %s not used: %s: %s", current, text, why)
+            log.debug("HTTPS record of %s not used: %s: %s", current, text, why)
         if decided.alias is None:
             if not decided.endpoints and (records or errors):
-                log.warning("no usable HTTPS record for %s; using A/AAAA", origin)
+                log.info("no usable HTTPS record for %s; using A/AAAA", origin)
             return HttpsAnswer(origin, tuple(chain), decided)
         chain.append(current)
         current = decided.alias
     log.warning("HTTPS alias chain of %s longer than %d; using A/AAAA", origin, max_chain)
     return HttpsAnswer(origin, tuple(chain), None, "alias chain too long")
+
+
+def _is_cancelled(exc: BaseException) -> bool:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return code in (pycares.errno.ARES_ECANCELLED, pycares.errno.ARES_EDESTRUCTION)
 
 
 def _is_nodata(exc: BaseException) -> bool:

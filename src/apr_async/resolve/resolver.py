@@ -225,8 +225,10 @@ class Resolver:
         # Not a WeakKeyDictionary: a channel holds its loop, so the key would never die.
         # Channels of closed loops are dropped when a new loop shows up (see _channel).
         self._channels: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
-        # Channels for queries outside the cache (HTTPS records), see query_dns.
+        # Channels for queries outside the cache (HTTPS records), see query_dns, and what
+        # their callers keep of the answers (resolve/https.py), cleared with the cache.
         self._side_channels: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
+        self._side_cache: dict[tuple[str, int], tuple[object, float]] = {}
         self._closed = False
         #: Number of DNS queries sent (cache misses), for tests and diagnostics.
         self.queries_sent = 0
@@ -313,9 +315,27 @@ class Resolver:
             channel._channel.query(name, qtype, callback=callback)
         return fut
 
+    def side_cached(self, name: str, qtype: int) -> object | None:
+        """What :meth:`side_cache` kept for ``(name, qtype)``, if not expired."""
+        hit = self._side_cache.get((name, qtype))
+        if hit is None:
+            return None
+        if self._clock() >= hit[1]:
+            del self._side_cache[(name, qtype)]
+            return None
+        return hit[0]
+
+    def side_cache(self, name: str, qtype: int, value: object, ttl: float) -> None:
+        """Keep ``value`` (the decoded answer of a :meth:`query_dns`) for ``ttl`` seconds,
+        clamped like the address cache's TTLs."""
+        ttl = min(max(ttl, self.min_ttl), self.max_ttl)
+        if ttl > 0:
+            self._side_cache[(name, qtype)] = (value, self._clock() + ttl)
+
     def clear_cache(self) -> None:
         """Forget every cached answer (for instance after a network change)."""
         self._cache.clear()
+        self._side_cache.clear()
 
     async def close(self) -> None:
         """Cancel outstanding queries and close every pycares channel."""
