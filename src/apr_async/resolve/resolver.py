@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -37,6 +36,7 @@ from apr_async.errors import (
     gaierror_from_ares,
     parse_host,
 )
+from apr_async.resolve.hostsfile import HostsFile, is_invalid, is_localhost, server_text
 
 __all__ = [
     "Address",
@@ -54,7 +54,6 @@ _RTYPE_A = pycares.QUERY_TYPE_A
 _RTYPE_AAAA = pycares.QUERY_TYPE_AAAA
 _RTYPE_CNAME = pycares.QUERY_TYPE_CNAME
 _ARES_NAMES: dict[int, str] = dict(pycares.errno.errorcode)
-_HOSTS_RECHECK = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,63 +120,6 @@ def combined_error(host: str, answers: Iterable[FamilyAnswer]) -> ResolutionErro
     return gaierror(errors[0].errno or socket.EAI_FAIL, host=host, detail=errors[0].detail)
 
 
-class _HostsFile:
-    """``/etc/hosts`` parsed into name -> addresses, re-read when the file changes."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._entries: dict[str, list[Address]] = {}
-        self._stamp: tuple[int, int] | None = None
-        self._next_check = 0.0
-
-    def lookup(self, name: str, now: float) -> list[Address] | None:
-        if self.path is None:
-            return None
-        if now >= self._next_check:
-            self._next_check = now + _HOSTS_RECHECK
-            self._reload()
-        return self._entries.get(name)
-
-    def _reload(self) -> None:
-        assert self.path is not None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            self._entries, self._stamp = {}, None
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
-            return
-        entries: dict[str, list[Address]] = {}
-        try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            fields = line.split("#", 1)[0].split()
-            if len(fields) < 2:
-                continue
-            try:
-                spec = parse_host(fields[0])
-            except ValueError:
-                continue
-            if spec.ip is None:
-                continue
-            for alias in fields[1:]:
-                key = alias.lower().rstrip(".")
-                entries.setdefault(key, []).append((spec.ip, spec.zone))
-        self._entries, self._stamp = entries, stamp
-
-
-def _is_localhost(name: str) -> bool:
-    return name == "localhost" or name.endswith(".localhost")
-
-
-def _is_invalid(name: str) -> bool:
-    return name == "invalid" or name.endswith(".invalid")
-
-
 class Resolver:
     """An asyncio DNS resolver (aiodns / c-ares) with a TTL cache and a hosts file.
 
@@ -209,7 +151,7 @@ class Resolver:
             raise ValueError("need 0 <= min_ttl <= max_ttl")
         if negative_ttl < 0 or failure_ttl < 0:
             raise ValueError("negative_ttl and failure_ttl must not be negative")
-        self.nameservers = [_server_text(s) for s in nameservers] if nameservers else None
+        self.nameservers = [server_text(s) for s in nameservers] if nameservers else None
         self.timeout = timeout
         self.tries = tries
         self.min_ttl = min_ttl
@@ -217,7 +159,7 @@ class Resolver:
         self.negative_ttl = negative_ttl
         self.failure_ttl = failure_ttl
         self._clock = clock
-        self._hosts = _HostsFile(hosts_path)
+        self._hosts = HostsFile(hosts_path)
         # (name, family) -> (answer, expiry)
         self._cache: dict[tuple[str, int], tuple[FamilyAnswer, float]] = {}
         self._inflight: dict[tuple[asyncio.AbstractEventLoop, str, int],
@@ -371,7 +313,7 @@ class Resolver:
                 for f in families
             ]
         assert spec.name is not None
-        if _is_invalid(spec.name):
+        if is_invalid(spec.name):
             # RFC 6761 6.4: "invalid" names get an immediate negative answer, hosts file or
             # not; a query would only leak the name to the resolver's operator.
             return [
@@ -382,7 +324,7 @@ class Resolver:
             ]
         entries = self._hosts.lookup(spec.name, self._clock())
         origin = "hosts"
-        if entries is None and _is_localhost(spec.name):
+        if entries is None and is_localhost(spec.name):
             # RFC 6761 6.3: localhost names are loopback and never go to DNS.
             entries = [(ipaddress.IPv6Address(1), None), (ipaddress.IPv4Address("127.0.0.1"), None)]
             origin = "localhost"
@@ -513,31 +455,6 @@ def _families(family: int) -> tuple[int, ...]:
     if family in (socket.AF_INET6, socket.AF_INET):
         return (family,)
     raise ValueError(f"family {family} is not AF_UNSPEC, AF_INET or AF_INET6")
-
-
-def _server_text(server: str | tuple[str, int]) -> str:
-    if isinstance(server, tuple):
-        host, port = server
-        ip = ipaddress.ip_address(host)
-        if not 0 < int(port) <= 65535:
-            raise ValueError(f"nameserver port {port} is outside 1-65535")
-        return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-    if not isinstance(server, str) or not server:
-        raise TypeError(f"nameserver must be a non-empty str or an (ip, port) tuple: {server!r}")
-    host, port_text = server, None
-    if server.startswith("["):
-        host, _, rest = server[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else None
-    elif server.count(":") == 1:
-        host, port_text = server.split(":")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"nameserver {server!r} is not an IP address (with optional port)") \
-            from None
-    if port_text is not None and not (port_text.isdigit() and 0 < int(port_text) <= 65535):
-        raise ValueError(f"nameserver {server!r} has an invalid port")
-    return server
 
 
 class _AnswerStream:
