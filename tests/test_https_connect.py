@@ -25,7 +25,7 @@ from apr_async.resolve.resolver import Resolver
 from test_connect import make_test_ca
 
 GUARD = 10.0
-NAMES = ["svc.test", "alias.test", "cdn.test", "prio.test", "drop.test", "bad.test",
+NAMES = ["stale.test", "svc.test", "alias.test", "cdn.test", "prio.test", "drop.test", "bad.test",
          "hints.test", "h3only.test", "h2.test", "plain.test", "many.test", "slow.test"]
 
 
@@ -96,6 +96,8 @@ def zone(a: int, b: int) -> dict[str, ZoneEntry]:
                                                            no_default_alpn=True),)),
         "h2.test": ZoneEntry(a=lo4, https=(https_rdata(1, port=a, alpn=("h2",)),)),
         "plain.test": ZoneEntry(a=lo4),
+        # a stale hint: nothing listens on 127.0.0.2 (refused at once), the A record is right
+        "stale.test": ZoneEntry(a=lo4, https=(https_rdata(1, port=a, ipv4hint=("127.0.0.2",)),)),
     }
 
 
@@ -169,6 +171,13 @@ async def test_hint_connects_before_the_aaaa_answer(
 ) -> None:
     # The AAAA answer comes 30 s late (beyond the 10 s guard): the ipv6hint alone connects.
     line = await greeting(dns, "hints.test", 443, ssl=client_ctx)
+    assert line.startswith(f"PORT {ports[0]} ")
+
+
+async def test_stale_hint_gives_way_to_the_real_address(
+    dns: DNSServer, ports: tuple[int, int], client_ctx: ssl.SSLContext
+) -> None:
+    line = await greeting(dns, "stale.test", 443, ssl=client_ctx)
     assert line.startswith(f"PORT {ports[0]} ")
 
 

@@ -162,11 +162,12 @@ def hinted_source(context: PairContext, endpoint: SvcbEndpoint) -> PairSource:
 
 
 def _endpoint_request(
-    opts: Options, tls: TLSOptions | None, endpoint: SvcbEndpoint, library_context: bool
+    opts: Options, tls: TLSOptions | None, endpoint: SvcbEndpoint, library_context: bool,
+    *, hints: bool,
 ) -> tuple[Options, TLSOptions | None]:
     spec = parse_host(endpoint.target)
     source: PairSource | None = None
-    if endpoint.hints and opts.context.get_resolver().cached(spec, opts.family) is None:
+    if hints and endpoint.hints and opts.context.get_resolver().cached(spec, opts.family) is None:
         source = hinted_source(opts.context, endpoint)
     new = dataclasses.replace(opts, host=endpoint.target, spec=spec, port=endpoint.port,
                               pair_source=source)
@@ -195,7 +196,8 @@ async def connect_via_svcb(
     """
     answer = await _https_answer(opts, settings)
     for endpoint in answer.endpoints if answer is not None else ():
-        request, request_tls = _endpoint_request(opts, tls, endpoint, library_context)
+        request, request_tls = _endpoint_request(opts, tls, endpoint, library_context,
+                                                 hints=True)
         log.debug("%s: trying HTTPS endpoint %s:%d (%s)", opts.host, endpoint.target,
                   endpoint.port, endpoint.reason)
         try:
@@ -203,6 +205,16 @@ async def connect_via_svcb(
         except OSError as exc:
             log.info("%s: HTTPS endpoint %s:%d (%s) failed: %s", opts.host, endpoint.target,
                      endpoint.port, endpoint.record.describe(), exc)
+        if request.pair_source is not None:
+            # Stale hints can all fail before A/AAAA arrive, which ends that race early:
+            # the endpoint gets one more race on its real addresses alone.
+            request, request_tls = _endpoint_request(opts, tls, endpoint, library_context,
+                                                     hints=False)
+            try:
+                return await create(request, request_tls)
+            except OSError as exc:
+                log.info("%s: HTTPS endpoint %s:%d failed without hints too: %s", opts.host,
+                         endpoint.target, endpoint.port, exc)
     if answer is not None and answer.endpoints:
         log.info("%s: every HTTPS endpoint failed; trying %s:%d with A/AAAA",
                  opts.host, opts.host, opts.port)
