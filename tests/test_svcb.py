@@ -101,6 +101,12 @@ def test_plan_alias_loop_and_chain_bound() -> None:
     assert long.alias is None and "chain longer" in long.skipped[-1][1]
 
 
+def test_alias_to_root_means_no_service() -> None:
+    decided = plan("o.test", [record(https_rdata(0, "."))], port=443, spoken=SPOKEN)
+    assert decided.alias is None and not decided.endpoints
+    assert "does not exist" in decided.skipped[0][1]
+
+
 def test_service_mode_wins_over_alias_in_one_set() -> None:
     decided = plan("o.test", [record(https_rdata(0, "x.test")), record(https_rdata(1))],
                    port=443, spoken=SPOKEN)

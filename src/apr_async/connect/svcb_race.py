@@ -8,8 +8,8 @@ ServiceMode endpoints in SvcPriority order, each with its port, its ALPN and its
 hints, and falls back to the origin's A/AAAA when none worked or none was usable (HTTPS
 clients are "SVCB-optional", RFC 9460 section 3).
 
-TLS: the server name stays the origin's (RFC 9460 section 7.1.1 ... the origin is what the
-certificate names). On a context the library built (``ssl=True``) the offered ALPN ids are
+TLS: the server name and the certificate check stay the origin's (for HTTPS the
+TargetName only says where to connect, not whom to authenticate). On a context the library built (``ssl=True``) the offered ALPN ids are
 the endpoint's usable ones; a caller's ``SSLContext`` is never changed (Python cannot read
 its ALPN list back, so ``SvcbOptions.alpn`` must say what it offers: endpoints outside it are
 skipped). ECH configs are exposed on the endpoints, not used: Python's ssl has no ECH.

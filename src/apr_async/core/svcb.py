@@ -8,9 +8,9 @@ name into what a connector acts on: follow an alias (priority 0), or the Service
 endpoints in SvcPriority order, each with why it is there and which records were skipped.
 
 ECH (``ech``) configurations are decoded and kept, never used: Python's ``ssl`` cannot do
-Encrypted Client Hello, so an endpoint with ``ech`` is connected to without it, as a client
-without ECH support does (RFC 9460 section 9.2 lets a client that does not implement ECH
-ignore it).
+Encrypted Client Hello, so an endpoint with ``ech`` is connected to without it, as any
+client without ECH support does (the ECH-in-SVCB specification binds only clients that
+implement ECH).
 """
 
 from __future__ import annotations
@@ -255,9 +255,11 @@ def parse_record(
     if not 0 <= priority <= 0xFFFF:
         raise SvcbError(f"SvcPriority {priority} out of range")
     name = target.strip().rstrip(".").lower()
-    name = name or owner.strip().rstrip(".").lower()
     if priority == 0:
+        # AliasMode "." says the service does not exist (section 2.5.1): the target stays
+        # empty so the plan can say so; it is advisory, A/AAAA are still tried.
         return SvcbRecord(0, name)
+    name = name or owner.strip().rstrip(".").lower()
     items = list(params)
     out = _Fields()
     last = -1

@@ -93,6 +93,10 @@ def plan(
         target = aliases[0].target
         for extra in aliases[1:]:
             skipped.append((extra.describe(), "a second AliasMode record is ignored"))
+        if not target:
+            skipped.append((aliases[0].describe(), "AliasMode '.': the service says it does "
+                            "not exist (advisory: A/AAAA are used)"))
+            return SvcbPlan(name, None, (), tuple(skipped))
         if target in chain or target == name:
             skipped.append((aliases[0].describe(), "alias loop"))
             return SvcbPlan(name, None, (), tuple(skipped))
