@@ -31,12 +31,12 @@ from apr_async.resolve.resolver import Resolver
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
 PORT = 8443
-NAME, ALIAS = "svc.lab.test", "www.lab.test"
+NAME, ALIAS, HINTED = "svc.lab.test", "www.lab.test", "hinted.lab.test"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def service(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
-    ca, cert, key = test_ca(tmp_path_factory.mktemp("https-ca"), [NAME, ALIAS])
+    ca, cert, key = test_ca(tmp_path_factory.mktemp("https-ca"), [NAME, ALIAS, HINTED])
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(str(cert), str(key))
 
@@ -55,11 +55,15 @@ async def service(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
     addresses = {"a": (lab.server.v4[0],), "aaaa": (lab.server.v6[0],)}
     lab.dns.update(NAME, ZoneEntry(**addresses, https=(https_rdata(1, port=PORT),)))
     lab.dns.update(ALIAS, ZoneEntry(**addresses, https=(https_rdata(0, NAME),)))
+    # AAAA 30 s late: without the hint the race would start (and win) on IPv4
+    lab.dns.update(HINTED, ZoneEntry(**addresses, delay_aaaa=30.0, https=(
+        https_rdata(1, port=PORT, ipv6hint=(lab.server.v6[0],)),)))
     try:
         yield ca
     finally:
         lab.dns.update(NAME, None)
         lab.dns.update(ALIAS, None)
+        lab.dns.update(HINTED, None)
         await runner.cleanup()
 
 
@@ -77,6 +81,21 @@ async def client_open(dns: list[str], ca: str, host: str, *, timeout: float = 10
         finally:
             writer.close()
             await writer.wait_closed()
+    finally:
+        await resolver.close()
+
+
+async def client_peer(dns: list[str], ca: str, host: str, **kw: Any) -> str:
+    """In the client namespace: the address open_connection(host, 443) reached."""
+    resolver = Resolver(dns, hosts_path=None, timeout=1.0)
+    try:
+        _, writer = await open_connection(
+            host, 443, ssl=ssl.create_default_context(cafile=ca), timeout=10,
+            context=PairContext(resolver=resolver), **kw)
+        peer = str(writer.get_extra_info("peername")[0])
+        writer.close()
+        await writer.wait_closed()
+        return peer
     finally:
         await resolver.close()
 
@@ -115,3 +134,11 @@ async def test_aiohttp_follows_the_record(healthy_lab: Lab, service: Path) -> No
     text = await lab.run_in("client", client_aiohttp, lab.dns_servers, str(service),
                             f"https://{NAME}/")
     assert text == f"hello {NAME}"
+
+
+async def test_ipv6hint_starts_the_race_before_the_late_aaaa(
+    healthy_lab: Lab, service: Path
+) -> None:
+    lab = healthy_lab
+    peer = await lab.run_in("client", client_peer, lab.dns_servers, str(service), HINTED)
+    assert peer == lab.server.v6[0]
