@@ -3,16 +3,18 @@
 When asked (``svcb=True``, or by default for TLS to port 443), :func:`connect_via_svcb`
 sends the HTTPS query beside the A/AAAA queries of the origin (one more query in flight, no
 extra round trip), waits for the HTTPS answer at most ``SvcbOptions.wait`` seconds after
-A/AAAA are in (so a resolver that drops type 65 costs at most that), then tries the
+the origin's first address answer (so a resolver that drops type 65 costs at most that),
+then tries the
 ServiceMode endpoints in SvcPriority order, each with its port, its ALPN and its address
 hints, and falls back to the origin's A/AAAA when none worked or none was usable (HTTPS
 clients are "SVCB-optional", RFC 9460 section 3).
 
 TLS: the server name and the certificate check stay the origin's (for HTTPS the
-TargetName only says where to connect, not whom to authenticate). On a context the library built (``ssl=True``) the offered ALPN ids are
-the endpoint's usable ones; a caller's ``SSLContext`` is never changed (Python cannot read
-its ALPN list back, so ``SvcbOptions.alpn`` must say what it offers: endpoints outside it are
-skipped). ECH configs are exposed on the endpoints, not used: Python's ssl has no ECH.
+TargetName only says where to connect, not whom to authenticate). On a context the library
+built (``ssl=True``) the offered ALPN ids are the endpoint's usable ones; a caller's
+``SSLContext`` is never changed (Python cannot read its ALPN list back, so
+``SvcbOptions.alpn`` must say what it offers: endpoints outside it are skipped). ECH configs
+are exposed on the endpoints, not used: Python's ssl has no ECH.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ HTTPS_PORT = 443
 class SvcbOptions:
     """How HTTPS records are used (``svcb=SvcbOptions(...)``; ``svcb=True`` is the default).
 
-    ``wait``: seconds the HTTPS answer is waited for once A/AAAA answered (the HEv3 draft's
-    short bound; 50 ms). ``alpn``: the ALPN ids the application speaks over TLS, in its
-    preference order (``http/1.1`` by default; ``h3`` is never usable: no QUIC here).
+    ``wait``: seconds the HTTPS answer is waited for once the origin's first address
+    answer is in (the HEv3 draft's short bound; 50 ms, like RFC 8305's Resolution Delay).
+    ``alpn``: the ALPN ids the application speaks over TLS, in its preference order
+    (``http/1.1`` by default; ``h3`` is never usable: no QUIC here).
     ``max_chain``: how many AliasMode records are followed.
     """
 
