@@ -18,6 +18,7 @@ from apr_async.core.latency import Estimate, FailureTable, LatencyTable
 from apr_async.core.ranking import AddrPair, rank_pairs
 from apr_async.core.rfc6724 import (
     DEFAULT_POLICY_TABLE,
+    RFC6724_UPDATE_POLICY_TABLE,
     PolicyTable,
     SourceAddress,
     select_source,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_POLICY_TABLE",
+    "RFC6724_UPDATE_POLICY_TABLE",
     "AddrPair",
     "AddressKind",
     "AllAttemptsFailedError",

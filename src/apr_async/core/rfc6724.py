@@ -41,10 +41,12 @@ from apr_async.core.addresses import (
 __all__ = [
     "DEFAULT_POLICY_TABLE",
     "DESTINATION_RULES",
+    "RFC6724_UPDATE_POLICY_TABLE",
     "SOURCE_RULES",
     "PolicyEntry",
     "PolicyTable",
     "SourceAddress",
+    "rfc6724_update_policy_table",
     "select_source",
     "sort_destinations",
 ]
@@ -290,6 +292,70 @@ DEFAULT_POLICY_TABLE: Final = PolicyTable(
     ]
 )
 """The default policy table of RFC 6724 section 2.1."""
+
+# draft-ietf-6man-rfc6724-update: ULAs rise above IPv4 (the ULA-only networks it was written
+# for must not fall back to IPv4, and IPv4 drops below all native IPv6), while 6to4 falls to
+# the bottom with Teredo (both relays are all but gone).
+_RFC6724_UPDATE_ROWS: Final = (
+    ("::1/128", 50, 0),
+    ("::/0", 40, 1),
+    ("::ffff:0:0/96", 20, 4),
+    ("2002::/16", 5, 2),
+    ("2001::/32", 5, 5),
+    ("fc00::/7", 30, 13),
+    ("::/96", 1, 3),
+    ("fec0::/10", 1, 11),
+    ("3ffe::/16", 1, 12),
+)
+# The draft's row for the ULA /48s a host has on its own interfaces: above the GUA default
+# (a local ULA is reachable without leaving the site) and with its own label, so rule 5
+# pairs a local-ULA destination with a source from the same /48s.
+_LOCAL_ULA_PRECEDENCE: Final = 45
+_LOCAL_ULA_LABEL: Final = 14
+_ULA: Final = ipaddress.IPv6Network("fc00::/7")
+
+
+def _local_ula_48(
+    prefix: ipaddress.IPv6Network | ipaddress.IPv6Address | str,
+) -> ipaddress.IPv6Network:
+    if isinstance(prefix, ipaddress.IPv6Address):
+        prefix = ipaddress.IPv6Network(int(prefix))
+    elif not isinstance(prefix, ipaddress.IPv6Network):
+        network = ipaddress.ip_network(str(prefix).split("%", 1)[0], strict=False)
+        if not isinstance(network, ipaddress.IPv6Network):
+            raise ValueError(f"local ULA prefix must be IPv6: {prefix!r}")
+        prefix = network
+    if prefix.prefixlen < 48 or not prefix.subnet_of(_ULA):
+        raise ValueError(f"local ULA prefix must be a /48 or longer inside fc00::/7: {prefix}")
+    return prefix.supernet(new_prefix=48)
+
+
+def rfc6724_update_policy_table(
+    local_ula_prefixes: Iterable[ipaddress.IPv6Network | ipaddress.IPv6Address | str] = (),
+) -> PolicyTable:
+    """The default policy table of draft-ietf-6man-rfc6724-update, with the host's local ULAs.
+
+    Each of *local_ula_prefixes* (a ULA prefix of length 48 or more, or a ULA address, as
+    text or object) adds the draft's known-local row for its /48: precedence 45, label 14.
+    Pass the ULA addresses or prefixes configured on the host's own interfaces; duplicates
+    (several addresses in one /48) add one row. Anything outside ``fc00::/7`` or shorter than
+    a /48 raises ``ValueError``.
+    """
+    if isinstance(local_ula_prefixes, str):
+        local_ula_prefixes = (local_ula_prefixes,)
+    local = dict.fromkeys(_local_ula_48(p) for p in local_ula_prefixes)
+    return PolicyTable(
+        [*_RFC6724_UPDATE_ROWS, *((p, _LOCAL_ULA_PRECEDENCE, _LOCAL_ULA_LABEL) for p in local)]
+    )
+
+
+RFC6724_UPDATE_POLICY_TABLE: Final = rfc6724_update_policy_table()
+"""The default policy table of draft-ietf-6man-rfc6724-update, without local-ULA rows.
+
+Build one with the host's ULA /48s with :func:`rfc6724_update_policy_table`; pass either as
+``policy=`` to :func:`sort_destinations`, :func:`select_source`, ``rank_pairs`` or
+``PairContext``.
+"""
 
 
 # --- source selection -------------------------------------------------------------------------
