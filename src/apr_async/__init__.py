@@ -14,7 +14,9 @@ from apr_async.config import Config
 from apr_async.connect.api import connect_socket, create_connection, open_connection
 from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.core.addresses import AddressKind, Scope, kind_of, parse_address, scope_of
-from apr_async.core.latency import Estimate, FailureTable, LatencyTable
+from apr_async.core.failures import FailureTable
+from apr_async.core.latency import LatencyTable
+from apr_async.core.latency_trie import Estimate
 from apr_async.core.ranking import AddrPair, rank_pairs
 from apr_async.core.rfc6724 import (
     DEFAULT_POLICY_TABLE,
