@@ -24,7 +24,8 @@ from typing import Any, Final, Literal
 
 from .header_phase import HeaderPolicy, HeaderProtocol, LogLimiter, Network
 from .peers import ConnectionInfo, IPAddress, remember
-from .proxy_protocol import DEFAULT_MAX_SIZE, HeaderParser, ProxyHeader
+from .proxy_header import DEFAULT_MAX_SIZE, ProxyHeader
+from .proxy_protocol import HeaderParser
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
