@@ -4,7 +4,8 @@ On Linux everything is read with raw rtnetlink (:mod:`.netlink`): one dump of li
 addresses and routes gives what RFC 6724 needs and ``getifaddrs`` lacks (address flags:
 deprecated, temporary, tentative, dadfailed; prefix lengths; interface indexes) plus the
 default gateways, and ``RTM_GETROUTE`` for a destination gives the kernel's own source and
-outgoing interface. This module turns that into a :class:`HostSnapshot` and caches it. Elsewhere (or when netlink is unavailable) ``ifaddr`` enumerates addresses
+outgoing interface. This module turns that into a :class:`HostSnapshot` and caches it.
+Elsewhere (or when netlink is unavailable) ``ifaddr`` enumerates addresses
 and a connected UDP socket (which sends nothing) gives the kernel's source.
 
 Network namespaces are per thread on Linux and the test lab runs library code in a thread that
