@@ -7,14 +7,13 @@ import ipaddress
 import pytest
 
 import apr_async
-from apr_async.core.rfc6724 import (
+from apr_async.core.policy_table import (
     DEFAULT_POLICY_TABLE,
     RFC6724_UPDATE_POLICY_TABLE,
     PolicyTable,
-    SourceAddress,
     rfc6724_update_policy_table,
-    sort_destinations,
 )
+from apr_async.core.rfc6724 import SourceAddress, sort_destinations
 
 ip = ipaddress.ip_address
 S = SourceAddress

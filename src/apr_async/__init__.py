@@ -17,15 +17,13 @@ from apr_async.core.addresses import AddressKind, Scope, kind_of, parse_address,
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 from apr_async.core.latency_trie import Estimate
-from apr_async.core.ranking import AddrPair, rank_pairs
-from apr_async.core.rfc6724 import (
+from apr_async.core.policy_table import (
     DEFAULT_POLICY_TABLE,
     RFC6724_UPDATE_POLICY_TABLE,
     PolicyTable,
-    SourceAddress,
-    select_source,
-    sort_destinations,
 )
+from apr_async.core.ranking import AddrPair, rank_pairs
+from apr_async.core.rfc6724 import SourceAddress, select_source, sort_destinations
 from apr_async.core.status import ConnectivityStatus
 from apr_async.probe.default import ProbeService, configure, status, wait_ready
 from apr_async.resolve.pairs import PairContext, explain, explain_text, get_addr_pairs, getaddrinfo

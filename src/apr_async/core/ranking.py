@@ -45,10 +45,9 @@ from apr_async.core.failures import Failure, FailureTable
 from apr_async.core.families import AF_INET, AF_INET6
 from apr_async.core.latency import LatencyTable
 from apr_async.core.latency_trie import Estimate
+from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 from apr_async.core.rfc6724 import (
-    DEFAULT_POLICY_TABLE,
     SOURCE_KEY_RULES,
-    PolicyTable,
     SourceAddress,
     apply_rule9,
     destination_key,
