@@ -32,18 +32,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TextIO
 
-from apr_async.cli.commands import (
-    TIMELINE_HEADERS,
-    Timeline,
-    pair_dict,
-    pairs_table,
-    timeline_event_json,
-    timeline_rows,
-)
+from apr_async.cli.commands import pair_dict, pairs_table
 from apr_async.cli.common import Output, family_name, sockaddr_text
 from apr_async.cli.exit import EXIT_FAILED, EXIT_OK
 from apr_async.cli.render import Progress, Style, format_duration, render_table
 from apr_async.cli.status import status_rows
+from apr_async.cli.timeline import TIMELINE_HEADERS, Timeline, timeline_event_json, timeline_rows
 from apr_async.config import Config
 from apr_async.connect.api import ContextRecorder, open_connection, ranked_source
 from apr_async.lab import EchoServer, Lab, Scenario, combine, lab_unavailable_reason

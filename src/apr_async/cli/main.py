@@ -96,7 +96,7 @@ Command = Callable[..., Awaitable[int]]
 def _command(name: str) -> tuple[Command, bool]:
     """The coroutine function of a subcommand and whether it takes ``Settings``."""
     if name == "interfaces":
-        from apr_async.cli.commands import cmd_interfaces  # noqa: PLC0415 - lazy on purpose
+        from apr_async.cli.interfaces import cmd_interfaces  # noqa: PLC0415 - lazy on purpose
 
         return cmd_interfaces, False
     if name in ("pairs", "connect", "wait", "forward"):
