@@ -16,13 +16,10 @@ import sys
 import timeit
 from collections.abc import Callable
 
-from apr_async.server.proxy_protocol import (
-    HeaderParser,
-    TLVType,
-    build_v1,
-    build_v2,
-    parse_header,
-)
+from apr_async.server.proxy_header import TLVType
+from apr_async.server.proxy_protocol import HeaderParser, parse_header
+from apr_async.server.proxy_v1 import build_v1
+from apr_async.server.proxy_v2 import build_v2
 
 CASES: dict[str, bytes] = {
     "v1 TCP4": build_v1(("203.0.113.200", 51234), ("198.51.100.10", 443)),

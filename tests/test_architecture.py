@@ -196,3 +196,81 @@ def test_no_cycles_between_layers() -> None:
             if a != b:
                 edges.setdefault(a, set()).add(b)
     assert find_cycle(edges) is None
+
+
+# --- size: no module a reader must take in whole to change one rule ---------------------------
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+# Paths (relative to src/apr_async) exempt from both limits, module and every function in it.
+SIZE_ALLOWLIST: dict[str, str] = {
+    "core/ranking.py": "being split by another engineer (issue 11)",
+    "probe/service.py": "being split by another engineer (issue 11)",
+    "resolve/resolver.py": "being split by another engineer (issue 11)",
+    "resolve/pairs.py": "being split by another engineer (issue 11)",
+    "connect/api.py": "being split by another engineer (issue 11)",
+    # Not split yet: issue 11 is still open for these (branch i11 ran out of time).
+    "core/rfc6724.py": "not split yet: SourceAddress and source rules vs destination rules",
+    "cli/demo.py": "430 lines: the rendering (_Printer, _render*) still to move out",
+    "cli/forward.py": "not split yet: endpoints and records vs the relay",
+    "lab/lab.py": "not split yet: Lab is one class of 377 lines",
+}
+
+# "path:qualified.name" of functions deliberately kept over the limit, with why.
+FUNCTION_ALLOWLIST: dict[str, str] = {
+}
+
+
+def _functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, ast.AST]]:
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{node.name}"
+            if not isinstance(node, ast.ClassDef):
+                yield name, node
+            yield from _functions(node, f"{name}.")
+        else:
+            yield from _functions(node, prefix)
+
+
+def _relative(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def test_size_allowlists_name_real_files() -> None:
+    paths = {_relative(p) for p in MODULES.values()}
+    stale = [p for p in [*SIZE_ALLOWLIST, *(k.split(":")[0] for k in FUNCTION_ALLOWLIST)]
+             if p not in paths]
+    assert stale == []
+
+
+def test_no_module_over_the_size_limit() -> None:
+    big = [f"{_relative(p)}: {n} lines" for p in MODULES.values()
+           if _relative(p) not in SIZE_ALLOWLIST
+           and (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert big == []
+
+
+def test_no_function_over_the_size_limit() -> None:
+    long = []
+    for path in MODULES.values():
+        rel = _relative(path)
+        if rel in SIZE_ALLOWLIST:
+            continue
+        for name, node in _functions(ast.parse(path.read_text())):
+            assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES and f"{rel}:{name}" not in FUNCTION_ALLOWLIST:
+                long.append(f"{rel}:{name}: {lines} lines")
+    assert long == []
+
+
+def test_function_allowlist_has_no_stale_entries() -> None:
+    # An entry whose function got short (or went away) is dropped, so the list stays the truth.
+    present = set()
+    for path in MODULES.values():
+        for name, node in _functions(ast.parse(path.read_text())):
+            assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if (node.end_lineno or node.lineno) - node.lineno + 1 > MAX_FUNCTION_LINES:
+                present.add(f"{_relative(path)}:{name}")
+    assert set(FUNCTION_ALLOWLIST) <= present

@@ -16,10 +16,11 @@ import sys
 
 import pytest
 
-from apr_async.cli.commands import TIMELINE_HEADERS, timeline_rows
 from apr_async.cli.exit import EXIT_CODES_HELP, EXIT_FAILED, EXIT_RESOLUTION, EXIT_USAGE
-from apr_async.cli.main import build_parser, main
+from apr_async.cli.main import main
+from apr_async.cli.parser import build_parser
 from apr_async.cli.render import LiveView, Progress, Style, render_table, visible_len
+from apr_async.cli.timeline import TIMELINE_HEADERS, timeline_rows
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

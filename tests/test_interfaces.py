@@ -18,7 +18,7 @@ import pytest
 
 from apr_async.lab.netns import call_in_netns, run_ip_sync
 from apr_async.lab.topology import new_lab_prefix
-from apr_async.resolve import interfaces
+from apr_async.resolve import host, interfaces
 
 pytestmark = pytest.mark.lab
 
@@ -136,8 +136,8 @@ def test_gateways(netns: str) -> None:
     snap = call_in_netns(netns, interfaces.read_snapshot)
     gw4 = snap.default_gateway(2)
     gw6 = snap.default_gateway(10)
-    assert gw4 == interfaces.Gateway(2, ip4("10.1.0.2"), "a0", 20, 5)
-    assert gw6 == interfaces.Gateway(10, ip6("fe80::99"), "a0", 20, 7)
+    assert gw4 == host.Gateway(2, ip4("10.1.0.2"), "a0", 20, 5)
+    assert gw6 == host.Gateway(10, ip6("fe80::99"), "a0", 20, 7)
     assert set(snap.gateways) == {gw4, gw6}
 
 
@@ -156,7 +156,7 @@ def test_fingerprint_follows_changes(netns: str) -> None:
 
 def test_route_choice(netns: str) -> None:
     def lookups() -> dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None],
-                          interfaces.RouteChoice | None]:
+                          host.RouteChoice | None]:
         snap = interfaces.read_snapshot()
         return interfaces.route_choices(
             [(ip4("198.51.100.7"), None), (ip6("2001:db8:77::9"), None),
@@ -187,8 +187,8 @@ def test_udp_fallback_agrees_with_netlink(netns: str) -> None:
         return interfaces._udp_route_choice(dest, None), interfaces.route_choice(dest)
 
     udp, netlink = call_in_netns(netns, both)
-    assert isinstance(udp, interfaces.RouteChoice)
-    assert isinstance(netlink, interfaces.RouteChoice)
+    assert isinstance(udp, host.RouteChoice)
+    assert isinstance(netlink, host.RouteChoice)
     assert udp.source == netlink.source
 
 

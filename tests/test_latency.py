@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_async.core.latency import FailureTable, LatencyTable, record_outcome
+from apr_async.core.failures import FailureTable
+from apr_async.core.latency import LatencyTable
+from apr_async.core.outcomes import record_outcome
 
 ip = ipaddress.ip_address
 SRC6 = ip("2001:db8:1::10")

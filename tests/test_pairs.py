@@ -241,7 +241,7 @@ async def test_default_context_is_replaceable(context: PairContext) -> None:
 
 def test_rank_memo_dies_with_any_change_of_the_failure_table() -> None:
     from apr_async.connect.rank_memo import RankMemo
-    from apr_async.core.latency import FailureTable
+    from apr_async.core.failures import FailureTable
     from apr_async.core.ranking import AddrPair
 
     memo, ctx = RankMemo(), PairContext()

@@ -20,7 +20,8 @@ from apr_async.probe.plan import (
     plan_probes,
     source_text,
 )
-from apr_async.resolve.interfaces import Gateway, HostSnapshot
+from apr_async.resolve.host import Gateway
+from apr_async.resolve.interfaces import HostSnapshot
 
 ip = ipaddress.ip_address
 

@@ -13,7 +13,8 @@ PUBLIC_API: dict[str, set[str]] = {
     "apr_async": {
         "AddrPair", "AddressKind", "AllAttemptsFailedError", "Config", "ConnectivityStatus",
         "DEFAULT_POLICY_TABLE", "Estimate", "FailureTable", "LatencyTable", "PairContext",
-        "PolicyTable", "ProbeService", "Scope", "SourceAddress", "__version__", "configure",
+        "PolicyTable", "ProbeService", "RFC6724_UPDATE_POLICY_TABLE", "Scope", "SourceAddress",
+        "__version__", "configure",
         "connect_socket", "create_connection", "explain", "explain_text", "get_addr_pairs",
         "getaddrinfo", "kind_of", "open_connection", "parse_address", "rank_pairs", "scope_of",
         "select_source", "sort_destinations", "status", "wait_ready",

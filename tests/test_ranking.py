@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from apr_async.core import ranking, reasons
 from apr_async.core.addresses import kind_of
-from apr_async.core.latency import FailureTable, LatencyTable
+from apr_async.core.failures import FailureTable
+from apr_async.core.latency import LatencyTable
 from apr_async.core.ranking import AddrPair, Translator, rank_pairs
 from apr_async.core.rfc6724 import DESTINATION_RULES, SOURCE_RULES, SourceAddress, sort_destinations
 

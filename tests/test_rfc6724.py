@@ -8,13 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_async.core.rfc6724 import (
-    DEFAULT_POLICY_TABLE,
-    PolicyTable,
-    SourceAddress,
-    select_source,
-    sort_destinations,
-)
+from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
+from apr_async.core.rfc6724 import SourceAddress, select_source, sort_destinations
 
 ip = ipaddress.ip_address
 S = SourceAddress

@@ -15,15 +15,16 @@ from apr_async.connect.api import connect_socket, create_connection, open_connec
 from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.connect.svcb_race import SvcbOptions
 from apr_async.core.addresses import AddressKind, Scope, kind_of, parse_address, scope_of
-from apr_async.core.latency import Estimate, FailureTable, LatencyTable
-from apr_async.core.ranking import AddrPair, rank_pairs
-from apr_async.core.rfc6724 import (
+from apr_async.core.failures import FailureTable
+from apr_async.core.latency import LatencyTable
+from apr_async.core.latency_trie import Estimate
+from apr_async.core.policy_table import (
     DEFAULT_POLICY_TABLE,
+    RFC6724_UPDATE_POLICY_TABLE,
     PolicyTable,
-    SourceAddress,
-    select_source,
-    sort_destinations,
 )
+from apr_async.core.ranking import AddrPair, rank_pairs
+from apr_async.core.rfc6724 import SourceAddress, select_source, sort_destinations
 from apr_async.core.status import ConnectivityStatus
 from apr_async.core.svcb_plan import SvcbEndpoint
 from apr_async.probe.default import ProbeService, configure, status, wait_ready
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_POLICY_TABLE",
+    "RFC6724_UPDATE_POLICY_TABLE",
     "AddrPair",
     "AddressKind",
     "AllAttemptsFailedError",

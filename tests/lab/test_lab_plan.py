@@ -7,15 +7,14 @@ import ipaddress
 import pytest
 
 from apr_async.lab import HEALTHY, PathMode, Scenario, Topology, combine
-from apr_async.lab.scenarios import (
-    NON_INTERNET_V4,
-    NON_INTERNET_V6,
+from apr_async.lab.nft_rules import (
     client_changes,
     delay_rules,
     router_base_ruleset,
     router_scenario_rules,
     server_scenario_rules,
 )
+from apr_async.lab.scenarios import NON_INTERNET_V4, NON_INTERNET_V6
 from apr_async.lab.topology import LAB_NAME_RE, new_lab_prefix, nptv6_translate
 
 HOST_NETS = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("fd00::/64")]

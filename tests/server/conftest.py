@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from apr_async.server import proxy_header, real_peername, start_server
-from apr_async.server.proxy_protocol import ProxyHeader
+from apr_async.server.proxy_header import ProxyHeader
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 

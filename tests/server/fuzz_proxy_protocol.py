@@ -14,12 +14,8 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from apr_async.server.proxy_protocol import (
-        HeaderParser,
-        ProxyProtocolError,
-        build_header,
-        parse_header,
-    )
+    from apr_async.server.proxy_header import ProxyProtocolError
+    from apr_async.server.proxy_protocol import HeaderParser, build_header, parse_header
 
 
 def test_one_input(data: bytes) -> None:

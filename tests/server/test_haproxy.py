@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apr_async.server.proxy_protocol import Command, ProxyFamily, TLVType
+from apr_async.server.proxy_header import Command, ProxyFamily, TLVType
 
 from .conftest import (
     free_port,

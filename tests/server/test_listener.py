@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from apr_async.server import build_v1, build_v2, proxy_header, real_peername, start_server
 from apr_async.server.header_phase import LogLimiter
-from apr_async.server.proxy_protocol import ProxyProtocolError, TLVType, parse_header
+from apr_async.server.proxy_header import ProxyProtocolError, TLVType
+from apr_async.server.proxy_protocol import parse_header
 
 from .conftest import (
     needs_v6,

@@ -14,12 +14,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from apr_async.server.proxy_protocol import (
+from apr_async.server.proxy_header import (
     TLV,
     V1_MAX_LENGTH,
     V2_SIGNATURE,
     Command,
-    HeaderParser,
     HeaderTooLargeError,
     IncompleteHeaderError,
     ProxyFamily,
@@ -27,12 +26,10 @@ from apr_async.server.proxy_protocol import (
     ProxyProtocolError,
     TLVType,
     Transport,
-    build_header,
-    build_v1,
-    build_v2,
-    crc32c,
-    parse_header,
 )
+from apr_async.server.proxy_protocol import HeaderParser, build_header, parse_header
+from apr_async.server.proxy_v1 import build_v1
+from apr_async.server.proxy_v2 import build_v2, crc32c
 
 # --- v1 ---------------------------------------------------------------------------------
 

@@ -1,15 +1,12 @@
-"""The ``interfaces``, ``pairs``, ``connect``, ``wait`` and ``forward`` subcommands."""
+"""The ``pairs``, ``connect``, ``wait`` and ``forward`` subcommands."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import errno as errno_codes
-import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from apr_async.cli.common import (
@@ -21,129 +18,37 @@ from apr_async.cli.common import (
 )
 from apr_async.cli.exit import EXIT_FAILED, EXIT_OK, EXIT_RESOLUTION
 from apr_async.cli.forward import Forwarder, RelayRecord
-from apr_async.cli.render import Progress, Style, format_duration, format_ms, render_table
+from apr_async.cli.render import Progress, format_duration, format_ms, render_table
 from apr_async.cli.svcb import svcb_view
+from apr_async.cli.timeline import (
+    TIMELINE_HEADERS,
+    Timeline,
+    json_ms,
+    timeline_event_json,
+    timeline_rows,
+)
 from apr_async.connect.api import (
-    AttemptRecorder,
-    ConnectPair,
     ContextRecorder,
-    PairSource,
     connect_socket,
     open_connection,
     ranked_source,
 )
-from apr_async.connect.types import families_for
 from apr_async.core.ranking import AddrPair
-from apr_async.errors import describe_error, describe_resolution_error
-from apr_async.resolve import interfaces
+from apr_async.errors import describe_error
 from apr_async.resolve.pairs import get_addr_pairs
-from apr_async.resolve.resolver import Resolver
 
 __all__ = [
-    "TIMELINE_HEADERS",
-    "Timeline",
     "cmd_connect",
     "cmd_forward",
-    "cmd_interfaces",
     "cmd_pairs",
     "cmd_wait",
     "pair_dict",
     "pairs_table",
-    "timeline_event_json",
-    "timeline_rows",
 ]
 
 
 def _error_text(exc: BaseException) -> str:
     return describe_error(exc)
-
-
-# -- interfaces ---------------------------------------------------------------------------------
-
-
-async def cmd_interfaces(args: argparse.Namespace, out: Output) -> int:
-    """Interfaces, their addresses (prefix length, scope, kind, flags) and default gateways."""
-    snap = interfaces.read_snapshot()
-    st = out.style
-    by_index: dict[int | None, list[Any]] = {}
-    for src in snap.sources:
-        by_index.setdefault(src.ifindex, []).append(src)
-    ifaces = sorted(snap.interfaces.values(), key=lambda i: i.index)
-    if out.json:
-        out.emit(
-            {
-                "backend": snap.backend,
-                "interfaces": [
-                    {
-                        "index": i.index,
-                        "name": i.name,
-                        "up": i.up,
-                        "running": i.running,
-                        "loopback": i.loopback,
-                        "addresses": [_source_dict(s) for s in by_index.get(i.index, [])],
-                    }
-                    for i in ifaces
-                ],
-                "gateways": [_gateway_dict(g) for g in snap.gateways],
-            }
-        )
-        return EXIT_OK
-    rows = []
-    for iface in ifaces:
-        state = (
-            st.ok("up")
-            if iface.up and iface.running
-            else st.warn("up, no carrier" if iface.up else "down")
-        )
-        addrs = by_index.get(iface.index, [])
-        label = f"{iface.name} ({iface.index})"
-        if not addrs:
-            rows.append([label, state, st("-", "dim"), "", "", ""])
-        for n, src in enumerate(addrs):
-            rows.append(
-                [
-                    label if n == 0 else "",
-                    state if n == 0 else "",
-                    f"{src.address}/{src.prefixlen}" if src.prefixlen is not None else src.text,
-                    src.scope.name.lower().replace("_", "-"),
-                    str(src.kind),
-                    ", ".join(_flags(src)) or st("-", "dim"),
-                ]
-            )
-    out.print(render_table(["interface", "state", "address", "scope", "kind", "flags"], rows, st))
-    if snap.gateways:
-        out.print()
-        grows = [
-            [family_name(g.family), str(g.address or "on-link"), g.interface or "-", str(g.metric)]
-            for g in snap.gateways
-        ]
-        out.print(render_table(["default route", "gateway", "interface", "metric"], grows, st))
-    else:
-        out.print(st.warn("\nno default route"))
-    return EXIT_OK
-
-
-def _flags(src: Any) -> list[str]:
-    return [name for name in ("deprecated", "temporary", "home") if getattr(src, name)]
-
-
-def _source_dict(src: Any) -> dict[str, object]:
-    return {
-        "address": src.text,
-        "prefixlen": src.prefixlen,
-        "scope": src.scope.name.lower(),
-        "kind": str(src.kind),
-        "flags": _flags(src),
-    }
-
-
-def _gateway_dict(g: Any) -> dict[str, object]:
-    return {
-        "family": family_name(g.family),
-        "gateway": None if g.address is None else str(g.address),
-        "interface": g.interface,
-        "metric": g.metric,
-    }
 
 
 # -- pairs --------------------------------------------------------------------------------------
@@ -156,7 +61,7 @@ def pair_dict(rank: int, pair: AddrPair) -> dict[str, object]:
         "family": family_name(pair.family),
         "source": sockaddr_text(pair.source, port=False),
         "destination": sockaddr_text(pair.destination),
-        "rtt_ms": _ms(pair.rtt),
+        "rtt_ms": json_ms(pair.rtt),
         "failing": pair.failing,
         "reason": pair.reason,
     }
@@ -208,163 +113,6 @@ async def cmd_pairs(args: argparse.Namespace, out: Output, settings: Settings) -
 # -- connect ------------------------------------------------------------------------------------
 
 
-class Timeline:
-    """Collects what happened during one race, with times relative to its start.
-
-    It is the race's ``service`` (``record_attempt``) and wraps its pair source, so it sees
-    each family's answer and each attempt's outcome as they happen. ``events`` hold times in
-    seconds; :func:`timeline_event_json` gives their JSON form and :func:`timeline_rows` a
-    table.
-    """
-
-    def __init__(
-        self,
-        source: PairSource,
-        recorder: AttemptRecorder | None = None,
-        *,
-        resolver: Resolver | None = None,
-    ) -> None:
-        self._source = source
-        self._recorder = recorder
-        # Asked (never queried: cached answers only) why a family came back without pairs.
-        self._resolver = resolver
-        self.t0 = time.monotonic()
-        self.events: list[dict[str, Any]] = []
-
-    def _at(self) -> float:
-        return time.monotonic() - self.t0
-
-    def record_attempt(
-        self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
-    ) -> None:
-        """Called by the race for every attempt that has an outcome."""
-        if self._recorder is not None:  # the context still learns, as without a timeline
-            self._recorder.record_attempt(pair, port, ok, rtt, errno)
-        connected = ok and errno is None
-        self.events.append(
-            {
-                "t": self._at(),
-                "kind": "attempt",
-                "family": family_name(pair.family),
-                "source": sockaddr_text(pair.source, port=False),
-                "destination": sockaddr_text(pair.destination),
-                "ok": connected,
-                "outcome": "connected" if connected else _errno_text(errno),
-                "rtt": rtt,
-            }
-        )
-
-    def pair_source(
-        self, host: str, port: int, family: int
-    ) -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
-        """The wrapped pair source, noting when each family's answer arrived."""
-
-        async def gen() -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
-            agen = self._source(host, port, family)
-            answered: set[int] = set()
-            try:
-                async for fam, pairs in agen:
-                    if fam == socket.AF_UNSPEC:
-                        answered.update(families_for(family))
-                    else:
-                        answered.add(fam)
-                    self._answer(
-                        # AF_UNSPEC: every family at once (a literal, a warm cache).
-                        "both" if fam == socket.AF_UNSPEC else family_name(fam),
-                        len(pairs),
-                        None if pairs else self._family_error(host, fam),
-                    )
-                    yield fam, pairs
-            except socket.gaierror as exc:
-                # A source may raise the name's error instead of yielding the families that
-                # had no answer: give every family its row, so the timeline tells the story.
-                for fam in families_for(family):
-                    if fam not in answered:
-                        why = self._family_error(host, fam) or describe_resolution_error(exc)
-                        self._answer(family_name(fam), 0, why)
-                raise
-            finally:
-                # A PairSource is any async iterator; the ones that are generators get closed
-                # here, in this task, rather than by the garbage collector later.
-                aclose = getattr(agen, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-
-        return gen()
-
-    def _answer(self, family: str, pairs: int, error: str | None) -> None:
-        event: dict[str, Any] = {"t": self._at(), "kind": "answer", "family": family,
-                                 "pairs": pairs}
-        if error is not None:
-            event["error"] = error
-        self.events.append(event)
-
-    def _family_error(self, host: str, family: int) -> str | None:
-        """Why ``family`` has no address, from the resolver's cache (``None``: not known)."""
-        if self._resolver is None:
-            return None
-        try:
-            resolution = self._resolver.cached(host, family)
-        except (ValueError, TypeError):
-            return None
-        if resolution is None:
-            return None
-        for answer in resolution.answers:
-            if answer.error is not None and family in (socket.AF_UNSPEC, answer.family):
-                return describe_resolution_error(answer.error)
-        return None
-
-
-def _errno_text(errno: int | None) -> str:
-    if errno is None:
-        return "failed"
-    if errno == errno_codes.ECONNREFUSED:
-        return "refused"
-    if errno == errno_codes.ETIMEDOUT:
-        # The race reports an attempt it abandoned (after its delay) as ETIMEDOUT.
-        return "timed out / lost the race"
-    return os.strerror(errno).lower()
-
-
-#: Column headers of :func:`timeline_rows`.
-TIMELINE_HEADERS = ("t", "family", "source", "destination", "outcome")
-
-
-def timeline_event_json(event: Mapping[str, Any]) -> dict[str, Any]:
-    """A :class:`Timeline` event (seconds) in its JSON form: ``t`` and ``rtt`` in ms."""
-    out = {**event, "t": _ms(event["t"])}
-    if "rtt" in event:
-        out["rtt"] = _ms(event["rtt"])
-    return out
-
-
-def timeline_rows(events: Iterable[Mapping[str, Any]], style: Style) -> list[list[str]]:
-    """Table rows under :data:`TIMELINE_HEADERS` for events in their JSON form (ms).
-
-    An ``answer`` event counts ``pairs`` (a ranked answer) or ``addresses`` (an unranked
-    one, in the system's order); an ``attempt`` shows its outcome and, when one came, the
-    time the far end took to answer.
-    """
-    rows = []
-    for e in events:
-        t = format_ms(e["t"] / 1000)
-        if e["kind"] == "answer":
-            what = (
-                f"{e['pairs']} pair(s)"
-                if "pairs" in e
-                else f"{e['addresses']} address(es), system order"
-            )
-            if e.get("error"):
-                what = style.bad(str(e["error"]))
-            rows.append([t, e["family"], style("answer", "dim"), "", what])
-            continue
-        outcome = style.ok(e["outcome"]) if e["ok"] else style.bad(e["outcome"])
-        if e.get("rtt") is not None:
-            outcome += f" in {format_ms(e['rtt'] / 1000)}"
-        rows.append([t, e["family"], e["source"], e["destination"], outcome])
-    return rows
-
-
 async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     """Race HOST PORT and show the timeline of attempts and the winner."""
     host, port, svcb = await svcb_view(args, out, settings)
@@ -404,7 +152,7 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
                 "host": args.host,
                 "port": args.port,
                 "connected": error is None,
-                "elapsed_ms": _ms(elapsed),
+                "elapsed_ms": json_ms(elapsed),
                 "winner": None
                 if error is not None
                 else {
@@ -435,11 +183,6 @@ async def cmd_connect(args: argparse.Namespace, out: Output, settings: Settings)
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _ms(seconds: float | None) -> float | None:
-    """Seconds as milliseconds for JSON (microsecond precision)."""
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 # -- wait ---------------------------------------------------------------------------------------
@@ -492,7 +235,7 @@ async def cmd_wait(args: argparse.Namespace, out: Output, settings: Settings) ->
                 "host": args.host,
                 "port": args.port,
                 "ready": connected,
-                "elapsed_ms": _ms(elapsed),
+                "elapsed_ms": json_ms(elapsed),
                 "attempts": attempts,
                 "last_error": None if last is None or connected else _error_text(last),
             }

@@ -19,7 +19,7 @@ from apr_async.cli.exit import (
     EXIT_USAGE,
     CliError,
 )
-from apr_async.cli.render import format_ms, render_table
+from apr_async.cli.render import Style, format_ms, render_table
 from apr_async.core.ranking import AddrPair
 from apr_async.probe.probes import (
     IcmpUnavailableError,
@@ -125,8 +125,8 @@ class _Pinger:
         await self.series(stats, "tcp")
 
 
-async def cmd_ping(args: argparse.Namespace, out: Output, settings: Settings) -> int:
-    """Probe each HOST from every source address; report RTT/loss and which hosts are down."""
+def _icmp_mode_or_fail(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The ICMP mode to probe with (``None``: TCP only); a usage error if neither is possible."""
     icmp_mode = None if args.tcp else detect_icmp_mode(settings.config.icmp)
     if icmp_mode is None and args.tcp_port is None:
         if args.tcp:
@@ -137,6 +137,56 @@ async def cmd_ping(args: argparse.Namespace, out: Output, settings: Settings) ->
             "ICMP is not available here (no raw socket, no ping group): pass --tcp-port",
             EXIT_SYSTEM,
         )
+    return icmp_mode
+
+
+_PING_HEADERS = ["host", "source", "destination", "via", "recv", "loss", "min / avg / max", "note"]
+
+
+def _ping_row(s: PairStats, st: Style) -> list[str]:
+    d = s.as_dict()
+    loss = d["loss"]
+    loss_text = "-" if loss is None else f"{loss:.0%}"
+    loss_text = (
+        st.ok(loss_text) if loss == 0 else st.bad(loss_text) if loss == 1 else st.warn(loss_text)
+    )
+    rtts = s.rtts
+    rtt = (
+        f"{format_ms(min(rtts))} / {format_ms(statistics.fmean(rtts))} / {format_ms(max(rtts))}"
+        if rtts
+        else "-"
+    )
+    return [
+        s.host,
+        str(d["source"]),
+        str(d["destination"]),
+        s.method,
+        f"{s.received}/{len(s.results)}",
+        loss_text,
+        rtt,
+        s.note,
+    ]
+
+
+def _print_ping(
+    out: Output, table: list[PairStats], down: list[str], unresolved: dict[str, str]
+) -> None:
+    st = out.style
+    rows = [_ping_row(s, st) for s in table]
+    if rows:
+        out.print(render_table(_PING_HEADERS, rows, st))
+    for host, why in unresolved.items():
+        out.print(st.bad(f"{host}: cannot resolve: {why}"))
+    out.print()
+    if down:
+        out.print(st.bad("down: ") + ", ".join(down))
+    else:
+        out.print(st.ok("all hosts up"))
+
+
+async def cmd_ping(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    """Probe each HOST from every source address; report RTT/loss and which hosts are down."""
+    icmp_mode = _icmp_mode_or_fail(args, settings)
     context = settings.context()
     port = args.tcp_port or 0
 
@@ -163,70 +213,9 @@ async def cmd_ping(args: argparse.Namespace, out: Output, settings: Settings) ->
         elif not any(s.received for s in table if s.host == host):
             down.append(host)
     if out.json:
-        out.emit(
-            {
-                "pairs": [s.as_dict() for s in table],
-                "down": down,
-                "unresolved": unresolved,
-            }
-        )
+        out.emit({"pairs": [s.as_dict() for s in table], "down": down, "unresolved": unresolved})
     else:
-        st = out.style
-        rows = []
-        for s in table:
-            d = s.as_dict()
-            loss = d["loss"]
-            loss_text = "-" if loss is None else f"{loss:.0%}"
-            loss_text = (
-                st.ok(loss_text)
-                if loss == 0
-                else st.bad(loss_text)
-                if loss == 1
-                else (st.warn(loss_text))
-            )
-            rtts = s.rtts
-            rtt = (
-                f"{format_ms(min(rtts))} / {format_ms(statistics.fmean(rtts))} / "
-                f"{format_ms(max(rtts))}"
-                if rtts
-                else "-"
-            )
-            rows.append(
-                [
-                    s.host,
-                    str(d["source"]),
-                    str(d["destination"]),
-                    s.method,
-                    f"{s.received}/{len(s.results)}",
-                    loss_text,
-                    rtt,
-                    s.note,
-                ]
-            )
-        if rows:
-            out.print(
-                render_table(
-                    [
-                        "host",
-                        "source",
-                        "destination",
-                        "via",
-                        "recv",
-                        "loss",
-                        "min / avg / max",
-                        "note",
-                    ],
-                    rows,
-                    st,
-                )
-            )
-        for host, why in unresolved.items():
-            out.print(st.bad(f"{host}: cannot resolve: {why}"))
-        out.print()
-        if down:
-            out.print(st.bad("down: ") + ", ".join(down))
-        else:
-            out.print(st.ok("all hosts up"))
+        _print_ping(out, table, down, unresolved)
     if unresolved and len(unresolved) == len(args.hosts):
         return EXIT_RESOLUTION
     return EXIT_FAILED if down else EXIT_OK

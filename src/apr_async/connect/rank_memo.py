@@ -6,7 +6,7 @@ from __future__ import annotations
 import weakref
 
 from apr_async.connect.types import ConnectPair
-from apr_async.core.latency import FailureTable
+from apr_async.core.failures import FailureTable
 from apr_async.resolve.pairs import PairContext
 
 __all__ = ["RankMemo", "rank_memo"]

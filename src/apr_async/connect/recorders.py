@@ -13,7 +13,7 @@ from typing import Any
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.types import AttemptRecorder
 from apr_async.core.addresses import IPAddress
-from apr_async.core.latency import record_outcome
+from apr_async.core.outcomes import record_outcome
 from apr_async.resolve.pairs import PairContext
 
 __all__ = ["ContextRecorder", "ServiceRecorder", "report_untried"]

@@ -1,199 +1,23 @@
-"""Per-(source, destination) latency and failure memory (sans-IO: time is passed in as ``now``).
+"""Per-(source, destination) latency memory (sans-IO: time is passed in as ``now``).
 
 :class:`LatencyTable` keeps an EWMA of the round-trip time per (source, destination) and lets
-an unmeasured destination inherit from measured neighbours: the destinations measured from
-the same source are kept in a path-compressed binary trie (one per source and family), so the
-longest matching known prefix is found by walking at most one node per bit of the address,
-whatever the number of entries. Every trie node keeps aggregates of its subtree, which makes
-the inherited estimate (mean EWMA of the destinations under the prefix, their minimum, ...)
-an O(1) read once the node is found, and keeps updates O(depth).
-
-:class:`FailureTable` remembers recent connection failures per (source, destination, port).
+an unmeasured destination inherit from measured neighbours through a per-source prefix trie
+(:mod:`apr_async.core.latency_trie`). Failures are kept apart in
+:mod:`apr_async.core.failures`; :func:`apr_async.core.outcomes.record_outcome` feeds both.
 """
 
 from __future__ import annotations
 
-import errno as errno_codes
 import ipaddress
-import itertools
-import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from apr_async.core.addresses import IPAddress, address_key, parse_address
+from apr_async.core.latency_trie import Estimate, SourceIndex, TrieNode
+from apr_async.core.table_inputs import SNAPSHOT_VERSION, check_ip, check_time
 
-__all__ = ["Estimate", "Failure", "FailureTable", "LatencyTable", "record_outcome"]
-
-_SNAPSHOT_VERSION: Final = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """What is known about the round-trip time from a source to a destination.
-
-    Times are seconds. ``rtt`` is the EWMA (``None`` if no sample succeeded yet), ``last`` the
-    latest RTT sample, ``min`` the smallest, ``samples`` the number of RTT samples, ``loss``
-    the fraction of the recent probes (the loss window) that got no answer, ``updated`` the
-    ``now`` of the latest record. When ``inherited`` is true the destination itself was never
-    measured: the numbers summarise the ``destinations`` measured destinations that share the
-    longest known prefix with it (``rtt`` is the mean of their EWMAs, ``min`` their minimum,
-    ``samples`` their total, ``last`` the latest sample of the most recently updated one).
-    """
-
-    rtt: float | None
-    last: float | None
-    min: float | None
-    samples: int
-    loss: float
-    updated: float
-    inherited: bool = False
-    prefix_len: int | None = None
-    destinations: int = 1
-    _prefix_value: int = field(default=0, repr=False, compare=False)
-    _version: int = field(default=6, repr=False, compare=False)
-
-    @property
-    def prefix(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-        """The prefix the estimate was inherited from (``None`` for an exact estimate)."""
-        if self.prefix_len is None:
-            return None
-        if self._version == 4:
-            return ipaddress.IPv4Network((self._prefix_value, self.prefix_len))
-        return ipaddress.IPv6Network((self._prefix_value, self.prefix_len))
-
-
-class _Node:
-    """A trie node: a leaf is one measured destination, an inner node a shared prefix.
-
-    Inner nodes always have two children (path compression). ``agg_*`` summarise the subtree.
-    """
-
-    __slots__ = (
-        "address",
-        "agg_count",
-        "agg_last",
-        "agg_loss",
-        "agg_min",
-        "agg_rtt_count",
-        "agg_rtt_sum",
-        "agg_samples",
-        "agg_updated",
-        "children",
-        "estimate",
-        "ewma",
-        "fill",
-        "inherited",
-        "key",
-        "last",
-        "lost_bits",
-        "min",
-        "parent",
-        "plen",
-        "samples",
-        "updated",
-    )
-
-    def __init__(self, key: int, plen: int, address: IPAddress | None = None) -> None:
-        self.key = key
-        self.plen = plen
-        self.address = address
-        # Inherited estimates handed out from this subtree, by prefix length; dropped
-        # whenever the aggregates change, so repeated lookups allocate nothing.
-        self.inherited: dict[int, Estimate] | None = None
-        self.parent: _Node | None = None
-        self.children: list[_Node | None] = [None, None]
-        # Leaf measurements.
-        self.ewma: float | None = None
-        self.last: float | None = None
-        self.min: float | None = None
-        self.samples = 0
-        self.lost_bits = 0
-        self.fill = 0
-        self.updated = 0.0
-        self.estimate: Estimate | None = None
-        # Subtree aggregates.
-        self.agg_count = 0
-        self.agg_rtt_count = 0
-        self.agg_rtt_sum = 0.0
-        self.agg_min: float | None = None
-        self.agg_samples = 0
-        self.agg_loss = 0.0
-        self.agg_updated = -math.inf
-        self.agg_last: float | None = None
-
-    def loss(self) -> float:
-        return self.lost_bits.bit_count() / self.fill if self.fill else 0.0
-
-    def refresh_leaf(self) -> None:
-        self.inherited = None
-        self.agg_count = 1
-        self.agg_rtt_count = 0 if self.ewma is None else 1
-        self.agg_rtt_sum = 0.0 if self.ewma is None else self.ewma
-        self.agg_min = self.min
-        self.agg_samples = self.samples
-        self.agg_loss = self.loss()
-        self.agg_updated = self.updated
-        self.agg_last = self.last
-        self.estimate = None  # built on the next lookup: most entries are never read
-
-    def exact(self) -> Estimate:
-        estimate = self.estimate
-        if estimate is None:
-            estimate = self.estimate = Estimate(
-                rtt=self.ewma,
-                last=self.last,
-                min=self.min,
-                samples=self.samples,
-                loss=self.agg_loss,
-                updated=self.updated,
-            )
-        return estimate
-
-    def refresh_inner(self) -> None:
-        a, b = self.children
-        assert a is not None and b is not None
-        self.inherited = None
-        self.agg_count = a.agg_count + b.agg_count
-        self.agg_rtt_count = a.agg_rtt_count + b.agg_rtt_count
-        self.agg_rtt_sum = a.agg_rtt_sum + b.agg_rtt_sum
-        if a.agg_min is None:
-            self.agg_min = b.agg_min
-        elif b.agg_min is None:
-            self.agg_min = a.agg_min
-        else:
-            self.agg_min = min(a.agg_min, b.agg_min)
-        self.agg_samples = a.agg_samples + b.agg_samples
-        self.agg_loss = a.agg_loss + b.agg_loss
-        newer = a if a.agg_updated >= b.agg_updated else b
-        self.agg_updated = newer.agg_updated
-        self.agg_last = newer.agg_last
-
-
-def _check_ip(value: object, what: str) -> IPAddress:
-    if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        raise TypeError(f"{what} must be an IPv4Address or IPv6Address, not {type(value).__name__}")
-    if isinstance(value, ipaddress.IPv6Address) and value.scope_id is not None:
-        return ipaddress.IPv6Address(int(value))
-    return value
-
-
-def _check_time(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, not {value!r}")
-    return float(value)
-
-
-class _SourceIndex:
-    """Everything measured from one source: exact entries and one trie per family."""
-
-    __slots__ = ("address", "leaves", "roots")
-
-    def __init__(self, address: IPAddress) -> None:
-        self.address = address
-        self.leaves: dict[int, _Node] = {}  # by address_key of the destination
-        self.roots: list[_Node | None] = [None, None]  # [IPv4, IPv6]
+__all__ = ["LatencyTable"]
 
 
 class LatencyTable:
@@ -233,10 +57,10 @@ class LatencyTable:
         self.max_entries = max_entries
         self.loss_window = loss_window
         self._window_mask = (1 << loss_window) - 1
-        self._sources: dict[int, _SourceIndex] = {}  # by address_key of the source
+        self._sources: dict[int, SourceIndex] = {}  # by address_key of the source
         # Bumped by every change, so that callers can reuse what they derived from the table.
         self.version = 0
-        self._lru: OrderedDict[tuple[int, int], _Node] = OrderedDict()
+        self._lru: OrderedDict[tuple[int, int], TrieNode] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -254,15 +78,15 @@ class LatencyTable:
     ) -> None:
         """Record one probe result from *source* to *destination*: *rtt* seconds, or ``None``
         for a probe that got no answer."""
-        src = _check_ip(source, "source")
-        dst = _check_ip(destination, "destination")
+        src = check_ip(source, "source")
+        dst = check_ip(destination, "destination")
         if src.version != dst.version:
             raise ValueError(f"source {src} and destination {dst} are of different families")
         if rtt is not None:
-            rtt = _check_time(rtt, "rtt")
+            rtt = check_time(rtt, "rtt")
             if rtt < 0:
                 raise ValueError(f"rtt must not be negative, not {rtt!r}")
-        now = _check_time(now, "now")
+        now = check_time(now, "now")
         leaf = self._leaf(src, dst)
         if rtt is None:
             leaf.lost_bits = ((leaf.lost_bits << 1) | 1) & self._window_mask
@@ -279,7 +103,7 @@ class LatencyTable:
         self._refresh_path(leaf)
         self.version += 1
 
-    def _leaf(self, src: IPAddress, dst: IPAddress) -> _Node:
+    def _leaf(self, src: IPAddress, dst: IPAddress) -> TrieNode:
         lru = self._lru
         src_key = address_key(src)
         dst_key = address_key(dst)
@@ -290,8 +114,8 @@ class LatencyTable:
             return leaf
         index = self._sources.get(src_key)
         if index is None:
-            index = self._sources[src_key] = _SourceIndex(src)
-        leaf = _Node(int(dst), dst.max_prefixlen, dst)
+            index = self._sources[src_key] = SourceIndex(src)
+        leaf = TrieNode(int(dst), dst.max_prefixlen, dst)
         self._insert(index, dst.version == 6, leaf)
         index.leaves[dst_key] = leaf
         lru[key] = leaf
@@ -321,7 +145,7 @@ class LatencyTable:
             del self._sources[src_key]
 
     @staticmethod
-    def _insert(index: _SourceIndex, v6: bool, leaf: _Node) -> None:
+    def _insert(index: SourceIndex, v6: bool, leaf: TrieNode) -> None:
         family = 1 if v6 else 0
         bits = leaf.plen
         value = leaf.key
@@ -334,7 +158,7 @@ class LatencyTable:
             common = plen - ((value ^ node.key) >> (bits - plen)).bit_length()
             if common < plen:
                 # Split the edge above node: a new inner node holds the shared prefix.
-                inner = _Node((value >> (bits - common)) << (bits - common), common)
+                inner = TrieNode((value >> (bits - common)) << (bits - common), common)
                 parent = node.parent
                 inner.parent = parent
                 if parent is None:
@@ -354,13 +178,13 @@ class LatencyTable:
             node = child
 
     @staticmethod
-    def _refresh_path(leaf: _Node) -> None:
+    def _refresh_path(leaf: TrieNode) -> None:
         leaf.refresh_leaf()
         if leaf.parent is not None:
             LatencyTable._refresh_inner_path(leaf.parent)
 
     @staticmethod
-    def _refresh_inner_path(node: _Node | None) -> None:
+    def _refresh_inner_path(node: TrieNode | None) -> None:
         while node is not None:
             node.refresh_inner()
             node = node.parent
@@ -394,17 +218,17 @@ class LatencyTable:
 
         return lookup
 
-    def _lookup(self, index: _SourceIndex, destination: IPAddress) -> Estimate | None:
+    def _lookup(self, index: SourceIndex, destination: IPAddress) -> Estimate | None:
         value = int(destination)
         v6 = isinstance(destination, ipaddress.IPv6Address)
         return self.lookup_key(index, value if v6 else ~value, value, v6)
 
-    def source_index(self, source_key: int) -> _SourceIndex | None:
+    def source_index(self, source_key: int) -> SourceIndex | None:
         """Internal fast path for ranking: the index of a source by its ``address_key``."""
         return self._sources.get(source_key)
 
     def lookup_key(
-        self, index: _SourceIndex, dst_key: int, value: int, v6: bool
+        self, index: SourceIndex, dst_key: int, value: int, v6: bool
     ) -> Estimate | None:
         """Internal fast path for ranking: look up a destination given as precomputed ints."""
         leaf = index.leaves.get(dst_key)
@@ -451,7 +275,7 @@ class LatencyTable:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The table as plain JSON-able data; times are stored as ages relative to *now*."""
-        now = _check_time(now, "now")
+        now = check_time(now, "now")
         entries = [
             [
                 str(self._sources[src_key].address),
@@ -466,17 +290,17 @@ class LatencyTable:
             ]
             for (src_key, _), leaf in self._lru.items()
         ]
-        return {"kind": "apr_async.latency", "version": _SNAPSHOT_VERSION, "entries": entries}
+        return {"kind": "apr_async.latency", "version": SNAPSHOT_VERSION, "entries": entries}
 
     def restore(self, data: dict[str, Any], now: float) -> None:
         """Replace the contents with a :meth:`snapshot`, rebasing ages onto *now*.
 
         Raises ``ValueError`` (and leaves the table unchanged) if *data* is malformed.
         """
-        now = _check_time(now, "now")
+        now = check_time(now, "now")
         if not isinstance(data, dict) or data.get("kind") != "apr_async.latency":
             raise ValueError("not a latency table snapshot")
-        if data.get("version") != _SNAPSHOT_VERSION:
+        if data.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported latency snapshot version {data.get('version')!r}")
         parsed = []
         try:
@@ -487,12 +311,12 @@ class LatencyTable:
                 if src.version != dst.version or src_zone or dst_zone:
                     raise ValueError(f"bad addresses in {row!r}")
                 for value in (ewma, last, minimum):
-                    if value is not None and _check_time(value, "rtt") < 0:
+                    if value is not None and check_time(value, "rtt") < 0:
                         raise ValueError(f"negative rtt in {row!r}")
                 for count in (samples, lost, fill):
                     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                         raise ValueError(f"bad counter in {row!r}")
-                age = _check_time(age, "age")
+                age = check_time(age, "age")
                 parsed.append((src, dst, ewma, last, minimum, samples, lost, fill, age))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed latency snapshot: {exc}") from None
@@ -510,268 +334,3 @@ class LatencyTable:
             leaf.updated = now - float(age)
             self._refresh_path(leaf)
         self.version += 1
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A recent connection failure of one (source, destination, port).
-
-    ``last`` is the ``now`` of the latest failure, ``count`` the failures since the entry was
-    created, ``error`` a short description of the latest one (e.g. ``"ECONNREFUSED"``).
-    """
-
-    last: float
-    count: int
-    error: str | None
-
-
-class FailureTable:
-    """Recent connection failures keyed by (source, destination, port).
-
-    An entry expires ``ttl`` seconds after its latest failure; a success clears it; ``clear()``
-    drops everything (network change). Beyond ``max_entries`` the oldest failure is dropped.
-    A zone on an IPv6 address is ignored.
-
-    ``version`` is bumped by every change of the contents (a failure recorded, an entry
-    cleared, dropped or expired), so that callers can reuse what they derived from the table
-    while it stays the same; :meth:`generation` also drops the entries that expired by
-    ``now`` first, which makes it the number to compare. ``next_expiry`` says when the
-    earliest entry expires.
-    """
-
-    def __init__(self, ttl: float = 600.0, *, max_entries: int = 10_000) -> None:
-        ttl = _check_time(ttl, "ttl")
-        if ttl <= 0:
-            raise ValueError(f"ttl must be positive, not {ttl!r}")
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be a positive int, not {max_entries!r}")
-        self.ttl = ttl
-        self.max_entries = max_entries
-        # (address_key(src), address_key(dst), port) -> (failure, src, dst); ordered oldest
-        # failure first so that the size bound drops the stalest entry.
-        self._entries: OrderedDict[tuple[int, int, int], tuple[Failure, IPAddress, IPAddress]]
-        self._entries = OrderedDict()
-        self.version = 0
-        # True while the entries' failure times never decrease in dict order (the usual
-        # case: a monotonic clock), so the first entry is the one that expires first.
-        self._ordered = True
-        # The earliest failure time among the entries, valid while version is unchanged.
-        self._earliest = math.inf
-        self._earliest_version = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _earliest_last(self) -> float:
-        if self._earliest_version != self.version:
-            entries = self._entries
-            if not entries:
-                earliest = math.inf
-            elif self._ordered:
-                earliest = next(iter(entries.values()))[0].last
-            else:
-                earliest = min(value[0].last for value in entries.values())
-            self._earliest = earliest
-            self._earliest_version = self.version
-        return self._earliest
-
-    @property
-    def next_expiry(self) -> float:
-        """When the entry with the earliest failure expires (``inf`` for an empty table).
-
-        Until then, and while ``version`` stays the same, every answer of the table stands.
-        """
-        return self._earliest_last() + self.ttl
-
-    def generation(self, now: float) -> int:
-        """``version`` once the entries expired by *now* are dropped.
-
-        Equal numbers from two calls mean that the table gives the same answers at the
-        second call's *now* as at the first's (for a *now* that does not go back): nothing
-        was recorded, cleared or dropped, and no entry expired in between. Costs a comparison
-        unless an entry did expire.
-        """
-        if self._entries and now - self._earliest_last() >= self.ttl:
-            self.prune(now)
-        return self.version
-
-    @staticmethod
-    def _checked(
-        source: IPAddress, destination: IPAddress, port: int
-    ) -> tuple[tuple[int, int, int], IPAddress, IPAddress]:
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"port must be an int in 0..65535, not {port!r}")
-        src = _check_ip(source, "source")
-        dst = _check_ip(destination, "destination")
-        return (address_key(src), address_key(dst), port), src, dst
-
-    def record_failure(
-        self,
-        source: IPAddress,
-        destination: IPAddress,
-        port: int,
-        now: float,
-        *,
-        error: str | None = None,
-    ) -> None:
-        """Remember that connecting from *source* to *destination*:*port* failed at *now*.
-
-        *error* is a short description for explanations, such as ``"ECONNREFUSED"``.
-        """
-        key, src, dst = self._checked(source, destination, port)
-        now = _check_time(now, "now")
-        if error is not None and not isinstance(error, str):
-            raise TypeError("error must be a str or None")
-        entries = self._entries
-        previous = entries.pop(key, None)
-        count = 1
-        if previous is not None and now - previous[0].last < self.ttl:
-            count = previous[0].count + 1
-        if self._ordered and entries and next(reversed(entries.values()))[0].last > now:
-            self._ordered = False
-        entries[key] = (Failure(now, count, error), src, dst)
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
-        self.version += 1
-
-    def record_success(self, source: IPAddress, destination: IPAddress, port: int) -> None:
-        """A successful connection clears the entry."""
-        if self._entries.pop(self._checked(source, destination, port)[0], None) is not None:
-            self.version += 1
-
-    def failure(
-        self, source: IPAddress, destination: IPAddress, port: int, now: float
-    ) -> Failure | None:
-        """The unexpired failure for this triple, or ``None``."""
-        if not self._entries:
-            return None
-        return self.failure_key((address_key(source), address_key(destination), port), now)
-
-    def failure_key(self, key: tuple[int, int, int], now: float) -> Failure | None:
-        """Internal fast path for ranking: :meth:`failure` with a precomputed key."""
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        if now - found[0].last >= self.ttl:
-            del self._entries[key]
-            self.version += 1
-            return None
-        return found[0]
-
-    def failing(self, source: IPAddress, destination: IPAddress, port: int, now: float) -> bool:
-        """True if this triple failed less than ``ttl`` seconds before *now*."""
-        return self.failure(source, destination, port, now) is not None
-
-    def prune(self, now: float) -> int:
-        """Drop expired entries; return how many were dropped."""
-        entries = self._entries
-        ttl = self.ttl
-        if self._ordered:
-            # Oldest first: the expired entries are a prefix.
-            dropped = 0
-            while entries and now - next(iter(entries.values()))[0].last >= ttl:
-                entries.popitem(last=False)
-                dropped += 1
-        else:
-            expired = [k for k, v in entries.items() if now - v[0].last >= ttl]
-            for key in expired:
-                del entries[key]
-            dropped = len(expired)
-        if dropped:
-            self.version += 1
-        if not entries:
-            self._ordered = True
-        return dropped
-
-    def clear(self) -> None:
-        """Forget everything (network change)."""
-        self._entries.clear()
-        self._ordered = True
-        self.version += 1
-
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """Unexpired entries as plain JSON-able data; times are ages relative to *now*."""
-        now = _check_time(now, "now")
-        entries = [
-            [str(src), str(dst), key[2], now - f.last, f.count, f.error]
-            for key, (f, src, dst) in self._entries.items()
-            if now - f.last < self.ttl
-        ]
-        return {"kind": "apr_async.failures", "version": _SNAPSHOT_VERSION, "entries": entries}
-
-    def restore(self, data: dict[str, Any], now: float) -> None:
-        """Replace the contents with a :meth:`snapshot`, rebasing ages onto *now*.
-
-        Raises ``ValueError`` (and leaves the table unchanged) if *data* is malformed.
-        """
-        now = _check_time(now, "now")
-        if not isinstance(data, dict) or data.get("kind") != "apr_async.failures":
-            raise ValueError("not a failure table snapshot")
-        if data.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(f"unsupported failure snapshot version {data.get('version')!r}")
-        parsed = []
-        try:
-            for row in data["entries"]:
-                src_text, dst_text, port, age, count, error = row
-                src, src_zone = parse_address(src_text)
-                dst, dst_zone = parse_address(dst_text)
-                if src_zone or dst_zone:
-                    raise ValueError(f"zones are not stored: {row!r}")
-                key, src, dst = self._checked(src, dst, port)
-                age = _check_time(age, "age")
-                if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                    raise ValueError(f"bad count in {row!r}")
-                if error is not None and not isinstance(error, str):
-                    raise ValueError(f"bad error in {row!r}")
-                parsed.append((key, (Failure(now - age, count, error), src, dst)))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed failure snapshot: {exc}") from None
-        self._entries.clear()
-        for key, value in sorted(parsed, key=lambda item: item[1][0].last):
-            self._entries[key] = value
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        # Sorted, unless a malformed snapshot repeated a triple (the first place is kept).
-        lasts = [value[0].last for value in self._entries.values()]
-        self._ordered = all(a <= b for a, b in itertools.pairwise(lasts))
-        self.version += 1
-
-
-#: An attempt's RTT beyond this (seconds) cannot be right: the sample is dropped.
-_MAX_ATTEMPT_RTT: Final = 3600.0
-
-
-def record_outcome(
-    latency: LatencyTable,
-    failures: FailureTable,
-    source: IPAddress,
-    destination: IPAddress,
-    port: int,
-    *,
-    ok: bool,
-    rtt: float | None,
-    errno: int | None,
-    now: float,
-) -> bool:
-    """Record one connection attempt's outcome in both tables; ``False`` if it was dropped.
-
-    A success clears the pair's failure; a failure is remembered under its errno name (such
-    as ``"ECONNREFUSED"``). The RTT is recorded when there is one (a refusal measured the
-    path too); a failure without one counts as a loss. A sample that cannot be right (families
-    differ, *rtt* negative, not a number or over an hour, *port* outside 1..65535) is dropped
-    whole and nothing changes: callers are connectors, which must not fail over bookkeeping.
-    """
-    valid_rtt = rtt is None or (
-        isinstance(rtt, int | float) and not isinstance(rtt, bool) and 0 <= rtt < _MAX_ATTEMPT_RTT
-    )
-    valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-    if source.version != destination.version or not valid_rtt or not valid_port:
-        return False
-    if rtt is not None or not ok:
-        latency.record(source, destination, rtt, now)
-    if ok:
-        failures.record_success(source, destination, port)
-    else:
-        name = errno_codes.errorcode.get(errno) if errno is not None else None
-        failures.record_failure(source, destination, port, now, error=name or "failed")
-    return True

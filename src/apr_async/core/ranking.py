@@ -14,7 +14,7 @@
    seen (a host whose only IPv4 sources are private is the usual NAT44 home: unaffected); a
    non-loopback source to a loopback destination (only when no loopback source of that
    family exists).
-2. **Recent failures** (:class:`~apr_async.core.latency.FailureTable`): those pairs go after the
+2. **Recent failures** (:class:`~apr_async.core.failures.FailureTable`): those pairs go after the
    others; they are reordered, never removed.
 3. **Measured latency** (exact or inherited from the longest known prefix): measured pairs
    come first, fastest first, except that IPv6 wins unless it is more than ``ipv6_bias_ms``
@@ -41,12 +41,13 @@ from typing import Any, Final, Literal, NamedTuple
 
 from apr_async.core import reasons
 from apr_async.core.addresses import AddressKind, IPAddress, Scope, address_key, kind_of, scope_of
+from apr_async.core.failures import Failure, FailureTable
 from apr_async.core.families import AF_INET, AF_INET6
-from apr_async.core.latency import Estimate, Failure, FailureTable, LatencyTable
+from apr_async.core.latency import LatencyTable
+from apr_async.core.latency_trie import Estimate
+from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 from apr_async.core.rfc6724 import (
-    DEFAULT_POLICY_TABLE,
     SOURCE_KEY_RULES,
-    PolicyTable,
     SourceAddress,
     apply_rule9,
     destination_key,

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from apr_async.core.latency import Estimate, Failure
+from apr_async.core.failures import Failure
+from apr_async.core.latency_trie import Estimate
 from apr_async.core.rfc6724 import DESTINATION_RULES, SOURCE_RULES
 
 __all__ = [

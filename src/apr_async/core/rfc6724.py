@@ -37,13 +37,11 @@ from apr_async.core.addresses import (
     parse_address,
     scope_of,
 )
+from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 
 __all__ = [
-    "DEFAULT_POLICY_TABLE",
     "DESTINATION_RULES",
     "SOURCE_RULES",
-    "PolicyEntry",
-    "PolicyTable",
     "SourceAddress",
     "select_source",
     "sort_destinations",
@@ -175,121 +173,6 @@ class SourceAddress:
             raise ValueError("source and destination are of different families")
         length = destination.max_prefixlen - (self._int ^ int(destination)).bit_length()
         return min(length, self._cpl_limit)
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyEntry:
-    """One row of an RFC 6724 policy table."""
-
-    prefix: ipaddress.IPv6Network
-    precedence: int
-    label: int
-
-
-class PolicyTable:
-    """An RFC 6724 policy table: longest-prefix match giving (precedence, label).
-
-    Entries are ``(prefix, precedence, label)`` with an IPv6 prefix (text or
-    ``IPv6Network``); IPv4 addresses are looked up as ``::ffff:a.b.c.d``. An address that no
-    prefix matches gets precedence 0 and label -1 (a table normally contains ``::/0``).
-    """
-
-    __slots__ = ("_cache", "_entries", "_hash", "_rows")
-
-    _CACHE_MAX: Final = 8192
-
-    def __init__(
-        self, entries: Iterable[PolicyEntry | tuple[str | ipaddress.IPv6Network, int, int]]
-    ) -> None:
-        rows: list[PolicyEntry] = []
-        seen: set[ipaddress.IPv6Network] = set()
-        for item in entries:
-            if isinstance(item, PolicyEntry):
-                entry = item
-            else:
-                prefix, precedence, label = item
-                if not isinstance(prefix, ipaddress.IPv6Network):
-                    prefix = ipaddress.IPv6Network(prefix)
-                entry = PolicyEntry(prefix, precedence, label)
-            for value in (entry.precedence, entry.label):
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise TypeError(f"precedence and label must be ints: {entry!r}")
-            if entry.prefix in seen:
-                raise ValueError(f"duplicate policy table prefix {entry.prefix}")
-            seen.add(entry.prefix)
-            rows.append(entry)
-        self._entries: tuple[PolicyEntry, ...] = tuple(rows)
-        self._rows: tuple[tuple[int, int, int, int], ...] = tuple(
-            (
-                int(e.prefix.network_address) >> (128 - e.prefix.prefixlen),
-                e.prefix.prefixlen,
-                e.precedence,
-                e.label,
-            )
-            for e in sorted(rows, key=lambda e: -e.prefix.prefixlen)
-        )
-        self._cache: dict[IPAddress, tuple[int, int]] = {}
-        self._hash = hash(frozenset(self._entries))
-
-    @property
-    def entries(self) -> tuple[PolicyEntry, ...]:
-        """The rows as given."""
-        return self._entries
-
-    def lookup(self, ip: IPAddress) -> tuple[int, int]:
-        """Return ``(precedence, label)`` for *ip*."""
-        cache = self._cache
-        found = cache.get(ip)
-        if found is not None:
-            return found
-        value = int(ip)
-        if ip.version == 4:
-            value |= 0xFFFF << 32
-        result = (0, -1)
-        for network, plen, precedence, label in self._rows:
-            if value >> (128 - plen) == network:
-                result = (precedence, label)
-                break
-        if len(cache) >= self._CACHE_MAX:
-            cache.clear()
-        cache[ip] = result
-        return result
-
-    def precedence(self, ip: IPAddress) -> int:
-        """Precedence of *ip*."""
-        return self.lookup(ip)[0]
-
-    def label(self, ip: IPAddress) -> int:
-        """Label of *ip*."""
-        return self.lookup(ip)[1]
-
-    def __repr__(self) -> str:
-        rows = ", ".join(f"({e.prefix}, {e.precedence}, {e.label})" for e in self._entries)
-        return f"PolicyTable([{rows}])"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PolicyTable):
-            return NotImplemented
-        return set(self._entries) == set(other._entries)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-
-DEFAULT_POLICY_TABLE: Final = PolicyTable(
-    [
-        ("::1/128", 50, 0),
-        ("::/0", 40, 1),
-        ("::ffff:0:0/96", 35, 4),
-        ("2002::/16", 30, 2),
-        ("2001::/32", 5, 5),
-        ("fc00::/7", 3, 13),
-        ("::/96", 1, 3),
-        ("fec0::/10", 1, 11),
-        ("3ffe::/16", 1, 12),
-    ]
-)
-"""The default policy table of RFC 6724 section 2.1."""
 
 
 # --- source selection -------------------------------------------------------------------------

@@ -41,11 +41,8 @@ from apr_async.lab.netns import (
     wait_uncancellable,
     write_sysctls,
 )
-from apr_async.lab.scenarios import (
-    HEALTHY,
-    Scenario,
+from apr_async.lab.nft_rules import (
     client_changes,
-    combine,
     delay_rules,
     nptv6_rules,
     router_base_ruleset,
@@ -53,6 +50,7 @@ from apr_async.lab.scenarios import (
     server_base_ruleset,
     server_scenario_rules,
 )
+from apr_async.lab.scenarios import HEALTHY, Scenario, combine
 from apr_async.lab.servers import EchoServer
 from apr_async.lab.topology import (
     ClientPlan,

@@ -45,7 +45,9 @@ from typing import TYPE_CHECKING, Literal
 
 from apr_async.config import Config
 from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address, scope_of
-from apr_async.core.latency import FailureTable, LatencyTable, record_outcome
+from apr_async.core.failures import FailureTable
+from apr_async.core.latency import LatencyTable
+from apr_async.core.outcomes import record_outcome
 from apr_async.core.ranking import Translator
 from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
 from apr_async.probe.netwatch import NetWatcher

@@ -20,15 +20,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from apr_async.core.addresses import IPAddress
-from apr_async.core.latency import FailureTable, LatencyTable
+from apr_async.core.failures import FailureTable
+from apr_async.core.latency import LatencyTable
+from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 from apr_async.core.ranking import AddrPair, rank_pairs
-from apr_async.core.rfc6724 import (
-    DEFAULT_POLICY_TABLE,
-    PolicyTable,
-    SourceAddress,
-    apply_rule9,
-    destination_key,
-)
+from apr_async.core.rfc6724 import SourceAddress, apply_rule9, destination_key
 from apr_async.errors import (
     HostSpec,
     gaierror,

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 from .listener import DEFAULT_HEADER_TIMEOUT, start_server
 from .peers import proxy_header, real_peername
-from .proxy_protocol import (
+from .proxy_header import (
     Command,
-    HeaderParser,
     HeaderTooLargeError,
     IncompleteHeaderError,
     ProxyFamily,
     ProxyHeader,
     ProxyProtocolError,
     Transport,
-    build_v1,
-    build_v2,
-    parse_header,
 )
+from .proxy_protocol import HeaderParser, parse_header
+from .proxy_v1 import build_v1
+from .proxy_v2 import build_v2
 from .toa import get_toa, uoa_lookup
 
 __all__ = [

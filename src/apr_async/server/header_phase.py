@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
 from .peers import IPAddress, peer_ip
-from .proxy_protocol import HeaderParser, ProxyHeader, ProxyProtocolError
+from .proxy_header import ProxyHeader, ProxyProtocolError
+from .proxy_protocol import HeaderParser
 
 __all__ = ["Handler", "HeaderPolicy", "HeaderProtocol", "LogLimiter", "Network"]
 

@@ -22,9 +22,10 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Literal
 
-from .header_phase import HeaderPolicy, HeaderProtocol, LogLimiter, Network
+from .header_phase import Handler, HeaderPolicy, HeaderProtocol, LogLimiter, Network
 from .peers import ConnectionInfo, IPAddress, remember
-from .proxy_protocol import DEFAULT_MAX_SIZE, HeaderParser, ProxyHeader
+from .proxy_header import DEFAULT_MAX_SIZE, ProxyHeader
+from .proxy_protocol import HeaderParser
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
@@ -170,6 +171,80 @@ def _check_positive(name: str, value: object, *, optional: bool = False) -> floa
     return float(value)
 
 
+def _check_arguments(
+    proxy_protocol: object,
+    *,
+    trusted_proxies: Iterable[str | Network | IPAddress] | str,
+    header_timeout: object,
+    max_pending_headers: object,
+    port: object,
+    limit: object,
+) -> tuple[tuple[Network, ...], float]:
+    """start_server's checks before any socket: the trusted networks and the header timeout."""
+    if proxy_protocol not in (None, "v1", "v2", "auto"):
+        raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'auto': {proxy_protocol!r}")
+    networks = _parse_networks(trusted_proxies)
+    if proxy_protocol is not None and not networks:
+        raise ValueError("proxy_protocol needs trusted_proxies: headers from anyone else are lies")
+    if proxy_protocol is None and networks:
+        raise ValueError("trusted_proxies is only meaningful with proxy_protocol")
+    timeout = _check_positive("header_timeout", header_timeout)
+    assert timeout is not None
+    if max_pending_headers is not None and (
+        isinstance(max_pending_headers, bool)
+        or not isinstance(max_pending_headers, int)
+        or max_pending_headers < 1
+    ):
+        raise ValueError("max_pending_headers must be a positive int or None")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port must be an int in 0..65535, not {port!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, not {limit!r}")
+    return networks, timeout
+
+
+def _header_policy(
+    proxy_protocol: Literal["v1", "v2", "auto"],
+    *,
+    networks: tuple[Network, ...],
+    timeout: float,
+    max_header_size: int,
+    max_pending_headers: int | None,
+    handler: Handler,
+    limit: int,
+    loop: asyncio.AbstractEventLoop,
+    kwds: dict[str, Any],
+) -> HeaderPolicy:
+    """What the header phase of each connection needs; takes the TLS options out of *kwds*.
+
+    TLS runs after the header, on the same connection, so the listening socket itself gets
+    no ``ssl``.
+    """
+    HeaderParser(proxy_protocol, max_size=max_header_size)  # validates max_header_size
+    context = kwds.pop("ssl", None)
+    if context is not None and not isinstance(context, ssl_module.SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext with proxy_protocol, not {context!r}")
+    tls_timeouts = {
+        name: _check_positive(name, kwds.pop(name, None), optional=True)
+        for name in ("ssl_handshake_timeout", "ssl_shutdown_timeout")
+    }
+    if context is None and any(v is not None for v in tls_timeouts.values()):
+        raise ValueError("ssl_handshake_timeout/ssl_shutdown_timeout need ssl")
+    return HeaderPolicy(
+        proxy_protocol,
+        networks,
+        timeout,
+        max_header_size,
+        max_pending_headers,
+        handler,
+        limit,
+        LogLimiter(log, loop.time),
+        context,
+        tls_timeouts["ssl_handshake_timeout"],
+        tls_timeouts["ssl_shutdown_timeout"],
+    )
+
+
 async def start_server(
     client_connected_cb: ClientConnectedCallback,
     host: str | None = None,
@@ -211,25 +286,14 @@ async def start_server(
 
     Bad arguments raise ``ValueError``/``TypeError`` before any socket is opened.
     """
-    if proxy_protocol not in (None, "v1", "v2", "auto"):
-        raise ValueError(f"proxy_protocol must be None, 'v1', 'v2' or 'auto': {proxy_protocol!r}")
-    networks = _parse_networks(trusted_proxies)
-    if proxy_protocol is not None and not networks:
-        raise ValueError("proxy_protocol needs trusted_proxies: headers from anyone else are lies")
-    if proxy_protocol is None and networks:
-        raise ValueError("trusted_proxies is only meaningful with proxy_protocol")
-    timeout = _check_positive("header_timeout", header_timeout)
-    assert timeout is not None
-    if max_pending_headers is not None and (
-        isinstance(max_pending_headers, bool)
-        or not isinstance(max_pending_headers, int)
-        or max_pending_headers < 1
-    ):
-        raise ValueError("max_pending_headers must be a positive int or None")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port must be an int in 0..65535, not {port!r}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive int, not {limit!r}")
+    networks, timeout = _check_arguments(
+        proxy_protocol,
+        trusted_proxies=trusted_proxies,
+        header_timeout=header_timeout,
+        max_pending_headers=max_pending_headers,
+        port=port,
+        limit=limit,
+    )
     handler = _make_handler(client_connected_cb, toa)
     loop = asyncio.get_running_loop()
     factory: Factory
@@ -240,28 +304,16 @@ async def start_server(
             return asyncio.StreamReaderProtocol(reader, lambda r, w: handler(r, w, None), loop=loop)
 
     else:
-        HeaderParser(proxy_protocol, max_size=max_header_size)  # validates max_header_size
-        context = kwds.pop("ssl", None)
-        if context is not None and not isinstance(context, ssl_module.SSLContext):
-            raise TypeError(f"ssl must be an ssl.SSLContext with proxy_protocol, not {context!r}")
-        tls_timeouts = {
-            name: _check_positive(name, kwds.pop(name, None), optional=True)
-            for name in ("ssl_handshake_timeout", "ssl_shutdown_timeout")
-        }
-        if context is None and any(v is not None for v in tls_timeouts.values()):
-            raise ValueError("ssl_handshake_timeout/ssl_shutdown_timeout need ssl")
-        policy = HeaderPolicy(
+        policy = _header_policy(
             proxy_protocol,
-            networks,
-            timeout,
-            max_header_size,
-            max_pending_headers,
-            handler,
-            limit,
-            LogLimiter(log, loop.time),
-            context,
-            tls_timeouts["ssl_handshake_timeout"],
-            tls_timeouts["ssl_shutdown_timeout"],
+            networks=networks,
+            timeout=timeout,
+            max_header_size=max_header_size,
+            max_pending_headers=max_pending_headers,
+            handler=handler,
+            limit=limit,
+            loop=loop,
+            kwds=kwds,
         )
 
         def factory() -> asyncio.BaseProtocol:

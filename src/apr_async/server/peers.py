@@ -12,7 +12,7 @@ import ipaddress
 import weakref
 from dataclasses import dataclass
 
-from .proxy_protocol import ProxyHeader
+from .proxy_header import ProxyHeader
 from .toa import get_toa
 
 __all__ = ["ConnectionInfo", "peer_ip", "proxy_header", "real_peername", "remember"]
