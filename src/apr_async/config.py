@@ -196,9 +196,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _validate(self)
-        object.__setattr__(
-            self, "_parsed_targets", tuple(parse_target(t) for t in self.targets)
-        )
+        object.__setattr__(self, "_parsed_targets", tuple(parse_target(t) for t in self.targets))
 
     @property
     def probe_targets(self) -> tuple[ProbeTarget, ...]:
@@ -257,9 +255,7 @@ class Config:
 
 #: ``APR_ASYNC_*`` variables that are not Config settings but belong to the project's own
 #: tooling (the test suite), so they draw no warning.
-OTHER_ENV_VARIABLES: frozenset[str] = frozenset(
-    {"APR_ASYNC_REQUIRE_LAB", "APR_ASYNC_EAGER_PYTHON"}
-)
+OTHER_ENV_VARIABLES: frozenset[str] = frozenset({"APR_ASYNC_REQUIRE_LAB", "APR_ASYNC_EAGER_PYTHON"})
 _warned_env: set[str] = set()
 
 

@@ -65,8 +65,9 @@ class ResolutionError(socket.gaierror):
     host: str | None
     detail: str | None
 
-    def __init__(self, code: int, message: str, *, host: str | None = None,
-                 detail: str | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, *, host: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(code, message)
         self.host = host
         self.detail = detail
@@ -81,8 +82,9 @@ def _rebuild(code: int, message: str, host: str | None, detail: str | None) -> R
 
 def gaierror(code: int, *, host: str | None = None, detail: str | None = None) -> ResolutionError:
     """A ``socket.gaierror`` for an ``EAI_*`` code with the stdlib's message."""
-    return ResolutionError(code, _MESSAGE_BY_CODE.get(code, "Unknown error"), host=host,
-                           detail=detail)
+    return ResolutionError(
+        code, _MESSAGE_BY_CODE.get(code, "Unknown error"), host=host, detail=detail
+    )
 
 
 # c-ares status names -> EAI code. NXDOMAIN and malformed names mean "no such name"; a name
@@ -212,8 +214,9 @@ def idna_name(text: str) -> str:
         try:
             ascii_name = name.encode("idna").decode("ascii").lower()
         except UnicodeError as exc:
-            raise ValueError(f"host {text!r} is not a valid internationalised name: {exc}") \
-                from None
+            raise ValueError(
+                f"host {text!r} is not a valid internationalised name: {exc}"
+            ) from None
     if len(ascii_name) > MAX_NAME_LENGTH:
         raise ValueError(
             f"host name is {len(ascii_name)} octets long; the DNS limit is {MAX_NAME_LENGTH}"
@@ -223,8 +226,7 @@ def idna_name(text: str) -> str:
             raise ValueError(f"host {text!r} has an empty label")
         if len(label) > MAX_LABEL_LENGTH:
             raise ValueError(
-                f"host {text!r} has a label of {len(label)} octets; the limit is "
-                f"{MAX_LABEL_LENGTH}"
+                f"host {text!r} has a label of {len(label)} octets; the limit is {MAX_LABEL_LENGTH}"
             )
     return ascii_name
 
@@ -352,8 +354,11 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         host = getattr(exc, "host", None)
         what = describe_resolution_error(exc)
-        return f"name resolution failed for {host}: {what}" if host else (
-            f"name resolution failed: {what}")
+        return (
+            f"name resolution failed for {host}: {what}"
+            if host
+            else (f"name resolution failed: {what}")
+        )
     attempts = getattr(exc, "attempts", None)
     if isinstance(exc, OSError) and isinstance(attempts, tuple):
         # What ended the race early (its timeout, a rejected certificate) leads the line.

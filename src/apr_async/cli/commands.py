@@ -292,8 +292,12 @@ class Timeline:
         return gen()
 
     def _answer(self, family: str, pairs: int, error: str | None) -> None:
-        event: dict[str, Any] = {"t": self._at(), "kind": "answer", "family": family,
-                                 "pairs": pairs}
+        event: dict[str, Any] = {
+            "t": self._at(),
+            "kind": "answer",
+            "family": family,
+            "pairs": pairs,
+        }
         if error is not None:
             event["error"] = error
         self.events.append(event)

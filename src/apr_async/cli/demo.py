@@ -71,7 +71,8 @@ Switch = Callable[..., Awaitable[None]]
 
 
 _observer: contextvars.ContextVar[AsyncioObserver | None] = contextvars.ContextVar(
-    "apr_async_demo_observer", default=None)
+    "apr_async_demo_observer", default=None
+)
 
 
 class AsyncioObserver:
@@ -103,7 +104,13 @@ class AsyncioObserver:
         return await asyncio.open_connection(host, port, **kwargs)
 
     async def _getaddrinfo(
-        self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0,
+        self,
+        host: Any,
+        port: Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
         flags: int = 0,
     ) -> list[tuple[Any, ...]]:
         found = await self._resolver.resolve(host, family)
@@ -112,18 +119,30 @@ class AsyncioObserver:
             count = sum(1 for ip in ips if (ip.version == 6) == (fam == socket.AF_INET6))
             if count:
                 self.events.append(
-                    {"t": self.elapsed(), "kind": "answer", "family": family_name(fam),
-                     "addresses": count})
+                    {
+                        "t": self.elapsed(),
+                        "kind": "answer",
+                        "family": family_name(fam),
+                        "addresses": count,
+                    }
+                )
         return [
-            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
-             (str(ip), int(port), 0, 0))
+            (
+                socket.AF_INET6,
+                socket.SOCK_STREAM,
+                socket.IPPROTO_TCP,
+                "",
+                (str(ip), int(port), 0, 0),
+            )
             if ip.version == 6
             else (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (str(ip), int(port)))
             for ip in ips
         ]
 
     async def _sock_connect(
-        self, original: Callable[[socket.socket, Any], Awaitable[None]], sock: socket.socket,
+        self,
+        original: Callable[[socket.socket, Any], Awaitable[None]],
+        sock: socket.socket,
         address: Any,
     ) -> None:
         start = self.elapsed()
@@ -139,9 +158,17 @@ class AsyncioObserver:
             raise
         finally:
             self.events.append(
-                {"t": self.elapsed(), "kind": "attempt", "family": family_name(sock.family),
-                 "source": _sockname(sock), "destination": sockaddr_text(address),
-                 "ok": ok, "outcome": outcome, "rtt": rtt})
+                {
+                    "t": self.elapsed(),
+                    "kind": "attempt",
+                    "family": family_name(sock.family),
+                    "source": _sockname(sock),
+                    "destination": sockaddr_text(address),
+                    "ok": ok,
+                    "outcome": outcome,
+                    "rtt": rtt,
+                }
+            )
 
     @staticmethod
     @contextlib.contextmanager
@@ -219,8 +246,10 @@ async def _finish(
     if error is None:
         try:
             sock = writer.get_extra_info("socket")
-            winner = {"source": sockaddr_text(sock.getsockname(), port=False),
-                      "destination": sockaddr_text(sock.getpeername())}
+            winner = {
+                "source": sockaddr_text(sock.getsockname(), port=False),
+                "destination": sockaddr_text(sock.getpeername()),
+            }
             saw = await _server_saw(reader)
         finally:
             writer.close()
@@ -238,8 +267,14 @@ async def _finish(
     }
 
 
-async def race(host: str, port: int, service: ProbeService | None, context: PairContext,
-               *, plain_cap: float = PLAIN_CAP) -> list[Report]:
+async def race(
+    host: str,
+    port: int,
+    service: ProbeService | None,
+    context: PairContext,
+    *,
+    plain_cap: float = PLAIN_CAP,
+) -> list[Report]:
     """apr_async alone, then plain asyncio (capped) and asyncio with Happy Eyeballs together.
 
     apr_async runs first and alone so nothing else shares its loop turns; the two asyncio
@@ -249,18 +284,36 @@ async def race(host: str, port: int, service: ProbeService | None, context: Pair
     timeline = Timeline(ranked_source(context), service or ContextRecorder(context))
     apr = await _finish(
         "apr_async",
-        open_connection(host, port, timeout=APR_TIMEOUT, context=context,
-                        service=timeline, pair_source=timeline.pair_source),
-        lambda: time.monotonic() - timeline.t0, timeline.events)
+        open_connection(
+            host,
+            port,
+            timeout=APR_TIMEOUT,
+            context=context,
+            service=timeline,
+            pair_source=timeline.pair_source,
+        ),
+        lambda: time.monotonic() - timeline.t0,
+        timeline.events,
+    )
     resolver = context.get_resolver()
     observers = [AsyncioObserver(resolver), AsyncioObserver(resolver)]
     with AsyncioObserver.installed(asyncio.get_running_loop()):
-        plain = await asyncio.gather(*(
-            _finish(client, asyncio.wait_for(
-                observer.open_connection(host, port, happy_eyeballs_delay=delay), plain_cap),
-                observer.elapsed, observer.events)
-            for client, delay, observer in (("asyncio", None, observers[0]),
-                                            ("asyncio HE", HE_DELAY, observers[1]))))
+        plain = await asyncio.gather(
+            *(
+                _finish(
+                    client,
+                    asyncio.wait_for(
+                        observer.open_connection(host, port, happy_eyeballs_delay=delay), plain_cap
+                    ),
+                    observer.elapsed,
+                    observer.events,
+                )
+                for client, delay, observer in (
+                    ("asyncio", None, observers[0]),
+                    ("asyncio HE", HE_DELAY, observers[1]),
+                )
+            )
+        )
     return [apr, *plain]
 
 
@@ -269,18 +322,28 @@ async def race(host: str, port: int, service: ProbeService | None, context: Pair
 
 #: (title, scenario, lab name key, note): one race per pathology, see the module docstring.
 _RACES = (
-    ("IPv6 blackholed", Scenario.v6_blackholed(), "dual",
-     "the ULA trap is lifted here: with it, the system's RFC 6724 order puts IPv4 first "
-     "and a stock client never meets the blackhole"),
-    ("ULA source trap", Scenario.ula_source_trap(), "v6_only",
-     "IPv6 works again, but the kernel's route picks the ULA source, which the lab's "
-     "internet drops untranslated; the name has only IPv6 addresses, so Happy Eyeballs "
-     "cannot fall back"),
+    (
+        "IPv6 blackholed",
+        Scenario.v6_blackholed(),
+        "dual",
+        "the ULA trap is lifted here: with it, the system's RFC 6724 order puts IPv4 first "
+        "and a stock client never meets the blackhole",
+    ),
+    (
+        "ULA source trap",
+        Scenario.ula_source_trap(),
+        "v6_only",
+        "IPv6 works again, but the kernel's route picks the ULA source, which the lab's "
+        "internet drops untranslated; the name has only IPv6 addresses, so Happy Eyeballs "
+        "cannot fall back",
+    ),
 )
 
 
 async def _client_side(
-    lab_info: Report, switch: Switch, emit: Callable[[str, Any], None],
+    lab_info: Report,
+    switch: Switch,
+    emit: Callable[[str, Any], None],
     progress: Callable[[str], None],
 ) -> None:
     """Everything the client does: probe, rank, race. Runs in the client namespace."""
@@ -301,18 +364,27 @@ async def _client_side(
         progress("probing the lab targets from every source address")
         start = time.monotonic()
         ready = await service.wait_ready(5.0)
-        emit("status", {
-            "ready": ready,
-            "round_s": round(time.monotonic() - start, 3),
-            "targets": [t.label for t in service.targets()],
-            "status": service.status().as_dict(full=True),
-            "_status": service.status(),
-        })
+        emit(
+            "status",
+            {
+                "ready": ready,
+                "round_s": round(time.monotonic() - start, 3),
+                "targets": [t.label for t in service.targets()],
+                "status": service.status().as_dict(full=True),
+                "_status": service.status(),
+            },
+        )
         name = lab_info["names"]["dual"]
         ranked = await get_addr_pairs(name, port, context=service.context)
-        emit("pairs", {"host": name, "port": port,
-                       "pairs": [pair_dict(n, p) for n, p in enumerate(ranked, 1)],
-                       "_pairs": ranked})
+        emit(
+            "pairs",
+            {
+                "host": name,
+                "port": port,
+                "pairs": [pair_dict(n, p) for n, p in enumerate(ranked, 1)],
+                "_pairs": ranked,
+            },
+        )
         for title, scenario, name_key, note in _RACES:
             host = lab_info["names"][name_key]
             await switch(scenario)
@@ -323,8 +395,17 @@ async def _client_side(
             with contextlib.suppress(TimeoutError):
                 await service.wait_rounds(1, timeout=3.0)
             clients = await race(host, port, service, service.context)
-            emit("race", {"title": title, "scenario": scenario.describe(), "note": note,
-                          "host": host, "port": port, "clients": clients})
+            emit(
+                "race",
+                {
+                    "title": title,
+                    "scenario": scenario.describe(),
+                    "note": note,
+                    "host": host,
+                    "port": port,
+                    "clients": clients,
+                },
+            )
 
 
 async def _lab_demo(emit: Callable[[str, Any], None], progress: Callable[[str], None]) -> None:
@@ -400,14 +481,28 @@ async def _loopback_demo(
         port = servers[0].port
         context = PairContext(resolver=resolver)
         ranked = await get_addr_pairs("localhost", port, context=context)
-        emit("pairs", {"host": "localhost", "port": port,
-                       "pairs": [pair_dict(n, p) for n, p in enumerate(ranked, 1)],
-                       "_pairs": ranked})
+        emit(
+            "pairs",
+            {
+                "host": "localhost",
+                "port": port,
+                "pairs": [pair_dict(n, p) for n, p in enumerate(ranked, 1)],
+                "_pairs": ranked,
+            },
+        )
         progress("connecting to localhost")
         clients = await race("localhost", port, None, context)
-        emit("race", {"title": "loopback", "scenario": "loopback", "host": "localhost",
-                      "port": port, "clients": clients,
-                      "note": "::1 and 127.0.0.1 both work: every client connects at once"})
+        emit(
+            "race",
+            {
+                "title": "loopback",
+                "scenario": "loopback",
+                "host": "localhost",
+                "port": port,
+                "clients": clients,
+                "note": "::1 and 127.0.0.1 both work: every client connects at once",
+            },
+        )
     finally:
         await resolver.close()
         for server in servers:
@@ -454,41 +549,61 @@ class _Printer:
             self.out.emit(self.report)
             return
         where = "the lab" if self.report["mode"] == "lab" else "loopback"
-        self.out.print(self.out.style(
-            f"demo finished in {format_duration(self.report['elapsed_s'])}; "
-            f"nothing was sent outside {where}", "dim"))
+        self.out.print(
+            self.out.style(
+                f"demo finished in {format_duration(self.report['elapsed_s'])}; "
+                f"nothing was sent outside {where}",
+                "dim",
+            )
+        )
 
 
 def _render(section: str, data: Any, out: Output, number: int) -> str:
     st = out.style
     if section == "lab":
         s = data["server"]
-        return "\n".join([
-            st(f"apr-async demo: lab {data['prefix']} built in {data['setup_ms']:.0f} ms", "bold")
-            + " (client -- router -- server in network namespaces)",
-            f"  scenario: {st.warn('IPv6 blackholed')} + {st.warn('ULA source trap')} "
-            "(the client's IPv6 route prefers its ULA source, which the lab's internet drops "
-            "untranslated, as real upstreams do)",
-            f"  server:   {', '.join(s['v6'][:1] + s['v4'][:1])} port {data['port']} "
-            f"(dual-stack echo server); DNS {', '.join(data['dns'])}",
-            "",
-        ])
+        return "\n".join(
+            [
+                st(
+                    f"apr-async demo: lab {data['prefix']} built in {data['setup_ms']:.0f} ms",
+                    "bold",
+                )
+                + " (client -- router -- server in network namespaces)",
+                f"  scenario: {st.warn('IPv6 blackholed')} + {st.warn('ULA source trap')} "
+                "(the client's IPv6 route prefers its ULA source, which the lab's internet drops "
+                "untranslated, as real upstreams do)",
+                f"  server:   {', '.join(s['v6'][:1] + s['v4'][:1])} port {data['port']} "
+                f"(dual-stack echo server); DNS {', '.join(data['dns'])}",
+                "",
+            ]
+        )
     if section == "loopback":
-        return (st.warn(f"no lab: {data['reason']}") + "; running on loopback only "
-                "(as root with network namespaces the demo shows the real thing)\n")
+        return (
+            st.warn(f"no lab: {data['reason']}") + "; running on loopback only "
+            "(as root with network namespaces the demo shows the real thing)\n"
+        )
     if section == "status":
         head = st(f"{number}. Connectivity status", "bold") + (
             f" after one probe round ({format_duration(data['round_s'])}) towards "
-            f"{', '.join(data['targets'])}")
-        lines = [head, render_table(["flag", "value", "meaning"],
-                                    status_rows(data["_status"], out), st, indent="  ")]
+            f"{', '.join(data['targets'])}"
+        )
+        lines = [
+            head,
+            render_table(
+                ["flag", "value", "meaning"], status_rows(data["_status"], out), st, indent="  "
+            ),
+        ]
         if not data["ready"]:
             lines.append(st.warn("  no probe round completed in time"))
         return "\n".join([*lines, ""])
     if section == "pairs":
-        return "\n".join([
-            st(f"{number}. Ranked pairs for {data['host']} port {data['port']}", "bold"),
-            _indent(pairs_table(data["_pairs"], out)), ""])
+        return "\n".join(
+            [
+                st(f"{number}. Ranked pairs for {data['host']} port {data['port']}", "bold"),
+                _indent(pairs_table(data["_pairs"], out)),
+                "",
+            ]
+        )
     return _render_race(data, out, number)
 
 
@@ -506,9 +621,10 @@ def _client_label(client: str) -> str:
 
 def _render_race(data: Report, out: Output, number: int) -> str:
     st = out.style
-    lines = [st(f"{number}. Connecting to {data['host']} port {data['port']}: {data['title']}",
-                "bold"),
-             st(f"  ({data['note']})", "dim")]
+    lines = [
+        st(f"{number}. Connecting to {data['host']} port {data['port']}: {data['title']}", "bold"),
+        st(f"  ({data['note']})", "dim"),
+    ]
     rows = []
     for c in data["clients"]:
         if c["connected"]:
@@ -517,17 +633,37 @@ def _render_race(data: Report, out: Output, number: int) -> str:
         else:
             result = st.bad(c["error"] or "failed")
             winner = "-"
-        rows.append([_client_label(c["client"]), result,
-                     format_duration(c["elapsed_ms"] / 1000), str(c["attempts"]), winner,
-                     c["server_saw"] or "-"])
-    lines.append(render_table(
-        ["client", "result", "time", "attempts", "winner (source -> destination)", "server saw"],
-        rows, st, align_right=[2, 3], indent="  "))
+        rows.append(
+            [
+                _client_label(c["client"]),
+                result,
+                format_duration(c["elapsed_ms"] / 1000),
+                str(c["attempts"]),
+                winner,
+                c["server_saw"] or "-",
+            ]
+        )
+    lines.append(
+        render_table(
+            [
+                "client",
+                "result",
+                "time",
+                "attempts",
+                "winner (source -> destination)",
+                "server saw",
+            ],
+            rows,
+            st,
+            align_right=[2, 3],
+            indent="  ",
+        )
+    )
     lines.append("")
-    trows = [[c["client"], *row] for c in data["clients"]
-             for row in timeline_rows(c["events"], st)]
-    lines.append(render_table(["timeline", *TIMELINE_HEADERS], trows, st, align_right=[1],
-                              indent="  "))
+    trows = [[c["client"], *row] for c in data["clients"] for row in timeline_rows(c["events"], st)]
+    lines.append(
+        render_table(["timeline", *TIMELINE_HEADERS], trows, st, align_right=[1], indent="  ")
+    )
     return "\n".join([*lines, ""])
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 from apr_async.connect.attempt import Connecting, flush_records
 from apr_async.connect.errors import AllAttemptsFailedError
@@ -29,13 +28,9 @@ from apr_async.resolve.pairs import PairContext, default_context
 
 __all__ = ["connect_single", "fast_options", "open_stream", "single_pair"]
 
+#: Call sites remembered per context (a service connecting to many places re-checks the
+#: arguments of the others; the cache is cleared when full).
 _MAX = 256
-
-# (host, port, family, id(context), id(service)) -> (context ref, service ref, options).
-# Weak references: the cache must not keep a context (its resolver, its tables) or a service
-# alive; an id reused by a new object fails the identity check and is replaced.
-_Entry = tuple["weakref.ref[PairContext]", "weakref.ref[Any] | None", Options]
-_options: dict[tuple[str, int, int, int, int], _Entry] = {}
 
 
 def _context_for(context: object, service: object) -> PairContext | None:
@@ -66,10 +61,13 @@ def fast_options(
     ctx = _context_for(context, service)
     if ctx is None:
         return None
-    key = (host, port, family, id(ctx), id(service))
-    hit = _options.get(key)
-    if hit is not None and hit[0]() is ctx and (hit[1] and hit[1]()) is service:
-        return hit[2]
+    sites = ctx.call_sites
+    key = (host, port, family, id(service))
+    hit = sites.get(key)
+    # The options hold their service: the identity check makes an id reused by a new
+    # service miss. A hit needs no other check: every other argument is at its default.
+    if hit is not None and cast(Options, hit).service is service:
+        return cast(Options, hit)
     opts = check_request(
         host,
         port,
@@ -83,13 +81,12 @@ def fast_options(
         context=context,
         default_service=lambda: None,  # already asked above
     )
-    try:
-        service_ref = weakref.ref(service) if service is not None else None
-    except TypeError:
-        return opts  # a recorder without weak references: checked every time
-    if len(_options) >= _MAX:
-        _options.clear()
-    _options[key] = (weakref.ref(opts.context), service_ref, opts)
+    if opts.context is ctx and (service is None or getattr(service, "context", None) is ctx):
+        # Only when the context is the service's own: a context must not keep a foreign
+        # service alive (a context and its own service die together, cycle or not).
+        if len(sites) >= _MAX:
+            sites.clear()
+        sites[key] = opts
     return opts
 
 

@@ -161,7 +161,6 @@ def _make_pair(
 # --- reachability ---------------------------------------------------------------------------
 
 
-
 class _Unreachable(Enum):
     """The source cannot possibly reach the destination: the pair is dropped."""
 
@@ -427,9 +426,7 @@ def _build_plan(
     local = frozenset(s.address for s in sources)
     mobility = any(s.home or s.care_of for s in sources)
     by_address = {s.address: s for s in sources}
-    private_v4_doubtful = not nat44_seen and any(
-        s.kind is AddressKind.PUBLIC_IPV4 for s in sources
-    )
+    private_v4_doubtful = not nat44_seen and any(s.kind is AddressKind.PUBLIC_IPV4 for s in sources)
     per_dest = []
     for (dst, zone), kernel_choice in zip(dests, kernel, strict=True):
         candidates = []

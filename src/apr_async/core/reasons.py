@@ -120,9 +120,7 @@ def _bias_clause(rtt: float, best_other: float, v6: bool, bias_ms: float) -> str
     return f"behind IPv6: within {bias}"
 
 
-def _latency_clause(
-    estimate: Estimate, v6: bool, best_other: float | None, bias_ms: float
-) -> str:
+def _latency_clause(estimate: Estimate, v6: bool, best_other: float | None, bias_ms: float) -> str:
     rtt = estimate.rtt
     if rtt is None:
         lost = f"no RTT: {estimate.loss:.0%} probe loss"

@@ -149,8 +149,17 @@ class ConnectivityStatus:
         """One line for logs: the flags that are true, and the gateways."""
         flags = [
             name
-            for name in ("IPv4_ok", "IPv6_ok", "GUA_ok", "ULA_ok", "LLA_ok", "NAT44", "NPTv6",
-                         "RFC1918", "ULA_present")
+            for name in (
+                "IPv4_ok",
+                "IPv6_ok",
+                "GUA_ok",
+                "ULA_ok",
+                "LLA_ok",
+                "NAT44",
+                "NPTv6",
+                "RFC1918",
+                "ULA_present",
+            )
             if getattr(self, name)
         ]
         extra = [f"gw4={self.def_gateway4}", f"gw6={self.def_gateway6}"]

@@ -61,13 +61,20 @@ class ZoneEntry:
         aaaa = tuple(_checked(self.aaaa, 6))
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "aaaa", aaaa)
-        if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not (
-                0 <= self.ttl < 2**31):
+        if (
+            isinstance(self.ttl, bool)
+            or not isinstance(self.ttl, int)
+            or not (0 <= self.ttl < 2**31)
+        ):
             raise ValueError(f"ttl must be an int in [0, 2**31): {self.ttl!r}")
         for name in ("delay_a", "delay_aaaa"):
             delay = getattr(self, name)
-            if (isinstance(delay, bool) or not isinstance(delay, int | float)
-                    or not math.isfinite(delay) or not 0 <= delay <= 60):
+            if (
+                isinstance(delay, bool)
+                or not isinstance(delay, int | float)
+                or not math.isfinite(delay)
+                or not 0 <= delay <= 60
+            ):
                 raise ValueError(f"{name} must be seconds in [0, 60]: {delay!r}")
 
     def records(self, qtype: int) -> list[tuple[int, int, str]]:
@@ -281,11 +288,13 @@ class DNSServer:
                 raise
             port = sock.getsockname()[1]  # port 0: all other listeners reuse this one
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self), sock=sock)
+                lambda: _UDPProtocol(self), sock=sock
+            )
             self._listeners.udp.append(transport)
             if self._tcp:
                 server = await asyncio.start_server(
-                    self._serve_tcp, host, port, family=family, reuse_address=True)
+                    self._serve_tcp, host, port, family=family, reuse_address=True
+                )
                 self._listeners.tcp.append(server)
         self._port = port
 

@@ -97,7 +97,7 @@ def _read_name(msg: bytes, pos: int) -> tuple[str, int]:
             break
         if pos + length > len(msg):
             raise DNSFormatError("label runs past the end of the message")
-        labels.append(msg[pos:pos + length].decode("ascii", errors="replace").lower())
+        labels.append(msg[pos : pos + length].decode("ascii", errors="replace").lower())
         pos += length
     name = ".".join(labels)
     if len(name) > 253:
@@ -131,7 +131,7 @@ def parse_query(msg: bytes) -> Query:
     if pos + 4 > len(msg):
         raise DNSFormatError("truncated question")
     qtype, qclass = struct.unpack_from("!HH", msg, pos)
-    question = msg[_HEADER.size:pos + 4]
+    question = msg[_HEADER.size : pos + 4]
     pos += 4
     udp_size = 512
     # Skip answer/authority records, then look for EDNS OPT among the additional records.

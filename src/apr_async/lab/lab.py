@@ -102,10 +102,14 @@ class Lab:
         self.topology = Topology(self.prefix, direct_link=direct_link)
         self.names = LabNames()
         s = self.topology.server
-        zone = dns_zone if dns_zone is not None else default_zone(
-            s.v4, s.v6, s.dead_v4, s.dead_v6, aaaa_delay=aaaa_delay)
+        zone = (
+            dns_zone
+            if dns_zone is not None
+            else default_zone(s.v4, s.v6, s.dead_v4, s.dead_v6, aaaa_delay=aaaa_delay)
+        )
         self._dns: DNSServer | None = (
-            DNSServer(zone, (self.router.dns_v4, self.router.dns_v6), 53) if dns else None)
+            DNSServer(zone, (self.router.dns_v4, self.router.dns_v6), 53) if dns else None
+        )
         self._initial = scenario
         self._scenario = HEALTHY
         self._state: Literal["new", "running", "closed"] = "new"
@@ -169,8 +173,11 @@ class Lab:
 
     def netns(self, host: HostName) -> str:
         """Namespace name of ``host`` (for ``ip netns exec`` or ``ip -n``)."""
-        return {"client": self.client.netns, "router": self.router.netns,
-                "server": self.server.netns}[_check_host(host)]
+        return {
+            "client": self.client.netns,
+            "router": self.router.netns,
+            "server": self.server.netns,
+        }[_check_host(host)]
 
     def threads(self) -> list[threading.Thread]:
         """Threads this lab currently runs (service loops and ``run_in`` workers)."""
@@ -323,16 +330,18 @@ class Lab:
                 await run_ip(["-6", "-n", r, "-batch", "-"], v6_rules)
             self._set_delays(new)
             if router_scenario_rules(topo, old) != router_scenario_rules(topo, new):
-                await run_ip(["netns", "exec", r, "nft", "-f", "-"],
-                             router_scenario_rules(topo, new))
+                await run_ip(
+                    ["netns", "exec", r, "nft", "-f", "-"], router_scenario_rules(topo, new)
+                )
             if old.nptv6 != new.nptv6:
                 for argv in nptv6_rules(topo, new.nptv6):
                     await run_ip(["netns", "exec", r, "ip6tables", "-w", *argv])
 
         async def server_side() -> None:
             if server_scenario_rules(topo, old) != server_scenario_rules(topo, new):
-                await run_ip(["netns", "exec", s, "nft", "-f", "-"],
-                             server_scenario_rules(topo, new))
+                await run_ip(
+                    ["netns", "exec", s, "nft", "-f", "-"], server_scenario_rules(topo, new)
+                )
 
         async def client_side() -> None:
             batch = client_changes(topo, old, new)
@@ -371,8 +380,11 @@ class Lab:
 
         try:
             return await run_coroutine_in_netns(
-                ns, functools.partial(coro_fn, *args, **kwargs), loop_factory=loop_factory,
-                on_thread=track)
+                ns,
+                functools.partial(coro_fn, *args, **kwargs),
+                loop_factory=loop_factory,
+                on_thread=track,
+            )
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if self._state == "closed" and current is not None and not current.cancelling():
@@ -395,7 +407,11 @@ class Lab:
         return socket_in_netns(ns, family, type, proto)
 
     async def exec(
-        self, host: HostName, *argv: str, input: str | None = None, max_time: float = 30.0,
+        self,
+        host: HostName,
+        *argv: str,
+        input: str | None = None,
+        max_time: float = 30.0,
         check: bool = False,
     ) -> ExecResult:
         """Run a command inside ``host`` (``ip netns exec``) and collect its output."""
@@ -405,7 +421,8 @@ class Lab:
         self._require_running()
         try:
             result = await asyncio.wait_for(
-                run_ip(["netns", "exec", ns, *argv], input, check=False), max_time)
+                run_ip(["netns", "exec", ns, *argv], input, check=False), max_time
+            )
         except TimeoutError:
             raise NetnsError(f"{' '.join(argv)} in {host} timed out after {max_time}s") from None
         return result.check() if check else result
@@ -421,12 +438,17 @@ class Lab:
         self._require_running()
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, *argv, start_new_session=True, **kwargs)
+            "ip", "netns", "exec", ns, *argv, start_new_session=True, **kwargs
+        )
         self._procs.append(proc)
         return proc
 
     async def start_echo_server(
-        self, host: HostName = "server", port: int = 0, *, announce_peer: bool = False,
+        self,
+        host: HostName = "server",
+        port: int = 0,
+        *,
+        announce_peer: bool = False,
         bind: str = "::",
     ) -> EchoServer:
         """Start a TCP echo server in ``host`` on every address (dual-stack wildcard).

@@ -155,8 +155,9 @@ async def run_ip(
         # Reaping is quick after SIGKILL; shield it so a second cancel cannot leak a zombie.
         await asyncio.shield(proc.wait())
         raise
-    result = ExecResult(argv, proc.returncode or 0, out.decode(errors="replace"),
-                        err.decode(errors="replace"))
+    result = ExecResult(
+        argv, proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+    )
     return result.check() if check else result
 
 

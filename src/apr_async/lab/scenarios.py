@@ -104,8 +104,12 @@ class Scenario:
                 raise ValueError(f"{name} must be a bool")
         for name in ("v4_delay", "v6_delay"):
             delay = getattr(self, name)
-            if (not isinstance(delay, int | float) or isinstance(delay, bool)
-                    or not math.isfinite(delay) or not 0.0 <= delay <= MAX_DELAY):
+            if (
+                not isinstance(delay, int | float)
+                or isinstance(delay, bool)
+                or not math.isfinite(delay)
+                or not 0.0 <= delay <= MAX_DELAY
+            ):
                 raise ValueError(f"{name} must be a number of seconds in [0, {MAX_DELAY}]")
         if self.ula_trap and self.nptv6:
             raise ValueError("ula_trap and nptv6 contradict each other (NPTv6 routes the ULA)")
@@ -197,8 +201,11 @@ class Scenario:
 
     def describe(self) -> str:
         """Short human-readable summary (``healthy`` or the changed fields)."""
-        changed = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                   if getattr(self, f.name) != f.default]
+        changed = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        ]
         return ", ".join(changed) or "healthy"
 
 
@@ -294,8 +301,9 @@ def router_scenario_rules(topo: Topology, scenario: Scenario) -> str:
     fwd: list[str] = []
     for mode, proto in ((scenario.v4, "ipv4"), (scenario.v6, "ipv6")):
         if mode is PathMode.BLACKHOLE:
-            fwd.append(f'iifname "{r.client_ifname}" oifname "{r.server_ifname}"'
-                       f" meta nfproto {proto} drop")
+            fwd.append(
+                f'iifname "{r.client_ifname}" oifname "{r.server_ifname}" meta nfproto {proto} drop'
+            )
     if scenario.block_echo:
         fwd += _ECHO_DROP
     local: list[str] = []
@@ -304,8 +312,11 @@ def router_scenario_rules(topo: Topology, scenario: Scenario) -> str:
     nat: list[str] = []
     if scenario.nat44:
         nat.append(f'oifname "{r.server_ifname}" ip saddr {c.private_v4_prefix} masquerade')
-    lines = ["flush chain inet aprlab scenario", "flush chain inet aprlab scenario_input",
-             "flush chain ip aprlab_nat scenario"]
+    lines = [
+        "flush chain inet aprlab scenario",
+        "flush chain inet aprlab scenario_input",
+        "flush chain ip aprlab_nat scenario",
+    ]
     lines += [f"add rule inet aprlab scenario {rule}" for rule in fwd]
     lines += [f"add rule inet aprlab scenario_input {rule}" for rule in local]
     lines += [f"add rule ip aprlab_nat scenario {rule}" for rule in nat]
@@ -365,10 +376,38 @@ def nptv6_rules(topo: Topology, enable: bool) -> list[list[str]]:
     op = "-A" if enable else "-D"
     inside, outside = c.ula_prefix, r.nptv6_outside
     return [
-        ["-t", "mangle", op, "POSTROUTING", "-o", r.server_ifname, "-s", inside,
-         "-j", "SNPT", "--src-pfx", inside, "--dst-pfx", outside],
-        ["-t", "mangle", op, "PREROUTING", "-i", r.server_ifname, "-d", outside,
-         "-j", "DNPT", "--src-pfx", outside, "--dst-pfx", inside],
+        [
+            "-t",
+            "mangle",
+            op,
+            "POSTROUTING",
+            "-o",
+            r.server_ifname,
+            "-s",
+            inside,
+            "-j",
+            "SNPT",
+            "--src-pfx",
+            inside,
+            "--dst-pfx",
+            outside,
+        ],
+        [
+            "-t",
+            "mangle",
+            op,
+            "PREROUTING",
+            "-i",
+            r.server_ifname,
+            "-d",
+            outside,
+            "-j",
+            "DNPT",
+            "--src-pfx",
+            outside,
+            "--dst-pfx",
+            inside,
+        ],
     ]
 
 
@@ -382,23 +421,31 @@ def client_changes(topo: Topology, old: Scenario, new: Scenario) -> str:
     v4_route = f"route replace default via {r.client_v4} dev {c.ifname} src {v4_src}"
     if old.client_v4 != new.client_v4:
         if new.client_v4:
-            lines += [f"addr add {c.v4}/{c.v4_prefixlen} dev {c.ifname}",
-                      f"addr add {c.private_v4}/{c.private_v4_prefixlen} dev {c.ifname}",
-                      v4_route]
+            lines += [
+                f"addr add {c.v4}/{c.v4_prefixlen} dev {c.ifname}",
+                f"addr add {c.private_v4}/{c.private_v4_prefixlen} dev {c.ifname}",
+                v4_route,
+            ]
         else:
-            lines += [f"route del default via {r.client_v4} dev {c.ifname}",
-                      f"addr del {c.v4}/{c.v4_prefixlen} dev {c.ifname}",
-                      f"addr del {c.private_v4}/{c.private_v4_prefixlen} dev {c.ifname}"]
+            lines += [
+                f"route del default via {r.client_v4} dev {c.ifname}",
+                f"addr del {c.v4}/{c.v4_prefixlen} dev {c.ifname}",
+                f"addr del {c.private_v4}/{c.private_v4_prefixlen} dev {c.ifname}",
+            ]
     elif new.client_v4 and old.nat44 != new.nat44:
         lines.append(v4_route)
     if old.client_v6 != new.client_v6 and not new.client_v6:
-        lines += [f"route del ::/0 via {r.client_link_local} dev {c.ifname}",
-                  f"addr del {c.gua}/{c.v6_prefixlen} dev {c.ifname}",
-                  f"addr del {c.ula}/{c.v6_prefixlen} dev {c.ifname}"]
+        lines += [
+            f"route del ::/0 via {r.client_link_local} dev {c.ifname}",
+            f"addr del {c.gua}/{c.v6_prefixlen} dev {c.ifname}",
+            f"addr del {c.ula}/{c.v6_prefixlen} dev {c.ifname}",
+        ]
     elif new.client_v6 and (old.client_v6 != new.client_v6 or old.ula_trap != new.ula_trap):
         if not old.client_v6:
-            lines += [f"addr add {c.gua}/{c.v6_prefixlen} dev {c.ifname} nodad",
-                      f"addr add {c.ula}/{c.v6_prefixlen} dev {c.ifname} nodad"]
+            lines += [
+                f"addr add {c.gua}/{c.v6_prefixlen} dev {c.ifname} nodad",
+                f"addr add {c.ula}/{c.v6_prefixlen} dev {c.ifname} nodad",
+            ]
         src = f" src {c.ula}" if new.ula_trap else ""
         lines.append(f"route replace ::/0 via {r.client_link_local} dev {c.ifname}{src}")
     return "\n".join(lines) + ("\n" if lines else "")

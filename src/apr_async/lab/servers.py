@@ -79,8 +79,11 @@ class EchoServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and self._host == "::":
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(socket.getaddrinfo(self._host, self._requested_port, family,
-                                         socket.SOCK_STREAM)[0][4])
+            sock.bind(
+                socket.getaddrinfo(self._host, self._requested_port, family, socket.SOCK_STREAM)[0][
+                    4
+                ]
+            )
             sock.listen(128)
             sock.setblocking(False)
         except BaseException:
@@ -139,13 +142,16 @@ class EchoServer:
         try:
             peer = writer.get_extra_info("peername")
             local = writer.get_extra_info("sockname")
-            record = Accepted(unmap(str(peer[0])), int(peer[1]), unmap(str(local[0])),
-                              int(local[1]))
+            record = Accepted(
+                unmap(str(peer[0])), int(peer[1]), unmap(str(local[0])), int(local[1])
+            )
             self.accepted.append(record)
             self._accepted_changed.set()
             if self.announce_peer:
-                writer.write(f"PEER {record.peer} {record.peer_port} "
-                             f"LOCAL {record.local} {record.local_port}\n".encode())
+                writer.write(
+                    f"PEER {record.peer} {record.peer_port} "
+                    f"LOCAL {record.local} {record.local_port}\n".encode()
+                )
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()

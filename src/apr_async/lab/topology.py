@@ -70,8 +70,9 @@ class ClientPlan:
     @property
     def private_v4_prefix(self) -> str:
         """The RFC 1918 client subnet (the inside of the NAT44 scenario, the DNS server's link)."""
-        return str(ipaddress.IPv4Network(f"{self.private_v4}/{self.private_v4_prefixlen}",
-                                         strict=False))
+        return str(
+            ipaddress.IPv4Network(f"{self.private_v4}/{self.private_v4_prefixlen}", strict=False)
+        )
 
     @property
     def ula_prefix(self) -> str:
@@ -196,8 +197,10 @@ class Topology:
             f"route add ::/0 via {r.client_link_local} dev {c.ifname}",
         ]
         if self.direct_link:
-            lines += [*_static_link(c.direct_ifname, c.direct_link_local),
-                      f"link set {c.direct_ifname} up"]
+            lines += [
+                *_static_link(c.direct_ifname, c.direct_link_local),
+                f"link set {c.direct_ifname} up",
+            ]
         return "\n".join(lines) + "\n"
 
     def router_batch(self) -> str:
@@ -249,8 +252,10 @@ class Topology:
             f"route add ::/0 via {r.server_link_local} dev {s.ifname}",
         ]
         if self.direct_link:
-            lines += [*_static_link(s.direct_ifname, s.direct_link_local),
-                      f"link set {s.direct_ifname} up"]
+            lines += [
+                *_static_link(s.direct_ifname, s.direct_link_local),
+                f"link set {s.direct_ifname} up",
+            ]
         return "\n".join(lines) + "\n"
 
     def sysctls(self) -> dict[str, dict[str, str]]:
@@ -281,8 +286,8 @@ class Topology:
         """Per-interface DAD off for links created before ``default`` could apply."""
         c, r, s = self.client, self.router, self.server
         out: dict[str, dict[str, str]] = {
-            c.netns: _no_dad(c.ifname), r.netns: {**_no_dad(r.client_ifname),
-                                                  **_no_dad(r.server_ifname)},
+            c.netns: _no_dad(c.ifname),
+            r.netns: {**_no_dad(r.client_ifname), **_no_dad(r.server_ifname)},
             s.netns: _no_dad(s.ifname),
         }
         if self.direct_link:
@@ -297,8 +302,7 @@ def _no_dad(ifname: str) -> dict[str, str]:
 
 def _static_link(ifname: str, link_local: str) -> list[str]:
     # A fixed link-local address makes gateways and scope-id tests deterministic.
-    return [f"link set {ifname} addrgenmode none",
-            f"addr add {link_local}/64 dev {ifname} nodad"]
+    return [f"link set {ifname} addrgenmode none", f"addr add {link_local}/64 dev {ifname} nodad"]
 
 
 def _extra_server_nets(addresses: tuple[str, ...], on_link: str) -> list[str]:

@@ -187,9 +187,7 @@ def _same_origin(url: str, base: str) -> bool:
     return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
 
-async def _pages(
-    session: aiohttp.ClientSession, first: str, base: str
-) -> list[Mapping[str, Any]]:
+async def _pages(session: aiohttp.ClientSession, first: str, base: str) -> list[Mapping[str, Any]]:
     pages: list[Mapping[str, Any]] = []
     url: str | None = first
     while url and len(pages) < _MAX_PAGES:

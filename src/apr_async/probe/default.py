@@ -193,4 +193,3 @@ async def aclose_default() -> None:
         service = _defaults.pop(loop, None)
     if service is not None:
         await service.aclose()
-

@@ -183,7 +183,9 @@ def _read_trusted(path: Path) -> dict[str, Any] | None:
     if doc.get("version") != CACHE_VERSION:
         log.warning(
             "apr_async cache %s has version %r, expected %d: ignored",
-            path, doc.get("version"), CACHE_VERSION,
+            path,
+            doc.get("version"),
+            CACHE_VERSION,
         )
         return None
     if not isinstance(doc.get("entries"), list):
@@ -302,8 +304,9 @@ def table_entries(table: LatencyTable, *, now: float, wall: float) -> list[Cache
     """
     return [
         CachedLatency(src, dst, ewma, last, minimum, samples, lost, fill, wall - age)
-        for src, dst, ewma, last, minimum, samples, lost, fill, age
-        in table.snapshot(now)["entries"]
+        for src, dst, ewma, last, minimum, samples, lost, fill, age in table.snapshot(now)[
+            "entries"
+        ]
     ]
 
 
@@ -314,8 +317,17 @@ def restore_latency(
     ``now``). Raises ``ValueError``, leaving the table unchanged, if a record does not fit."""
     data = table.snapshot(now)
     data["entries"] = [
-        [e.source, e.destination, e.ewma, e.last, e.minimum, e.samples, e.lost, e.fill,
-         max(0.0, wall - e.seen)]
+        [
+            e.source,
+            e.destination,
+            e.ewma,
+            e.last,
+            e.minimum,
+            e.samples,
+            e.lost,
+            e.fill,
+            max(0.0, wall - e.seen),
+        ]
         for e in entries
     ]
     table.restore(data, now)

@@ -178,8 +178,14 @@ async def tcp_probe(
             sock.bind(src)
         except OSError as exc:
             return ProbeResult(
-                "tcp", src_text, dst_text, port, False, None,
-                error=exc.errno, detail=f"cannot bind source: {exc.strerror}",
+                "tcp",
+                src_text,
+                dst_text,
+                port,
+                False,
+                None,
+                error=exc.errno,
+                detail=f"cannot bind source: {exc.strerror}",
             )
         start = time.monotonic()
         try:
@@ -187,18 +193,36 @@ async def tcp_probe(
                 await loop.sock_connect(sock, dst)
         except TimeoutError:
             return ProbeResult(
-                "tcp", src_text, dst_text, port, False, None,
-                error=errno.ETIMEDOUT, detail=f"no answer within {max_wait:g} s",
+                "tcp",
+                src_text,
+                dst_text,
+                port,
+                False,
+                None,
+                error=errno.ETIMEDOUT,
+                detail=f"no answer within {max_wait:g} s",
             )
         except ConnectionRefusedError:
             return ProbeResult(
-                "tcp", src_text, dst_text, port, True, time.monotonic() - start,
-                refused=True, detail="refused (RST): path works",
+                "tcp",
+                src_text,
+                dst_text,
+                port,
+                True,
+                time.monotonic() - start,
+                refused=True,
+                detail="refused (RST): path works",
             )
         except OSError as exc:
             return ProbeResult(
-                "tcp", src_text, dst_text, port, False, None,
-                error=exc.errno, detail=exc.strerror or str(exc),
+                "tcp",
+                src_text,
+                dst_text,
+                port,
+                False,
+                None,
+                error=exc.errno,
+                detail=exc.strerror or str(exc),
             )
         connected = True
         return ProbeResult(
@@ -253,8 +277,14 @@ async def icmp_probe(
             icmp_sock.sock.bind(src)
         except OSError as exc:
             return ProbeResult(
-                "icmp", src_text, dst_text, None, False, None,
-                error=exc.errno, detail=f"cannot bind source: {exc.strerror}",
+                "icmp",
+                src_text,
+                dst_text,
+                None,
+                False,
+                None,
+                error=exc.errno,
+                detail=f"cannot bind source: {exc.strerror}",
             )
         wrapper = AsyncSocket(icmp_sock)
         # icmplib resolves the request's destination with getaddrinfo: hand it the numeric
@@ -270,8 +300,14 @@ async def icmp_probe(
             name = type(exc).__name__
             code = errno.ETIMEDOUT if name == "TimeoutExceeded" else errno.EHOSTUNREACH
             return ProbeResult(
-                "icmp", src_text, dst_text, None, False, None,
-                error=code, detail=f"{name}: {exc}",
+                "icmp",
+                src_text,
+                dst_text,
+                None,
+                False,
+                None,
+                error=code,
+                detail=f"{name}: {exc}",
             )
         return ProbeResult(
             "icmp", src_text, dst_text, None, True, time.monotonic() - start, detail="echo reply"

@@ -115,8 +115,6 @@ class PathMeasurement:
     last_rtt: float | None = None
 
 
-
-
 def context_for(
     config: Config, *, clock: Callable[[], float] = time.monotonic
 ) -> pairs.PairContext:
@@ -150,7 +148,6 @@ def _ip_of(addr: object) -> tuple[IPAddress, int | None] | None:
     if scope is None and zone is not None and zone.isdigit():
         scope = int(zone)
     return ip, scope
-
 
 
 class ProbeService:
@@ -416,8 +413,9 @@ class ProbeService:
         ):
             return  # a sample that cannot be right is dropped; the connector must not fail
         self._tracker.observe(
-            Observation(src, dst, ok or rtt is not None, now, is_offlink(dst, self._snapshot),
-                        "passive")
+            Observation(
+                src, dst, ok or rtt is not None, now, is_offlink(dst, self._snapshot), "passive"
+            )
         )
         self._recent.note(dst, scope, port, now)
         self._status_dirty = True
@@ -446,8 +444,14 @@ class ProbeService:
             taken[dst.version] = count + 1
             self._recent.note(dst, scope, port, now, measured=False)
 
-    def note_destination(self, destination: IPAddress, port: int, *, ifindex: int | None = None,
-                         now: float | None = None) -> None:
+    def note_destination(
+        self,
+        destination: IPAddress,
+        port: int,
+        *,
+        ifindex: int | None = None,
+        now: float | None = None,
+    ) -> None:
         """Add a destination the application uses to the re-probed set (no sample)."""
         self._recent.note(destination, ifindex, port, self._clock() if now is None else now)
 
@@ -495,10 +499,13 @@ class ProbeService:
                 # round and one after a network change go as fast as the rate limit allows
                 spread = 0.0
                 if spread_out:
-                    spread = min(self.config.probe_jitter * self.config.probe_interval,
-                                 self.config.probe_interval / 2)
-                outcomes = await asyncio.gather(*(self._probe(p, spread) for p in plan),
-                                                return_exceptions=True)
+                    spread = min(
+                        self.config.probe_jitter * self.config.probe_interval,
+                        self.config.probe_interval / 2,
+                    )
+                outcomes = await asyncio.gather(
+                    *(self._probe(p, spread) for p in plan), return_exceptions=True
+                )
                 for outcome in outcomes:
                     if isinstance(outcome, Exception):
                         log.error("apr_async probe failed", exc_info=outcome)
@@ -522,9 +529,7 @@ class ProbeService:
 
     # ------------------------------------------------------------------ targets and plan
 
-    async def _collect_targets(
-        self, snapshot: interfaces.HostSnapshot, now: float
-    ) -> list[Target]:
+    async def _collect_targets(self, snapshot: interfaces.HostSnapshot, now: float) -> list[Target]:
         cfg = self.config
         out: list[Target] = []
         tcp_default = cfg.probe_port if cfg.tcp_probes else None
@@ -613,8 +618,7 @@ class ProbeService:
             else:
                 name = errno_codes.errorcode.get(result.error or 0, "failed")
                 self.failures.record_failure(src, dst, port, now, error=name)
-        self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink,
-                                          result.method))
+        self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink, result.method))
         self._status_dirty = True
 
     # ------------------------------------------------------------------ status and network

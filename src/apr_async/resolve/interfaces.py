@@ -335,8 +335,8 @@ def _read_addresses(nl: _Netlink) -> list[_RawAddress]:
 
 
 def _parse_route(payload: memoryview) -> tuple[int, int, int, int, dict[int, memoryview]]:
-    family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = (
-        _RTMSG.unpack_from(payload)
+    family, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = _RTMSG.unpack_from(
+        payload
     )
     attrs: dict[int, memoryview] = {}
     for attr, value in _attrs(payload, _RTMSG.size, len(payload)):
@@ -533,8 +533,10 @@ def _netlink_route_choices(
 ) -> dict[tuple[IPAddress, int | None], RouteChoice | None]:
     out: dict[tuple[IPAddress, int | None], RouteChoice | None] = {}
     with _Netlink() as nl:
-        seqs = {nl.send(_RTM_GETROUTE, _NLM_F_REQUEST, _route_request(d, i)): (d, i)
-                for d, i in requests}
+        seqs = {
+            nl.send(_RTM_GETROUTE, _NLM_F_REQUEST, _route_request(d, i)): (d, i)
+            for d, i in requests
+        }
         for seq, (kind, payload) in nl.replies(seqs).items():
             destination, ifindex = seqs[seq]
             if kind != _RTM_NEWROUTE:
@@ -675,4 +677,3 @@ def invalidate_cache() -> None:
     """Forget every cached snapshot and route choice (call on a network change event)."""
     with _cache_lock:
         _cache.clear()
-

@@ -220,8 +220,9 @@ class Resolver:
         self._hosts = _HostsFile(hosts_path)
         # (name, family) -> (answer, expiry)
         self._cache: dict[tuple[str, int], tuple[FamilyAnswer, float]] = {}
-        self._inflight: dict[tuple[asyncio.AbstractEventLoop, str, int],
-                             asyncio.Future[FamilyAnswer]] = {}
+        self._inflight: dict[
+            tuple[asyncio.AbstractEventLoop, str, int], asyncio.Future[FamilyAnswer]
+        ] = {}
         # Not a WeakKeyDictionary: a channel holds its loop, so the key would never die.
         # Channels of closed loops are dropped when a new loop shows up (see _channel).
         self._channels: dict[asyncio.AbstractEventLoop, aiodns.DNSResolver] = {}
@@ -239,8 +240,9 @@ class Resolver:
             raise error
         return resolution.addresses
 
-    async def lookup(self, host: str | bytes | HostSpec,
-                     family: int = socket.AF_UNSPEC) -> Resolution:
+    async def lookup(
+        self, host: str | bytes | HostSpec, family: int = socket.AF_UNSPEC
+    ) -> Resolution:
         """Both families' answers (failures included, nothing raised for DNS errors)."""
         spec = host if isinstance(host, HostSpec) else parse_host(host)
         cached = self.cached(spec, family)
@@ -249,8 +251,9 @@ class Resolver:
         answers = [answer async for answer in self.answers(spec, family)]
         return Resolution(spec, tuple(answers))
 
-    def answers(self, host: str | bytes | HostSpec,
-                family: int = socket.AF_UNSPEC) -> AsyncIterator[FamilyAnswer]:
+    def answers(
+        self, host: str | bytes | HostSpec, family: int = socket.AF_UNSPEC
+    ) -> AsyncIterator[FamilyAnswer]:
         """Yield each family's ``FamilyAnswer`` as soon as it is known (AAAA first on a tie).
 
         Input is checked before anything is sent. Stopping early is harmless: the queries
@@ -274,8 +277,9 @@ class Resolver:
                 pending.append(self._query(spec.name, fam))
         return _AnswerStream(ready, pending)
 
-    def cached(self, host: str | bytes | HostSpec,
-               family: int = socket.AF_UNSPEC) -> Resolution | None:
+    def cached(
+        self, host: str | bytes | HostSpec, family: int = socket.AF_UNSPEC
+    ) -> Resolution | None:
         """The answer if it can be given without waiting (literal, hosts, cache), else None."""
         spec = host if isinstance(host, HostSpec) else parse_host(host)
         families = _families(family)
@@ -322,10 +326,21 @@ class Resolver:
         if spec.ip is not None:
             fam = int(socket.AF_INET6 if spec.ip.version == 6 else socket.AF_INET)
             return [
-                FamilyAnswer(f, ((spec.ip, spec.zone),) if f == fam else (), None, 0.0,
-                             "literal", None if f == fam else gaierror(
-                                 socket.EAI_ADDRFAMILY if hasattr(socket, "EAI_ADDRFAMILY")
-                                 else socket.EAI_NONAME, host=spec.text))
+                FamilyAnswer(
+                    f,
+                    ((spec.ip, spec.zone),) if f == fam else (),
+                    None,
+                    0.0,
+                    "literal",
+                    None
+                    if f == fam
+                    else gaierror(
+                        socket.EAI_ADDRFAMILY
+                        if hasattr(socket, "EAI_ADDRFAMILY")
+                        else socket.EAI_NONAME,
+                        host=spec.text,
+                    ),
+                )
                 for f in families
             ]
         assert spec.name is not None
@@ -333,9 +348,18 @@ class Resolver:
             # RFC 6761 6.4: "invalid" names get an immediate negative answer, hosts file or
             # not; a query would only leak the name to the resolver's operator.
             return [
-                FamilyAnswer(fam, (), None, 0.0, "invalid",
-                             gaierror(socket.EAI_NONAME, host=spec.text,
-                                      detail="RFC 6761 special-use name .invalid"))
+                FamilyAnswer(
+                    fam,
+                    (),
+                    None,
+                    0.0,
+                    "invalid",
+                    gaierror(
+                        socket.EAI_NONAME,
+                        host=spec.text,
+                        detail="RFC 6761 special-use name .invalid",
+                    ),
+                )
                 for fam in families
             ]
         entries = self._hosts.lookup(spec.name, self._clock())
@@ -351,9 +375,16 @@ class Resolver:
             version = 6 if fam == socket.AF_INET6 else 4
             found = tuple(a for a in entries if a[0].version == version)
             # glibc answers a hosts-file name lacking the family with EAI_NONAME, not NODATA.
-            out.append(FamilyAnswer(fam, found, None, 0.0, origin,
-                                    None if found else gaierror(socket.EAI_NONAME,
-                                                                host=spec.text)))
+            out.append(
+                FamilyAnswer(
+                    fam,
+                    found,
+                    None,
+                    0.0,
+                    origin,
+                    None if found else gaierror(socket.EAI_NONAME, host=spec.text),
+                )
+            )
         return out
 
     def _cache_get(self, name: str, family: int, now: float) -> FamilyAnswer | None:
@@ -407,19 +438,20 @@ class Resolver:
             self._inflight.pop(key, None)
             answer, ttl = self._convert(name, family, fut)
             if ttl > 0:
-                self._cache[(name, family)] = (
-                    _as_cached(answer), self._clock() + ttl)
+                self._cache[(name, family)] = (_as_cached(answer), self._clock() + ttl)
             if not result.done():
                 result.set_result(answer)
 
         query.add_done_callback(done)
         return result
 
-    def _convert(self, name: str, family: int,
-                 fut: asyncio.Future[pycares.DNSResult]) -> tuple[FamilyAnswer, float]:
+    def _convert(
+        self, name: str, family: int, fut: asyncio.Future[pycares.DNSResult]
+    ) -> tuple[FamilyAnswer, float]:
         if fut.cancelled():
-            return FamilyAnswer(family, (), None, 0.0, "dns",
-                                gaierror_from_ares("ARES_ECANCELLED", host=name)), 0.0
+            return FamilyAnswer(
+                family, (), None, 0.0, "dns", gaierror_from_ares("ARES_ECANCELLED", host=name)
+            ), 0.0
         exc = fut.exception()
         if exc is not None:
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
@@ -448,14 +480,16 @@ class Resolver:
         if not addresses:
             error = gaierror_from_ares("ARES_ENODATA", host=name)
             return FamilyAnswer(family, (), None, self.negative_ttl, "dns", error), (
-                self.negative_ttl)
+                self.negative_ttl
+            )
         ttl = min(max(float(min_ttl or 0), self.min_ttl), self.max_ttl)
         return FamilyAnswer(family, tuple(addresses), canonname, ttl, "dns"), ttl
 
 
 def _as_cached(answer: FamilyAnswer) -> FamilyAnswer:
-    return FamilyAnswer(answer.family, answer.addresses, answer.canonname, answer.ttl, "cache",
-                        answer.error)
+    return FamilyAnswer(
+        answer.family, answer.addresses, answer.canonname, answer.ttl, "cache", answer.error
+    )
 
 
 def _families(family: int) -> tuple[int, ...]:
@@ -484,8 +518,9 @@ def _server_text(server: str | tuple[str, int]) -> str:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"nameserver {server!r} is not an IP address (with optional port)") \
-            from None
+        raise ValueError(
+            f"nameserver {server!r} is not an IP address (with optional port)"
+        ) from None
     if port_text is not None and not (port_text.isdigit() and 0 < int(port_text) <= 65535):
         raise ValueError(f"nameserver {server!r} has an invalid port")
     return server
@@ -494,8 +529,9 @@ def _server_text(server: str | tuple[str, int]) -> str:
 class _AnswerStream:
     """Async iterator over ready answers, then pending ones in completion order."""
 
-    def __init__(self, ready: list[FamilyAnswer],
-                 pending: list[asyncio.Future[FamilyAnswer]]) -> None:
+    def __init__(
+        self, ready: list[FamilyAnswer], pending: list[asyncio.Future[FamilyAnswer]]
+    ) -> None:
         self._ready = ready
         self._pending = set(pending)
         self._order = pending
