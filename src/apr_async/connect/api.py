@@ -417,7 +417,7 @@ async def create_connection(
         and happy_eyeballs_delay is None
         and interleave is None
         and timeout is None
-        and race_tls is False
+        and not race_tls
         and pair_source is None
     ):
         fast = _fast(host, port, family, service, context)
@@ -483,7 +483,7 @@ async def open_connection(
         and happy_eyeballs_delay is None
         and interleave is None
         and timeout is None
-        and race_tls is False
+        and not race_tls
         and pair_source is None
     ):
         fast = _fast(host, port, family, service, context)
