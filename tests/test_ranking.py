@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apr_async.core import ranking, reasons
+from apr_async.core import plan, ranking, reasons
 from apr_async.core.addresses import kind_of
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
@@ -499,7 +499,7 @@ def test_identity_cache_never_serves_a_plan_to_new_objects() -> None:
     # that nothing else keeps them alive.
     dst = D4[0]
     for i in range(300):
-        ranking._PLANS_BY_VALUE.clear()
+        plan._PLANS_BY_VALUE.clear()
         src = S(f"10.{i // 250}.{i % 250}.1", prefixlen=8)
         pairs = rank_pairs([(dst, None)], [src], 443)
         assert pairs == [(socket.AF_INET, (str(src), 0), (str(dst), 443))]

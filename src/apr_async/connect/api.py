@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from apr_async.connect.attempt import Connecting, claim, flush_records
 from apr_async.connect.errors import AllAttemptsFailedError, AttemptLog
+from apr_async.connect.fast import connect_single, fast_options, open_stream, single_pair
 from apr_async.connect.options import (
     Options,
     TLSOptions,
@@ -78,6 +79,20 @@ def _running_default_service() -> object | None:
 
 def _options(host: object, port: object, **kwargs: Any) -> Options:
     return check_request(host, port, default_service=_running_default_service, **kwargs)
+
+
+def _fast(
+    host: object, port: object, family: object, service: object, context: object
+) -> tuple[Options, ConnectPair] | None:
+    """The reused options and the one pair of a default-argument request that needs no race
+    (:mod:`apr_async.connect.fast`), or ``None``: take the general path."""
+    opts = fast_options(
+        host, port, family, service, context, default_service=_running_default_service
+    )
+    if opts is None:
+        return None
+    pair = single_pair(opts)
+    return None if pair is None else (opts, pair)
 
 
 # -- local addresses -------------------------------------------------------------------------
@@ -395,9 +410,24 @@ async def create_connection(
     ``True`` or :class:`~apr_async.connect.svcb_race.SvcbOptions`, never with ``False``
     (see :mod:`apr_async.connect.svcb_race`). Other arguments as in :func:`connect_socket`.
     """
-    shutdown, all_errors = pop_compat_kwds(dict(kwds))
     if not callable(protocol_factory):
         raise TypeError("protocol_factory must be callable")
+    if (
+        not kwds
+        and ssl is None
+        and server_hostname is None
+        and ssl_handshake_timeout is None
+        and local_addr is None
+        and happy_eyeballs_delay is None
+        and interleave is None
+        and timeout is None
+        and not race_tls
+        and pair_source is None
+    ):
+        fast = _fast(host, port, family, service, context)
+        if fast is not None:
+            return await wrap_socket(protocol_factory, await connect_single(*fast), None)
+    shutdown, all_errors = pop_compat_kwds(dict(kwds))
     opts = _options(
         host,
         port,
@@ -455,8 +485,25 @@ async def open_connection(
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         raise ValueError(f"limit must be a positive int, got {limit!r}")
     loop = asyncio.get_running_loop()
+    fast = None
+    if (
+        not kwds
+        and ssl is None
+        and server_hostname is None
+        and ssl_handshake_timeout is None
+        and local_addr is None
+        and happy_eyeballs_delay is None
+        and interleave is None
+        and timeout is None
+        and not race_tls
+        and pair_source is None
+    ):
+        fast = _fast(host, port, family, service, context)
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    if fast is not None:
+        transport = await open_stream(await connect_single(*fast), protocol)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
     transport, _ = await create_connection(
         lambda: protocol,
         host,

@@ -42,6 +42,9 @@ class Options:
     recorder: AttemptRecorder
     pair_source: PairSource | None
     context: PairContext
+    #: The service outcomes go to (given, or the default one), ``None`` for the context's
+    #: own tables: what the fast path's per-call-site cache checks a hit against.
+    service: object = None
 
 
 def check_port(port: object) -> int:
@@ -156,6 +159,7 @@ def check_request(
         pair_source=cast(PairSource | None, pair_source),
         recorder=recorder,
         context=ctx,
+        service=service,
     )
 
 

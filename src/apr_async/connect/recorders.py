@@ -42,13 +42,19 @@ class ContextRecorder:
 
     def __init__(self, context: PairContext) -> None:
         self._context = context
+        # The last pair's parsed addresses: a client connecting to one place over and over
+        # (the fast path's memoised pair is the same object each time) parses them once.
+        self._last: tuple[Any, IPAddress | None, IPAddress | None] = (None, None, None)
 
     def record_attempt(
         self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
     ) -> None:
         """Record one attempt's outcome in the context's latency and failure tables."""
-        src = _ip_of(getattr(pair, "source", None))
-        dst = _ip_of(getattr(pair, "destination", None))
+        last, src, dst = self._last
+        if pair is not last:
+            src = _ip_of(getattr(pair, "source", None))
+            dst = _ip_of(getattr(pair, "destination", None))
+            self._last = (pair, src, dst)
         if src is None or dst is None:
             return
         ctx = self._context

@@ -73,6 +73,11 @@ class PairContext:
     snapshot_max_age: float = interfaces.DEFAULT_MAX_AGE
     clock: Callable[[], float] = time.monotonic
     fingerprint: str | None = field(default=None, compare=False)
+    #: The connect layer's checked arguments per call site (``apr_async.connect.fast``): kept
+    #: here so that they live exactly as long as the context they refer to.
+    call_sites: dict[tuple[object, ...], object] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def get_resolver(self) -> Resolver:
         """This context's resolver, created on first use."""
@@ -264,8 +269,15 @@ def format_pairs(pairs: Sequence[AddrPair]) -> str:
         rtt = "-" if pair.rtt is None else f"{pair.rtt * 1000:.1f} ms"
         if pair.failing:
             rtt += " (failed recently)"
-        rows.append((str(rank), _sockaddr_text(pair.source), _sockaddr_text(pair.destination),
-                     rtt, pair.reason))
+        rows.append(
+            (
+                str(rank),
+                _sockaddr_text(pair.source),
+                _sockaddr_text(pair.destination),
+                rtt,
+                pair.reason,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for row in rows:
@@ -302,8 +314,13 @@ def _sockaddr_text(addr: SockAddr) -> str:
 
 # int(): ~ on an IntFlag only flips the flag's own members, hiding unknown bits.
 _KNOWN_FLAGS = int(
-    socket.AI_PASSIVE | socket.AI_CANONNAME | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
-    | socket.AI_V4MAPPED | socket.AI_ALL | socket.AI_ADDRCONFIG
+    socket.AI_PASSIVE
+    | socket.AI_CANONNAME
+    | socket.AI_NUMERICHOST
+    | socket.AI_NUMERICSERV
+    | socket.AI_V4MAPPED
+    | socket.AI_ALL
+    | socket.AI_ADDRCONFIG
 )
 _SOCKTYPE_DEFAULT_PROTO: dict[int, tuple[int, set[int]]] = {
     socket.SOCK_STREAM: (socket.IPPROTO_TCP, {socket.IPPROTO_TCP, socket.IPPROTO_SCTP}),
@@ -321,8 +338,11 @@ def _check_int(name: str, value: object) -> int:
 def _socktypes(type: int, proto: int) -> list[tuple[int, int]]:
     """The (socktype, proto) entries per address, as glibc's getaddrinfo produces them."""
     if type == 0:
-        candidates: list[tuple[int, int]] = [(socket.SOCK_STREAM, socket.IPPROTO_TCP),
-                      (socket.SOCK_DGRAM, socket.IPPROTO_UDP), (socket.SOCK_RAW, 0)]
+        candidates: list[tuple[int, int]] = [
+            (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+            (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+            (socket.SOCK_RAW, 0),
+        ]
         chosen = [c for c in candidates if proto in (0, c[1])]
         if not chosen:
             raise gaierror(socket.EAI_SERVICE)
@@ -339,8 +359,9 @@ def _socktypes(type: int, proto: int) -> list[tuple[int, int]]:
     return [(type, proto or default)]
 
 
-def _entry_ports(service: int | str, socktypes: list[tuple[int, int]],
-                 numeric_only: bool) -> list[tuple[int, int, int]]:
+def _entry_ports(
+    service: int | str, socktypes: list[tuple[int, int]], numeric_only: bool
+) -> list[tuple[int, int, int]]:
     """(socktype, proto, port) per entry; a service name keeps only socktypes it exists for."""
     if isinstance(service, int):
         return [(t, p, service) for t, p in socktypes]
@@ -393,8 +414,11 @@ async def getaddrinfo(  # noqa: PLR0917 - the stdlib's signature
         raise gaierror(socket.EAI_NONAME)
     if type == socket.SOCK_RAW and service is not None:
         raise gaierror(socket.EAI_SERVICE)  # glibc: raw sockets have no ports
-    entries = _entry_ports(service if service is not None else 0, _socktypes(type, proto),
-                           bool(flags & socket.AI_NUMERICSERV))
+    entries = _entry_ports(
+        service if service is not None else 0,
+        _socktypes(type, proto),
+        bool(flags & socket.AI_NUMERICSERV),
+    )
     ctx = context if context is not None else implicit_context()
     mapped = family == socket.AF_INET6 and bool(flags & socket.AI_V4MAPPED)
     want = socket.AF_UNSPEC if mapped else family

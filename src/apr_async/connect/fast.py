@@ -1,0 +1,149 @@
+"""The fast path of a healthy connection: checked arguments reused, one ranked pair, no race.
+
+Most connections a service makes go to a place it connected to a moment ago, with default
+arguments, and that place has one usable pair (a numeric host, a name with one address) or
+the ranking memo says so. For those, the general path's work is pure overhead next to
+``asyncio.open_connection``: checking every argument again, building a schedule, an attempt
+log and a race. Here the checked :class:`Options` of a call site are reused (keyed on the
+exact host, port, family, service and context), the memoised ranking is consulted, and the
+single pair is connected directly with the same :class:`Connecting` attempt the race uses, so
+the socket binding, the outcome recording, the leak freedom and the error shapes are those of
+the general path. Anything else (a memo miss, several pairs, a name not in the cache) returns
+``None`` before any I/O and the caller takes the general path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from apr_async.connect.attempt import Connecting, flush_records
+from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.connect.options import Options, check_request
+from apr_async.connect.rank_memo import rank_memo
+from apr_async.connect.types import ConnectPair
+from apr_async.resolve.pairs import PairContext, default_context
+
+__all__ = ["connect_single", "fast_options", "open_stream", "single_pair"]
+
+#: Call sites remembered per context (a service connecting to many places re-checks the
+#: arguments of the others; the cache is cleared when full).
+_MAX = 256
+
+
+def _context_for(context: object, service: object) -> PairContext | None:
+    """The context a request would use (as :func:`check_request` picks it), or ``None`` when
+    that cannot be told cheaply (a bad argument: the general path raises the error)."""
+    if context is None:
+        context = getattr(service, "context", None)
+        if context is None:
+            return default_context()
+    return context if isinstance(context, PairContext) else None
+
+
+def fast_options(
+    host: object,
+    port: object,
+    family: object,
+    service: object,
+    context: object,
+    *,
+    default_service: Callable[[], object | None],
+) -> Options | None:
+    """The checked options of a default-argument request, reused across calls; ``None`` when
+    the arguments are of a kind the cache does not take (the general path checks them)."""
+    if type(host) is not str or type(port) is not int or type(family) is not int:
+        return None  # bool ports, str ports, int subclasses: let check_request judge them
+    if service is None and context is None:
+        service = default_service()  # may change between calls (started, stopped)
+    ctx = _context_for(context, service)
+    if ctx is None:
+        return None
+    sites = ctx.call_sites
+    key = (host, port, family, id(service))
+    hit = sites.get(key)
+    # The options hold their service: the identity check makes an id reused by a new
+    # service miss. A hit needs no other check: every other argument is at its default.
+    if hit is not None and cast(Options, hit).service is service:
+        return cast(Options, hit)
+    opts = check_request(
+        host,
+        port,
+        family=family,
+        local_addr=None,
+        happy_eyeballs_delay=None,
+        interleave=None,
+        timeout=None,
+        service=service,
+        pair_source=None,
+        context=context,
+        default_service=lambda: None,  # already asked above
+    )
+    if opts.context is ctx and (service is None or getattr(service, "context", None) is ctx):
+        # Only when the context is the service's own: a context must not keep a foreign
+        # service alive (a context and its own service die together, cycle or not).
+        if len(sites) >= _MAX:
+            sites.clear()
+        sites[key] = opts
+    return opts
+
+
+def single_pair(opts: Options) -> ConnectPair | None:
+    """The one pair to connect to when the memoised ranking has exactly one and every
+    answer is at hand (a literal, or a name still in the resolver's cache); else ``None``."""
+    flush_records()  # what the last connections taught comes before this ranking is used
+    context = opts.context
+    if opts.spec.ip is None and not context.get_resolver().cached(opts.spec, opts.family):
+        return None
+    ranked = rank_memo.get(context, opts.host, opts.port, opts.family, context.clock())
+    if ranked is None or len(ranked) != 1:
+        return None
+    return ranked[0]
+
+
+async def connect_single(opts: Options, pair: ConnectPair) -> socket.socket:
+    """Connect to ``pair`` as a one-pair race would: the same attempt (bound to the pair's
+    source, outcome recorded) and the same error, an :class:`AllAttemptsFailedError`."""
+    attempt = Connecting(
+        asyncio.get_running_loop(),
+        pair,
+        port=opts.port,
+        bind_to=pair.source,
+        recorder=opts.recorder,
+        delay_override=None,
+    )
+    # claim()'s ownership rule, inline (one coroutine less per connection): a cancellation
+    # that arrives after the attempt completed closes the socket nobody will take.
+    try:
+        return await attempt
+    except OSError as exc:
+        raise AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)]) from None
+    except BaseException:
+        if not attempt.done():
+            attempt.cancel()
+        elif not attempt.cancelled() and attempt.exception() is None:
+            attempt.result().close()
+        raise
+
+
+async def open_stream(
+    sock: socket.socket, protocol: asyncio.StreamReaderProtocol
+) -> asyncio.Transport:
+    """``loop.create_connection(sock=sock)`` for a ready protocol, closing ``sock`` if no
+    transport took it (:func:`apr_async.connect.tls.wrap_socket` without TLS, inline)."""
+    taken = False
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        nonlocal taken
+        taken = True
+        return protocol
+
+    try:
+        transport, _ = await asyncio.get_running_loop().create_connection(factory, sock=sock)
+    except BaseException:
+        if not taken:
+            sock.close()
+        raise
+    return transport
