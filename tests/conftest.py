@@ -27,6 +27,13 @@ os.environ["APR_ASYNC_PROBE_GATEWAYS"] = "0"
 # forgot to point at a lab or loopback DNS server goes to the discard port on loopback and fails
 # fast there, instead of leaving the machine.
 os.environ["APR_ASYNC_NAMESERVERS"] = "127.0.0.1:9"
+# The default service shares the host's probing through the user's cache directory: the suite
+# gets a private one, so it never meets (or leaves files for) a real application's processes.
+if "APR_ASYNC_TEST_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["APR_ASYNC_TEST_CACHE"] = tempfile.mkdtemp(prefix="apr_async-test-cache-")
+os.environ["XDG_CACHE_HOME"] = os.environ["APR_ASYNC_TEST_CACHE"]
 
 
 def require_lab() -> None:

@@ -173,6 +173,11 @@ class Config:
     cache_path: Path | None = None
     #: Seconds between two saves of the cache while the service runs.
     persist_interval: float = 300.0
+    #: One prober per host: processes of this user sharing the cache directory elect one
+    #: leader (``flock``) that probes and publishes a shared table the others read (see
+    #: :mod:`apr_async.probe.shared`). ``None``: on for the package's default service (the one
+    #: worker processes use implicitly), off for services constructed explicitly.
+    share: bool | None = None
     #: Also probe RIPE Atlas anchors (fetched over HTTPS; off by default).
     atlas: bool = False
     #: Base URL of the RIPE Atlas REST API.
@@ -258,7 +263,7 @@ class Config:
 #: ``APR_ASYNC_*`` variables that are not Config settings but belong to the project's own
 #: tooling (the test suite), so they draw no warning.
 OTHER_ENV_VARIABLES: frozenset[str] = frozenset(
-    {"APR_ASYNC_REQUIRE_LAB", "APR_ASYNC_EAGER_PYTHON"}
+    {"APR_ASYNC_REQUIRE_LAB", "APR_ASYNC_EAGER_PYTHON", "APR_ASYNC_TEST_CACHE"}
 )
 _warned_env: set[str] = set()
 
@@ -394,5 +399,7 @@ def _validate(c: Config) -> None:
             raise ValueError(f"Config.nameservers: {ns!r} is not an IP address") from None
     if not c.atlas_url.startswith(("http://", "https://")):
         raise ValueError(f"Config.atlas_url must be an http(s) URL, got {c.atlas_url!r}")
+    if c.share is not None and not isinstance(c.share, bool):
+        raise TypeError("Config.share must be a bool or None")
     if c.cache_path is not None and not isinstance(c.cache_path, Path):
         raise TypeError("Config.cache_path must be a pathlib.Path or None")

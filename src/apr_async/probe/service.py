@@ -48,6 +48,7 @@ from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_addres
 from apr_async.core.latency import FailureTable, LatencyTable, record_outcome
 from apr_async.core.ranking import Translator
 from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
+from apr_async.probe import table_codec as codec
 from apr_async.probe.netwatch import NetWatcher
 from apr_async.probe.persist import (
     CacheBusyError,
@@ -75,6 +76,8 @@ from apr_async.probe.probes import (
     icmp_probe,
     tcp_probe,
 )
+from apr_async.probe.shared import ShareUnavailable
+from apr_async.probe.sharing import POLL, Sharing
 from apr_async.resolve import interfaces, pairs
 from apr_async.resolve.resolver import Resolver
 
@@ -169,6 +172,7 @@ class ProbeService:
         install: bool = True,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        share: bool | None = None,
     ) -> None:
         if config is None:
             config = Config.from_env()
@@ -211,6 +215,11 @@ class ProbeService:
         self._released = False
         self._last_save: float | None = None
         self._persist_warned = False
+        # host sharing: an explicit ``share`` (the default service's) beats the config's
+        # None; only with the real monotonic clock, the time base the processes share
+        wanted = share if config.share is None else config.share
+        self._share_on = bool(wanted) and clock is time.monotonic
+        self._sharing: Sharing | None = None
         #: Completed probe rounds.
         self.rounds = 0
         #: Network changes noticed (addresses, gateways).
@@ -271,7 +280,12 @@ class ProbeService:
                 self._start_atlas(loop)
             if self._install:
                 _install(self)
-            self._task = loop.create_task(self._run(), name="apr_async-probe-service")
+            if self._share_on:
+                self._start_sharing(loop)
+            if self._sharing is not None and not self._sharing.leader:
+                self._task = loop.create_task(self._follow(), name="apr_async-probe-follower")
+            else:
+                self._task = loop.create_task(self._run(), name="apr_async-probe-service")
         except BaseException:
             if self._atlas_task is not None:
                 self._atlas_task.cancel()
@@ -306,6 +320,8 @@ class ProbeService:
         if watcher is not None:
             await watcher.aclose()
         self._release_sync()
+        if self._sharing is not None:
+            self._sharing.close(self._loop)
         if self.config.persist:
             self._save_cache_now()
         await self.resolver.close()
@@ -410,18 +426,27 @@ class ProbeService:
             return
         src, _ = src_info
         dst, scope = dst_info
+        if self._record_passive(src, dst, scope, port, ok=ok, rtt=rtt, errno=errno):
+            sharing = self._sharing
+            if sharing is not None and not sharing.leader:
+                sharing.report(0, src, dst, port, ok=ok, rtt=rtt, errno=errno)
+
+    def _record_passive(self, src: IPAddress, dst: IPAddress, scope: int | None, port: int, *,
+                        ok: bool, rtt: float | None, errno: int | None) -> bool:
         now = self._clock()
         if not record_outcome(
             self.latency, self.failures, src, dst, port, ok=ok, rtt=rtt, errno=errno, now=now
         ):
-            return  # a sample that cannot be right is dropped; the connector must not fail
+            return False  # a sample that cannot be right is dropped; the connector must not fail
         self._tracker.observe(
             Observation(src, dst, ok or rtt is not None, now, is_offlink(dst, self._snapshot),
                         "passive")
         )
         self._recent.note(dst, scope, port, now)
         self._status_dirty = True
+        self._shared_changed()
         self._notify_progress()
+        return True
 
     def record_untried(self, pairs: Sequence[object], port: int) -> None:
         """Pairs a won connection race never tried (see ``connect_types.UntriedRecorder``):
@@ -445,6 +470,10 @@ class ProbeService:
                 continue
             taken[dst.version] = count + 1
             self._recent.note(dst, scope, port, now, measured=False)
+            sharing = self._sharing
+            if sharing is not None and not sharing.leader:
+                unspecified = parse_address("::" if dst.version == 6 else "0.0.0.0")[0]
+                sharing.report(1, unspecified, dst, port, ok=False, rtt=None, errno=None)
 
     def note_destination(self, destination: IPAddress, port: int, *, ifindex: int | None = None,
                          now: float | None = None) -> None:
@@ -509,6 +538,8 @@ class ProbeService:
                 nat64.cancel()
                 await asyncio.wait({nat64})
         self.rounds += 1
+        if self._sharing is not None and self._sharing.leader:
+            self._sharing.publish()  # followers see a finished round at once
         self._derive_status()
         self._ready.set()
         self._notify_progress()
@@ -616,6 +647,7 @@ class ProbeService:
         self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink,
                                           result.method))
         self._status_dirty = True
+        self._shared_changed()
 
     # ------------------------------------------------------------------ status and network
 
@@ -681,12 +713,15 @@ class ProbeService:
         first = self._snapshot is None
         self._snapshot = snapshot
         self.context.observe_network(snapshot.fingerprint)
+        if self._sharing is not None:
+            self._sharing.set_network(snapshot.fingerprint)
         if first:
             return
         self.network_changes += 1
         log.info("apr_async: network changed (addresses or gateways); probing again")
         # failures and observations describe the old network
         self.failures.clear()
+        self._shared_changed()
         self._tracker.forget()
         interfaces.invalidate_cache()
         self._nat64_checked = None
@@ -717,6 +752,81 @@ class ProbeService:
                 log.info("apr_async: NAT64 prefix %s (RFC 7050)", prefix)
             self._nat64 = prefix
             self._status_dirty = True
+
+    # ------------------------------------------------------------------ host sharing
+
+    @property
+    def role(self) -> Literal["solo", "leader", "follower"]:
+        """``leader``/``follower`` of the host's shared service, or ``solo`` (not sharing)."""
+        if self._sharing is None:
+            return "solo"
+        return "leader" if self._sharing.leader else "follower"
+
+    def sync_shared(self) -> bool:
+        """A follower applies the shared table if the leader published since (cheap when not:
+        one 8-byte read); True when the tables changed. Module-level calls do this."""
+        sharing = self._sharing
+        if sharing is None or sharing.leader or not sharing.refresh():
+            return False
+        self._ready.set()
+        self._notify_progress()
+        return True
+
+    def _start_sharing(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._snapshot is not None
+        try:
+            sharing = Sharing(self.config.effective_cache_path.parent, self.latency,
+                              self.failures, self._clock)
+            sharing.set_network(self._snapshot.fingerprint)
+            sharing.on_outcome = self._on_shared_outcome
+            self._sharing = sharing
+            if not sharing.try_lead(loop):
+                self.sync_shared()  # warm from the first ranking on
+        except ShareUnavailable as exc:
+            self._share_failed(exc)
+
+    def _share_failed(self, exc: OSError) -> None:
+        log.warning("apr_async: not sharing probes with other processes (%s); probing "
+                    "on our own", exc)
+        if self._sharing is not None:
+            self._sharing.close(self._loop)
+        self._sharing = None
+
+    def _shared_changed(self) -> None:
+        if self._sharing is not None and self._loop is not None:
+            self._sharing.mark_dirty(self._loop)
+
+    def _on_shared_outcome(self, outcome: codec.Outcome) -> None:
+        if outcome.kind == 1:
+            self._recent.note(outcome.destination, None, outcome.port, self._clock(),
+                              measured=False)
+            return
+        with contextlib.suppress(ValueError, TypeError):
+            self._record_passive(outcome.source, outcome.destination, None, outcome.port,
+                                 ok=outcome.ok, rtt=outcome.rtt, errno=outcome.errno)
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.probe_interval
+        next_try = loop.time() + interval / 2
+        try:
+            while self._sharing is not None:
+                await asyncio.sleep(interval * POLL)
+                self.sync_shared()
+                if loop.time() < next_try:
+                    continue
+                # two attempts per interval: a takeover within one interval of the exit
+                next_try = loop.time() + interval / 2
+                try:
+                    if self._sharing.try_lead(loop):
+                        log.info("apr_async: this process now probes for the host")
+                        break
+                except ShareUnavailable as exc:
+                    self._share_failed(exc)
+        except BaseException:
+            await self._release()
+            raise
+        await self._run()
 
     # ------------------------------------------------------------------ atlas
 
