@@ -54,6 +54,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     asyncio.set_event_loop(None)
 
 
+@pytest.fixture(autouse=True)
+def private_cache_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test its own cache directory: the default service shares the host's probing
+    through it (issue 12), and a table a previous test's leader left must not warm the next."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("lab") is not None:
         require_lab()
