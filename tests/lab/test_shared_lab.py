@@ -125,8 +125,10 @@ async def test_fresh_process_is_warm_at_its_first_connection(
         first = json.loads(result.stdout.splitlines()[-1])
         assert first["role"] == "follower"
         assert first["peer"] == lab.server.v4[0]
-        # the lab's best path is well under a millisecond: RTT + 5 ms, with DNS included
-        assert first["ms"] < 6.0, first
+        # IPv4 first, without waiting for probes or for the 250 ms attempt delay a cold
+        # process pays. The figure itself (a few ms, DNS and the service's start included)
+        # is measured by benchmarks/bench_shared.py; here only a bound robust under load.
+        assert first["ms"] < 100.0, first
     finally:
         leader.kill()
         await leader.wait()
