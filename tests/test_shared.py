@@ -319,3 +319,54 @@ async def test_corrupt_shared_table_is_ignored_once_and_rebuilt(
                 await until(follower.sync_shared, INTERVAL * 2)
     warnings = [r for r in caplog.records if "shared table" in r.getMessage()]
     assert len(warnings) == 1
+
+
+READ_ONLY_SCRIPT = textwrap.dedent("""
+    import asyncio, logging, sys
+    from pathlib import Path
+    from apr_async.config import Config
+    from apr_async.probe.service import ProbeService
+
+    warnings = []
+    class Catch(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+    logging.getLogger("apr_async.probe").addHandler(Catch(logging.WARNING))
+
+    async def main():
+        cfg = Config(targets=(f"127.0.0.1:{sys.argv[1]}",), probe_gateways=False,
+                     nat64_discovery=False, icmp="off", probe_interval=0.3, probe_timeout=0.5,
+                     netwatch="off", share=True,
+                     cache_path=Path(sys.argv[2]) / "apr_async" / "latency.json")
+        async with ProbeService(cfg, install=False) as svc:
+            ready = await svc.wait_ready(5)
+            print(svc.role, ready, len([w for w in warnings if "not sharing" in w]))
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.asyncio
+async def test_read_only_cache_directory_falls_back_to_solo(listener: socket.socket) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the worker as another user (uid 65534)")
+    import shutil
+    import tempfile
+
+    # as root no permission bit stops us, so the worker runs as nobody, in a directory that
+    # nobody owns but cannot write (mode 0500)
+    root = Path(tempfile.mkdtemp(prefix="apr_async-ro-"))
+    try:
+        (root / "apr_async").mkdir(mode=0o500)
+        for path in (root, root / "apr_async"):
+            os.chown(path, 65534, 65534)
+        os.chmod(root / "apr_async", 0o500)
+        proc = await asyncio.create_subprocess_exec(
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            sys.executable, "-c", READ_ONLY_SCRIPT, str(listener.getsockname()[1]), str(root),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().split() == ["solo", "True", "1"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
