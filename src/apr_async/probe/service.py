@@ -36,11 +36,8 @@ import errno as errno_codes
 import logging
 import random
 import socket
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from apr_async.config import Config
@@ -49,15 +46,9 @@ from apr_async.core.latency import FailureTable, LatencyTable, record_outcome
 from apr_async.core.ranking import Translator
 from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
 from apr_async.probe import table_codec as codec
+from apr_async.probe.cache_keeper import CacheKeeper
+from apr_async.probe.measure import PathMeasurement, context_for, ip_of
 from apr_async.probe.netwatch import NetWatcher
-from apr_async.probe.persist import (
-    CacheBusyError,
-    CachedLatency,
-    load_cache,
-    restore_latency,
-    save_cache,
-    table_entries,
-)
 from apr_async.probe.plan import (
     Pacer,
     PlannedProbe,
@@ -76,6 +67,7 @@ from apr_async.probe.probes import (
     icmp_probe,
     tcp_probe,
 )
+from apr_async.probe.registry import install, install_fallback_context, uninstall
 from apr_async.probe.shared import ShareUnavailable
 from apr_async.probe.sharing import POLL, Sharing
 from apr_async.resolve import interfaces, pairs
@@ -95,65 +87,6 @@ _NAT64_RECHECK = 300.0
 _ATLAS_ROTATIONS_PER_FETCH = 6
 #: Untried destinations of one family kept from one :meth:`ProbeService.record_untried` call.
 _UNTRIED_PER_FAMILY = 2
-
-
-@dataclass(frozen=True, slots=True)
-class PathMeasurement:
-    """What is known about one (source, destination) path, for people and monitors.
-
-    ``ok``: the latest result of at least one method (ICMP, TCP, passive) proved the path.
-    ``rtt`` is the EWMA, ``last_rtt`` the latest sample, ``min_rtt`` the smallest (seconds);
-    ``loss`` the fraction of recent probes lost; ``age`` seconds since the latest result.
-    """
-
-    source: str
-    destination: str
-    methods: tuple[str, ...]
-    ok: bool
-    rtt: float | None
-    min_rtt: float | None
-    loss: float
-    samples: int
-    age: float
-    last_rtt: float | None = None
-
-
-
-
-def context_for(
-    config: Config, *, clock: Callable[[], float] = time.monotonic
-) -> pairs.PairContext:
-    """A ranking context with ``config``'s tables, resolver and preferences (empty tables).
-
-    The resolver uses ``config.nameservers`` (the system's when empty) and ``dns_timeout``;
-    it opens no socket until its first query.
-    """
-    return pairs.PairContext(
-        latency=LatencyTable(
-            prefix_v6=config.prefix_v6,
-            prefix_v4=config.prefix_v4,
-            alpha=config.ewma_weight,
-            max_entries=config.table_size,
-        ),
-        failures=FailureTable(config.failure_ttl, max_entries=config.table_size),
-        resolver=Resolver(list(config.nameservers) or None, timeout=config.dns_timeout),
-        ipv6_bias_ms=config.ipv6_bias_ms,
-        clock=clock,
-    )
-
-
-def _ip_of(addr: object) -> tuple[IPAddress, int | None] | None:
-    if not isinstance(addr, tuple) or not addr or not isinstance(addr[0], str):
-        return None
-    try:
-        ip, zone = parse_address(addr[0])
-    except ValueError:
-        return None
-    scope = addr[3] if len(addr) == 4 and isinstance(addr[3], int) and addr[3] else None
-    if scope is None and zone is not None and zone.isdigit():
-        scope = int(zone)
-    return ip, scope
-
 
 
 class ProbeService:
@@ -213,8 +146,7 @@ class ProbeService:
         self._limit = asyncio.Semaphore(config.max_concurrent_probes)
         self._previous_context: pairs.PairContext | None = None
         self._released = False
-        self._last_save: float | None = None
-        self._persist_warned = False
+        self._cache = CacheKeeper(config, self.latency, clock)
         # host sharing: an explicit ``share`` (the default service's) beats the config's
         # None; only with the real monotonic clock, the time base the processes share
         wanted = share if config.share is None else config.share
@@ -267,7 +199,7 @@ class ProbeService:
                     "here (see net.ipv4.ping_group_range); TCP probes carry on"
                 )
             if self.config.persist:
-                self._load_cache()
+                self._cache.load()
             self._derive_status()
             self._watcher = NetWatcher(
                 self._on_network_event,
@@ -279,7 +211,7 @@ class ProbeService:
             if self.config.atlas:
                 self._start_atlas(loop)
             if self._install:
-                _install(self)
+                install(self)
             if self._share_on:
                 self._start_sharing(loop)
             if self._sharing is not None and not self._sharing.leader:
@@ -309,7 +241,7 @@ class ProbeService:
     def _release_sync(self) -> None:
         if self._watcher is not None:
             self._watcher.close()
-        _uninstall(self)
+        uninstall(self)
 
     async def _release(self) -> None:
         if self._released:
@@ -323,7 +255,7 @@ class ProbeService:
         if self._sharing is not None:
             self._sharing.close(self._loop)
         if self.config.persist:
-            self._save_cache_now()
+            self._cache.save_now()
         await self.resolver.close()
         self._notify_progress()
 
@@ -420,8 +352,8 @@ class ProbeService:
         A refusal (``ok`` false with an ``rtt``) proves the path; a silent failure counts as
         a loss. The destination joins the recently used ones, re-probed on ``port``.
         """
-        src_info = _ip_of(getattr(pair, "source", None))
-        dst_info = _ip_of(getattr(pair, "destination", None))
+        src_info = ip_of(getattr(pair, "source", None))
+        dst_info = ip_of(getattr(pair, "destination", None))
         if src_info is None or dst_info is None:
             return
         src, _ = src_info
@@ -461,7 +393,7 @@ class ProbeService:
         now = self._clock()
         taken: dict[int, int] = {}
         for pair in pairs:
-            dst_info = _ip_of(getattr(pair, "destination", None))
+            dst_info = ip_of(getattr(pair, "destination", None))
             if dst_info is None:
                 continue
             dst, scope = dst_info
@@ -544,7 +476,7 @@ class ProbeService:
         self._ready.set()
         self._notify_progress()
         if self.config.persist:
-            await self._save_cache_in_background()
+            await self._cache.save_in_background()
 
     def _notify_progress(self) -> None:
         # wake every waiter once; they re-check their condition and wait on the next event
@@ -647,7 +579,8 @@ class ProbeService:
         self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink,
                                           result.method))
         self._status_dirty = True
-        self._shared_changed()
+        # no publication per probe: the round's end publishes them together, so followers
+        # restore their tables once per round, not once per result
 
     # ------------------------------------------------------------------ status and network
 
@@ -863,93 +796,3 @@ class ProbeService:
                     fetched_at = now
             self._anchors = rotation.targets(self._clock())
             await asyncio.sleep(cfg.atlas_rotate_interval)
-
-    # ------------------------------------------------------------------ persistence
-
-    def _load_cache(self) -> None:
-        path = self.config.effective_cache_path
-        wall, now = time.time(), self._clock()
-        entries = load_cache(path, now=wall)
-        if not entries:
-            return
-        try:
-            restore_latency(self.latency, entries, now=now, wall=wall)
-        except ValueError as exc:
-            log.warning("apr_async cache %s not usable: %s", path, exc)
-        else:
-            log.debug("warm start: %d latency entries from %s", len(entries), path)
-
-    def _save_due(self) -> bool:
-        last = self._last_save
-        return last is None or self._clock() - last >= self.config.persist_interval
-
-    async def _save_cache_in_background(self) -> None:
-        if not self._save_due():
-            return
-        self._last_save = self._clock()
-        entries = table_entries(self.latency, now=self._clock(), wall=time.time())
-        # fsync can stall for a long time on a busy disk: never on the event loop's thread
-        await asyncio.to_thread(self._write_cache, entries)
-
-    def _save_cache_now(self) -> None:
-        # the last save, on close: wait for a concurrent writer rather than lose it
-        entries = table_entries(self.latency, now=self._clock(), wall=time.time())
-        self._write_cache(entries, wait=True)
-
-    def _write_cache(self, entries: list[CachedLatency], *, wait: bool = False) -> None:
-        if not entries:
-            return
-        try:
-            save_cache(self.config.effective_cache_path, entries, wait=wait)
-        except CacheBusyError:
-            self._last_save = None  # another process is writing: try again next round
-        except OSError as exc:
-            if not self._persist_warned:
-                log.warning("apr_async cache not written: %s", exc)
-                self._persist_warned = True
-
-
-# Services whose context is the package default, or was until another service installed its
-# own on top: a chain through ``_previous_context``. Closing a service unlinks it, so the
-# default never falls back to the context of a service that is already closed, whatever order
-# services close in.
-_installed: weakref.WeakSet[ProbeService] = weakref.WeakSet()
-_install_lock = threading.Lock()
-
-
-def _install(service: ProbeService) -> None:
-    with _install_lock:
-        service._previous_context = pairs.default_context()
-        pairs.set_default_context(service.context)
-        _installed.add(service)
-
-
-def _uninstall(service: ProbeService) -> None:
-    with _install_lock:
-        if service not in _installed:
-            return
-        _installed.discard(service)
-        previous, service._previous_context = service._previous_context, None
-        if pairs.default_context() is service.context:
-            pairs.set_default_context(previous)
-        for other in _installed:
-            if other._previous_context is service.context:
-                other._previous_context = previous
-
-
-def install_fallback_context(context: pairs.PairContext) -> None:
-    """Make ``context`` the package default once no running service's context is installed.
-
-    Running services keep theirs installed; ``context`` takes the place of whatever the first
-    of them replaced, so it comes back when they close.
-    """
-    with _install_lock:
-        owners = {id(s.context): s for s in _installed}
-        current = pairs.default_context()
-        owner = owners.get(id(current))
-        if owner is None:
-            pairs.set_default_context(context)
-            return
-        while (below := owners.get(id(owner._previous_context))) is not None:
-            owner = below
-        owner._previous_context = context
