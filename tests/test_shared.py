@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -269,9 +270,13 @@ async def test_sigkilled_leader_process_is_replaced(listener: socket.socket,
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert line.strip() == b"leader"
-        async with ProbeService(cfg, install=False) as follower:
-            assert follower.role == "follower"
+        async with ProbeService(cfg, install=False) as follower, \
+                ProbeService(cfg, install=False) as other:
+            assert follower.role == other.role == "follower"
             assert follower.latency.estimate(LO, LO) is not None  # warm from the other process
+            # a failure one follower saw reaches the other through the leader's process
+            follower.record_attempt(Pair("127.0.0.1", str(DEAD), 9), 9, False, None, 111)
+            await until(lambda: other.failures.failing(LO, DEAD, 9, other._clock()), INTERVAL)
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             await until(lambda: follower.role == "leader", INTERVAL * 2)
@@ -370,3 +375,28 @@ async def test_read_only_cache_directory_falls_back_to_solo(listener: socket.soc
         assert out.decode().split() == ["solo", "True", "1"]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.asyncio
+async def test_history_of_another_network_is_never_used(tmp_path: Path) -> None:
+    from apr_async.core.latency import FailureTable, LatencyTable
+    from apr_async.probe.sharing import Sharing
+
+    loop = asyncio.get_running_loop()
+    directory = tmp_path / "apr_async"
+    lead_lat, follow_lat = LatencyTable(), LatencyTable()
+    leader = Sharing(directory, lead_lat, FailureTable(), time.monotonic)
+    follower = Sharing(directory, follow_lat, FailureTable(), time.monotonic)
+    try:
+        leader.set_network("network A")
+        follower.set_network("network B")  # another network (or namespace state) than A's
+        assert leader.try_lead(loop) and not follower.try_lead(loop)
+        lead_lat.record(LO, LO, 0.001, time.monotonic())
+        leader.publish()
+        assert not follower.refresh() and len(follow_lat) == 0
+        follower.set_network("network A")
+        leader.publish()
+        assert follower.refresh() and len(follow_lat) == 1
+    finally:
+        leader.close(loop)
+        follower.close(loop)
