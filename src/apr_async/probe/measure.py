@@ -7,12 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from apr_async.config import Config
-from apr_async.core.addresses import IPAddress, parse_address
+from apr_async.core.addresses import IPAddress, Scope, parse_address, scope_of
+from apr_async.core.families import AF_INET, AF_INET6
 from apr_async.core.latency import FailureTable, LatencyTable
-from apr_async.resolve import pairs
+from apr_async.core.ranking import Translator
+from apr_async.core.status import ConnectivityStatus
+from apr_async.resolve import interfaces, pairs
 from apr_async.resolve.resolver import Resolver
 
-__all__ = ["PathMeasurement", "context_for", "ip_of"]
+__all__ = ["PathMeasurement", "context_for", "gateway_texts", "ip_of", "translators_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +74,32 @@ def ip_of(addr: object) -> tuple[IPAddress, int | None] | None:
     if scope is None and zone is not None and zone.isdigit():
         scope = int(zone)
     return ip, scope
+
+
+def gateway_texts(snapshot: interfaces.HostSnapshot) -> dict[int, str | None]:
+    """The default gateway of each family as the status shows it (``None``: none)."""
+    gateways: dict[int, str | None] = {}
+    for family in (AF_INET, AF_INET6):
+        gw = snapshot.default_gateway(family)
+        text: str | None = None
+        if gw is not None:
+            if gw.address is None:
+                text = f"dev {gw.interface}" if gw.interface else "on-link"
+            elif scope_of(gw.address) <= Scope.LINK_LOCAL and gw.interface:
+                text = f"{gw.address}%{gw.interface}"
+            else:
+                text = str(gw.address)
+        gateways[family] = text
+    return gateways
+
+
+def translators_of(status: ConnectivityStatus) -> frozenset[str]:
+    """The translators (``ranking.Translator`` values) the status detected."""
+    found = set()
+    if status.NAT44:
+        found.add(Translator.NAT44.value)
+    if status.NPTv6:
+        found.add(Translator.NPTV6.value)
+    if status.NAT64_prefix:
+        found.add(Translator.NAT64.value)
+    return frozenset(found)

@@ -38,16 +38,22 @@ import random
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from apr_async.config import Config
-from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address, scope_of
+from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address
 from apr_async.core.latency import FailureTable, LatencyTable, record_outcome
-from apr_async.core.ranking import Translator
 from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
 from apr_async.probe import table_codec as codec
+from apr_async.probe.atlas_loop import rotate_anchors
 from apr_async.probe.cache_keeper import CacheKeeper
-from apr_async.probe.measure import PathMeasurement, context_for, ip_of
+from apr_async.probe.measure import (
+    PathMeasurement,
+    context_for,
+    gateway_texts,
+    ip_of,
+    translators_of,
+)
 from apr_async.probe.netwatch import NetWatcher
 from apr_async.probe.plan import (
     Pacer,
@@ -73,9 +79,6 @@ from apr_async.probe.sharing import POLL, Sharing
 from apr_async.resolve import interfaces, pairs
 from apr_async.resolve.resolver import Resolver
 
-if TYPE_CHECKING:
-    from apr_async.probe.atlas import AnchorRotation
-
 __all__ = ["PathMeasurement", "ProbeService", "context_for", "install_fallback_context"]
 
 # The service logged under this name before it had a module of its own; users filter on it.
@@ -83,8 +86,6 @@ log = logging.getLogger("apr_async.probe")
 
 #: How often the NAT64 prefix is looked up again when the network did not change.
 _NAT64_RECHECK = 300.0
-#: Anchor choices made from one fetched RIPE Atlas anchor list before it is fetched again.
-_ATLAS_ROTATIONS_PER_FETCH = 6
 #: Untried destinations of one family kept from one :meth:`ProbeService.record_untried` call.
 _UNTRIED_PER_FAMILY = 2
 
@@ -588,18 +589,7 @@ class ProbeService:
         snapshot = self._snapshot
         if snapshot is None:
             return
-        gateways: dict[int, str | None] = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
-            gw = snapshot.default_gateway(family)
-            text: str | None = None
-            if gw is not None:
-                if gw.address is None:
-                    text = f"dev {gw.interface}" if gw.interface else "on-link"
-                elif scope_of(gw.address) <= Scope.LINK_LOCAL and gw.interface:
-                    text = f"{gw.address}%{gw.interface}"
-                else:
-                    text = str(gw.address)
-            gateways[family] = text
+        gateways = gateway_texts(snapshot)
         sources = [s for s in snapshot.sources if s.kind is not AddressKind.LOOPBACK]
         before = self._status
         status = self._tracker.derive(
@@ -612,14 +602,7 @@ class ProbeService:
         )
         self._status = status
         self._status_dirty = False
-        translators = set()
-        if status.NAT44:
-            translators.add(Translator.NAT44.value)
-        if status.NPTv6:
-            translators.add(Translator.NPTV6.value)
-        if status.NAT64_prefix:
-            translators.add(Translator.NAT64.value)
-        self.context.translators_seen = frozenset(translators)
+        self.context.translators_seen = translators_of(status)
         if not before.same_flags(status) and status.observations:
             log.info("apr_async connectivity: %s", status.summary())
 
@@ -764,35 +747,8 @@ class ProbeService:
     # ------------------------------------------------------------------ atlas
 
     def _start_atlas(self, loop: asyncio.AbstractEventLoop) -> None:
-        from apr_async.probe.atlas import AnchorRotation  # noqa: PLC0415 - optional feature
+        def publish(anchors: list[IPAddress]) -> None:
+            self._anchors = anchors
 
-        rotation = AnchorRotation(
-            per_family=self.config.atlas_per_family,
-            interval=self.config.atlas_rotate_interval,
-            rng=self._rng,
-        )
-        self._atlas_task = loop.create_task(self._atlas_loop(rotation), name="apr_async-atlas")
-
-    async def _atlas_loop(self, rotation: AnchorRotation) -> None:
-        from apr_async.probe.atlas import fetch_anchors  # noqa: PLC0415
-
-        cfg = self.config
-        # the anchor list changes slowly and is large: fetch it every few rotations only
-        refresh = cfg.atlas_rotate_interval * _ATLAS_ROTATIONS_PER_FETCH
-        fetched_at: float | None = None
-        while True:
-            now = self._clock()
-            if fetched_at is None or now - fetched_at >= refresh:
-                try:
-                    anchors = await fetch_anchors(
-                        cfg.atlas_url,
-                        max_wait=max(10.0, cfg.dns_timeout * 4),
-                        nameservers=cfg.nameservers,
-                    )
-                except Exception as exc:  # optional targets: never fatal
-                    log.info("RIPE Atlas anchors unavailable: %s", exc)
-                else:
-                    rotation.update(anchors, now)
-                    fetched_at = now
-            self._anchors = rotation.targets(self._clock())
-            await asyncio.sleep(cfg.atlas_rotate_interval)
+        self._atlas_task = loop.create_task(
+            rotate_anchors(self.config, self._rng, self._clock, publish), name="apr_async-atlas")
