@@ -27,6 +27,13 @@ os.environ["APR_ASYNC_PROBE_GATEWAYS"] = "0"
 # forgot to point at a lab or loopback DNS server goes to the discard port on loopback and fails
 # fast there, instead of leaving the machine.
 os.environ["APR_ASYNC_NAMESERVERS"] = "127.0.0.1:9"
+# The default service shares the host's probing through the user's cache directory: the suite
+# gets a private one, so it never meets (or leaves files for) a real application's processes.
+if "APR_ASYNC_TEST_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["APR_ASYNC_TEST_CACHE"] = tempfile.mkdtemp(prefix="apr_async-test-cache-")
+os.environ["XDG_CACHE_HOME"] = os.environ["APR_ASYNC_TEST_CACHE"]
 
 
 def require_lab() -> None:
@@ -45,6 +52,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # ResourceWarning later fails a random test (the suite runs with -W error). Marking the
     # main thread's loop as explicitly unset makes that call raise, which looptime handles.
     asyncio.set_event_loop(None)
+
+
+@pytest.fixture(autouse=True)
+def private_cache_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test its own cache directory: the default service shares the host's probing
+    through it (issue 12), and a table a previous test's leader left must not warm the next."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

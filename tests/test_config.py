@@ -184,3 +184,11 @@ def test_derived_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
     assert c.effective_cache_path == Path.home() / ".cache" / "apr_async" / "latency.json"
     assert Config(cache_path=tmp_path / "c.json").effective_cache_path == tmp_path / "c.json"
+
+
+def test_share_setting_from_the_environment() -> None:
+    assert Config().share is None  # on for the default service only
+    assert Config.from_env({"APR_ASYNC_SHARE": "0"}).share is False
+    assert Config.from_env({"APR_ASYNC_SHARE": "1"}).share is True
+    with pytest.raises(TypeError, match="share"):
+        Config(share="yes")  # type: ignore[arg-type]

@@ -139,7 +139,9 @@ def default_service() -> ProbeService:
         service = _defaults.get(loop)
         if service is not None and service._state != "closed":
             return service
-        service = ProbeService(config)
+        # the default service is the one worker processes use implicitly: it shares the
+        # host's probing unless the configuration says otherwise
+        service = ProbeService(config, share=True)
         _defaults[loop] = service
     if config.autostart:
         service.start_nowait()
@@ -160,7 +162,10 @@ def implicit_service() -> ProbeService | None:
         return None
     service = _defaults.get(loop)
     if service is not None:
-        return service if service.running else None
+        if not service.running:
+            return None
+        service.sync_shared()  # a follower's O(1) "did the leader publish?" check
+        return service
     if loop in _declined:
         return None
     if not current_config().autostart:

@@ -36,29 +36,27 @@ import errno as errno_codes
 import logging
 import random
 import socket
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from apr_async.config import Config
-from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address, scope_of
+from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 from apr_async.core.outcomes import record_outcome
-from apr_async.core.ranking import Translator
 from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
-from apr_async.probe.netwatch import NetWatcher
-from apr_async.probe.persist import (
-    CacheBusyError,
-    CachedLatency,
-    load_cache,
-    restore_latency,
-    save_cache,
-    table_entries,
+from apr_async.probe import table_codec as codec
+from apr_async.probe.atlas_loop import rotate_anchors
+from apr_async.probe.cache_keeper import CacheKeeper
+from apr_async.probe.measure import (
+    PathMeasurement,
+    context_for,
+    gateway_texts,
+    ip_of,
+    translators_of,
 )
+from apr_async.probe.netwatch import NetWatcher
 from apr_async.probe.plan import (
     Pacer,
     PlannedProbe,
@@ -77,11 +75,11 @@ from apr_async.probe.probes import (
     icmp_probe,
     tcp_probe,
 )
+from apr_async.probe.registry import install, install_fallback_context, uninstall
+from apr_async.probe.shared import ShareUnavailable
+from apr_async.probe.sharing import POLL, Sharing
 from apr_async.resolve import interfaces, pairs
 from apr_async.resolve.resolver import Resolver
-
-if TYPE_CHECKING:
-    from apr_async.probe.atlas import AnchorRotation
 
 __all__ = ["PathMeasurement", "ProbeService", "context_for", "install_fallback_context"]
 
@@ -90,69 +88,8 @@ log = logging.getLogger("apr_async.probe")
 
 #: How often the NAT64 prefix is looked up again when the network did not change.
 _NAT64_RECHECK = 300.0
-#: Anchor choices made from one fetched RIPE Atlas anchor list before it is fetched again.
-_ATLAS_ROTATIONS_PER_FETCH = 6
 #: Untried destinations of one family kept from one :meth:`ProbeService.record_untried` call.
 _UNTRIED_PER_FAMILY = 2
-
-
-@dataclass(frozen=True, slots=True)
-class PathMeasurement:
-    """What is known about one (source, destination) path, for people and monitors.
-
-    ``ok``: the latest result of at least one method (ICMP, TCP, passive) proved the path.
-    ``rtt`` is the EWMA, ``last_rtt`` the latest sample, ``min_rtt`` the smallest (seconds);
-    ``loss`` the fraction of recent probes lost; ``age`` seconds since the latest result.
-    """
-
-    source: str
-    destination: str
-    methods: tuple[str, ...]
-    ok: bool
-    rtt: float | None
-    min_rtt: float | None
-    loss: float
-    samples: int
-    age: float
-    last_rtt: float | None = None
-
-
-
-
-def context_for(
-    config: Config, *, clock: Callable[[], float] = time.monotonic
-) -> pairs.PairContext:
-    """A ranking context with ``config``'s tables, resolver and preferences (empty tables).
-
-    The resolver uses ``config.nameservers`` (the system's when empty) and ``dns_timeout``;
-    it opens no socket until its first query.
-    """
-    return pairs.PairContext(
-        latency=LatencyTable(
-            prefix_v6=config.prefix_v6,
-            prefix_v4=config.prefix_v4,
-            alpha=config.ewma_weight,
-            max_entries=config.table_size,
-        ),
-        failures=FailureTable(config.failure_ttl, max_entries=config.table_size),
-        resolver=Resolver(list(config.nameservers) or None, timeout=config.dns_timeout),
-        ipv6_bias_ms=config.ipv6_bias_ms,
-        clock=clock,
-    )
-
-
-def _ip_of(addr: object) -> tuple[IPAddress, int | None] | None:
-    if not isinstance(addr, tuple) or not addr or not isinstance(addr[0], str):
-        return None
-    try:
-        ip, zone = parse_address(addr[0])
-    except ValueError:
-        return None
-    scope = addr[3] if len(addr) == 4 and isinstance(addr[3], int) and addr[3] else None
-    if scope is None and zone is not None and zone.isdigit():
-        scope = int(zone)
-    return ip, scope
-
 
 
 class ProbeService:
@@ -171,6 +108,7 @@ class ProbeService:
         install: bool = True,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        share: bool | None = None,
     ) -> None:
         if config is None:
             config = Config.from_env()
@@ -211,8 +149,12 @@ class ProbeService:
         self._limit = asyncio.Semaphore(config.max_concurrent_probes)
         self._previous_context: pairs.PairContext | None = None
         self._released = False
-        self._last_save: float | None = None
-        self._persist_warned = False
+        self._cache = CacheKeeper(config, self.latency, clock)
+        # host sharing: an explicit ``share`` (the default service's) beats the config's
+        # None; only with the real monotonic clock, the time base the processes share
+        wanted = share if config.share is None else config.share
+        self._share_on = bool(wanted) and clock is time.monotonic
+        self._sharing: Sharing | None = None
         #: Completed probe rounds.
         self.rounds = 0
         #: Network changes noticed (addresses, gateways).
@@ -260,7 +202,7 @@ class ProbeService:
                     "here (see net.ipv4.ping_group_range); TCP probes carry on"
                 )
             if self.config.persist:
-                self._load_cache()
+                self._cache.load()
             self._derive_status()
             self._watcher = NetWatcher(
                 self._on_network_event,
@@ -272,8 +214,13 @@ class ProbeService:
             if self.config.atlas:
                 self._start_atlas(loop)
             if self._install:
-                _install(self)
-            self._task = loop.create_task(self._run(), name="apr_async-probe-service")
+                install(self)
+            if self._share_on:
+                self._start_sharing(loop)
+            if self._sharing is not None and not self._sharing.leader:
+                self._task = loop.create_task(self._follow(), name="apr_async-probe-follower")
+            else:
+                self._task = loop.create_task(self._run(), name="apr_async-probe-service")
         except BaseException:
             if self._atlas_task is not None:
                 self._atlas_task.cancel()
@@ -297,7 +244,7 @@ class ProbeService:
     def _release_sync(self) -> None:
         if self._watcher is not None:
             self._watcher.close()
-        _uninstall(self)
+        uninstall(self)
 
     async def _release(self) -> None:
         if self._released:
@@ -308,8 +255,10 @@ class ProbeService:
         if watcher is not None:
             await watcher.aclose()
         self._release_sync()
+        if self._sharing is not None:
+            self._sharing.close(self._loop)
         if self.config.persist:
-            self._save_cache_now()
+            self._cache.save_now()
         await self.resolver.close()
         self._notify_progress()
 
@@ -406,24 +355,33 @@ class ProbeService:
         A refusal (``ok`` false with an ``rtt``) proves the path; a silent failure counts as
         a loss. The destination joins the recently used ones, re-probed on ``port``.
         """
-        src_info = _ip_of(getattr(pair, "source", None))
-        dst_info = _ip_of(getattr(pair, "destination", None))
+        src_info = ip_of(getattr(pair, "source", None))
+        dst_info = ip_of(getattr(pair, "destination", None))
         if src_info is None or dst_info is None:
             return
         src, _ = src_info
         dst, scope = dst_info
+        if self._record_passive(src, dst, scope, port, ok=ok, rtt=rtt, errno=errno):
+            sharing = self._sharing
+            if sharing is not None and not sharing.leader:
+                sharing.report(0, src, dst, port, ok=ok, rtt=rtt, errno=errno)
+
+    def _record_passive(self, src: IPAddress, dst: IPAddress, scope: int | None, port: int, *,
+                        ok: bool, rtt: float | None, errno: int | None) -> bool:
         now = self._clock()
         if not record_outcome(
             self.latency, self.failures, src, dst, port, ok=ok, rtt=rtt, errno=errno, now=now
         ):
-            return  # a sample that cannot be right is dropped; the connector must not fail
+            return False  # a sample that cannot be right is dropped; the connector must not fail
         self._tracker.observe(
             Observation(src, dst, ok or rtt is not None, now, is_offlink(dst, self._snapshot),
                         "passive")
         )
         self._recent.note(dst, scope, port, now)
         self._status_dirty = True
+        self._shared_changed()
         self._notify_progress()
+        return True
 
     def record_untried(self, pairs: Sequence[object], port: int) -> None:
         """Pairs a won connection race never tried (see ``connect_types.UntriedRecorder``):
@@ -438,7 +396,7 @@ class ProbeService:
         now = self._clock()
         taken: dict[int, int] = {}
         for pair in pairs:
-            dst_info = _ip_of(getattr(pair, "destination", None))
+            dst_info = ip_of(getattr(pair, "destination", None))
             if dst_info is None:
                 continue
             dst, scope = dst_info
@@ -447,6 +405,10 @@ class ProbeService:
                 continue
             taken[dst.version] = count + 1
             self._recent.note(dst, scope, port, now, measured=False)
+            sharing = self._sharing
+            if sharing is not None and not sharing.leader:
+                unspecified = parse_address("::" if dst.version == 6 else "0.0.0.0")[0]
+                sharing.report(1, unspecified, dst, port, ok=False, rtt=None, errno=None)
 
     def note_destination(self, destination: IPAddress, port: int, *, ifindex: int | None = None,
                          now: float | None = None) -> None:
@@ -511,11 +473,13 @@ class ProbeService:
                 nat64.cancel()
                 await asyncio.wait({nat64})
         self.rounds += 1
+        if self._sharing is not None and self._sharing.leader:
+            self._sharing.publish()  # followers see a finished round at once
         self._derive_status()
         self._ready.set()
         self._notify_progress()
         if self.config.persist:
-            await self._save_cache_in_background()
+            await self._cache.save_in_background()
 
     def _notify_progress(self) -> None:
         # wake every waiter once; they re-check their condition and wait on the next event
@@ -618,6 +582,8 @@ class ProbeService:
         self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink,
                                           result.method))
         self._status_dirty = True
+        # no publication per probe: the round's end publishes them together, so followers
+        # restore their tables once per round, not once per result
 
     # ------------------------------------------------------------------ status and network
 
@@ -625,18 +591,7 @@ class ProbeService:
         snapshot = self._snapshot
         if snapshot is None:
             return
-        gateways: dict[int, str | None] = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
-            gw = snapshot.default_gateway(family)
-            text: str | None = None
-            if gw is not None:
-                if gw.address is None:
-                    text = f"dev {gw.interface}" if gw.interface else "on-link"
-                elif scope_of(gw.address) <= Scope.LINK_LOCAL and gw.interface:
-                    text = f"{gw.address}%{gw.interface}"
-                else:
-                    text = str(gw.address)
-            gateways[family] = text
+        gateways = gateway_texts(snapshot)
         sources = [s for s in snapshot.sources if s.kind is not AddressKind.LOOPBACK]
         before = self._status
         status = self._tracker.derive(
@@ -649,14 +604,7 @@ class ProbeService:
         )
         self._status = status
         self._status_dirty = False
-        translators = set()
-        if status.NAT44:
-            translators.add(Translator.NAT44.value)
-        if status.NPTv6:
-            translators.add(Translator.NPTV6.value)
-        if status.NAT64_prefix:
-            translators.add(Translator.NAT64.value)
-        self.context.translators_seen = frozenset(translators)
+        self.context.translators_seen = translators_of(status)
         if not before.same_flags(status) and status.observations:
             log.info("apr_async connectivity: %s", status.summary())
 
@@ -683,12 +631,15 @@ class ProbeService:
         first = self._snapshot is None
         self._snapshot = snapshot
         self.context.observe_network(snapshot.fingerprint)
+        if self._sharing is not None:
+            self._sharing.set_network(snapshot.fingerprint)
         if first:
             return
         self.network_changes += 1
         log.info("apr_async: network changed (addresses or gateways); probing again")
         # failures and observations describe the old network
         self.failures.clear()
+        self._shared_changed()
         self._tracker.forget()
         interfaces.invalidate_cache()
         self._nat64_checked = None
@@ -720,128 +671,86 @@ class ProbeService:
             self._nat64 = prefix
             self._status_dirty = True
 
+    # ------------------------------------------------------------------ host sharing
+
+    @property
+    def role(self) -> Literal["solo", "leader", "follower"]:
+        """``leader``/``follower`` of the host's shared service, or ``solo`` (not sharing)."""
+        if self._sharing is None:
+            return "solo"
+        return "leader" if self._sharing.leader else "follower"
+
+    def sync_shared(self) -> bool:
+        """A follower applies the shared table if the leader published since (cheap when not:
+        one 8-byte read); True when the tables changed. Module-level calls do this."""
+        sharing = self._sharing
+        if sharing is None or sharing.leader or not sharing.refresh():
+            return False
+        self._ready.set()
+        self._notify_progress()
+        return True
+
+    def _start_sharing(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._snapshot is not None
+        try:
+            sharing = Sharing(self.config.effective_cache_path.parent, self.latency,
+                              self.failures, self._clock)
+            sharing.set_network(self._snapshot.fingerprint)
+            sharing.on_outcome = self._on_shared_outcome
+            self._sharing = sharing
+            if not sharing.try_lead(loop):
+                self.sync_shared()  # warm from the first ranking on
+        except ShareUnavailable as exc:
+            self._share_failed(exc)
+
+    def _share_failed(self, exc: OSError) -> None:
+        log.warning("apr_async: not sharing probes with other processes (%s); probing "
+                    "on our own", exc)
+        if self._sharing is not None:
+            self._sharing.close(self._loop)
+        self._sharing = None
+
+    def _shared_changed(self) -> None:
+        if self._sharing is not None and self._loop is not None:
+            self._sharing.mark_dirty(self._loop)
+
+    def _on_shared_outcome(self, outcome: codec.Outcome) -> None:
+        if outcome.kind == 1:
+            self._recent.note(outcome.destination, None, outcome.port, self._clock(),
+                              measured=False)
+            return
+        with contextlib.suppress(ValueError, TypeError):
+            self._record_passive(outcome.source, outcome.destination, None, outcome.port,
+                                 ok=outcome.ok, rtt=outcome.rtt, errno=outcome.errno)
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.probe_interval
+        next_try = loop.time() + interval / 2
+        try:
+            while self._sharing is not None:
+                await asyncio.sleep(interval * POLL)
+                self.sync_shared()
+                if loop.time() < next_try:
+                    continue
+                # two attempts per interval: a takeover within one interval of the exit
+                next_try = loop.time() + interval / 2
+                try:
+                    if self._sharing.try_lead(loop):
+                        log.info("apr_async: this process now probes for the host")
+                        break
+                except ShareUnavailable as exc:
+                    self._share_failed(exc)
+        except BaseException:
+            await self._release()
+            raise
+        await self._run()
+
     # ------------------------------------------------------------------ atlas
 
     def _start_atlas(self, loop: asyncio.AbstractEventLoop) -> None:
-        from apr_async.probe.atlas import AnchorRotation  # noqa: PLC0415 - optional feature
+        def publish(anchors: list[IPAddress]) -> None:
+            self._anchors = anchors
 
-        rotation = AnchorRotation(
-            per_family=self.config.atlas_per_family,
-            interval=self.config.atlas_rotate_interval,
-            rng=self._rng,
-        )
-        self._atlas_task = loop.create_task(self._atlas_loop(rotation), name="apr_async-atlas")
-
-    async def _atlas_loop(self, rotation: AnchorRotation) -> None:
-        from apr_async.probe.atlas import fetch_anchors  # noqa: PLC0415
-
-        cfg = self.config
-        # the anchor list changes slowly and is large: fetch it every few rotations only
-        refresh = cfg.atlas_rotate_interval * _ATLAS_ROTATIONS_PER_FETCH
-        fetched_at: float | None = None
-        while True:
-            now = self._clock()
-            if fetched_at is None or now - fetched_at >= refresh:
-                try:
-                    anchors = await fetch_anchors(
-                        cfg.atlas_url,
-                        max_wait=max(10.0, cfg.dns_timeout * 4),
-                        nameservers=cfg.nameservers,
-                    )
-                except Exception as exc:  # optional targets: never fatal
-                    log.info("RIPE Atlas anchors unavailable: %s", exc)
-                else:
-                    rotation.update(anchors, now)
-                    fetched_at = now
-            self._anchors = rotation.targets(self._clock())
-            await asyncio.sleep(cfg.atlas_rotate_interval)
-
-    # ------------------------------------------------------------------ persistence
-
-    def _load_cache(self) -> None:
-        path = self.config.effective_cache_path
-        wall, now = time.time(), self._clock()
-        entries = load_cache(path, now=wall)
-        if not entries:
-            return
-        try:
-            restore_latency(self.latency, entries, now=now, wall=wall)
-        except ValueError as exc:
-            log.warning("apr_async cache %s not usable: %s", path, exc)
-        else:
-            log.debug("warm start: %d latency entries from %s", len(entries), path)
-
-    def _save_due(self) -> bool:
-        last = self._last_save
-        return last is None or self._clock() - last >= self.config.persist_interval
-
-    async def _save_cache_in_background(self) -> None:
-        if not self._save_due():
-            return
-        self._last_save = self._clock()
-        entries = table_entries(self.latency, now=self._clock(), wall=time.time())
-        # fsync can stall for a long time on a busy disk: never on the event loop's thread
-        await asyncio.to_thread(self._write_cache, entries)
-
-    def _save_cache_now(self) -> None:
-        # the last save, on close: wait for a concurrent writer rather than lose it
-        entries = table_entries(self.latency, now=self._clock(), wall=time.time())
-        self._write_cache(entries, wait=True)
-
-    def _write_cache(self, entries: list[CachedLatency], *, wait: bool = False) -> None:
-        if not entries:
-            return
-        try:
-            save_cache(self.config.effective_cache_path, entries, wait=wait)
-        except CacheBusyError:
-            self._last_save = None  # another process is writing: try again next round
-        except OSError as exc:
-            if not self._persist_warned:
-                log.warning("apr_async cache not written: %s", exc)
-                self._persist_warned = True
-
-
-# Services whose context is the package default, or was until another service installed its
-# own on top: a chain through ``_previous_context``. Closing a service unlinks it, so the
-# default never falls back to the context of a service that is already closed, whatever order
-# services close in.
-_installed: weakref.WeakSet[ProbeService] = weakref.WeakSet()
-_install_lock = threading.Lock()
-
-
-def _install(service: ProbeService) -> None:
-    with _install_lock:
-        service._previous_context = pairs.default_context()
-        pairs.set_default_context(service.context)
-        _installed.add(service)
-
-
-def _uninstall(service: ProbeService) -> None:
-    with _install_lock:
-        if service not in _installed:
-            return
-        _installed.discard(service)
-        previous, service._previous_context = service._previous_context, None
-        if pairs.default_context() is service.context:
-            pairs.set_default_context(previous)
-        for other in _installed:
-            if other._previous_context is service.context:
-                other._previous_context = previous
-
-
-def install_fallback_context(context: pairs.PairContext) -> None:
-    """Make ``context`` the package default once no running service's context is installed.
-
-    Running services keep theirs installed; ``context`` takes the place of whatever the first
-    of them replaced, so it comes back when they close.
-    """
-    with _install_lock:
-        owners = {id(s.context): s for s in _installed}
-        current = pairs.default_context()
-        owner = owners.get(id(current))
-        if owner is None:
-            pairs.set_default_context(context)
-            return
-        while (below := owners.get(id(owner._previous_context))) is not None:
-            owner = below
-        owner._previous_context = context
+        self._atlas_task = loop.create_task(
+            rotate_anchors(self.config, self._rng, self._clock, publish), name="apr_async-atlas")

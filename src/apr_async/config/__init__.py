@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from apr_async.config.env_text import parse_env_text
+
 __all__ = [
     "DEFAULT_TARGETS",
     "ENV_PREFIX",
@@ -173,6 +175,11 @@ class Config:
     cache_path: Path | None = None
     #: Seconds between two saves of the cache while the service runs.
     persist_interval: float = 300.0
+    #: One prober per host: processes of this user sharing the cache directory elect one
+    #: leader (``flock``) that probes and publishes a shared table the others read (see
+    #: :mod:`apr_async.probe.shared`). ``None``: on for the package's default service (the one
+    #: worker processes use implicitly), off for services constructed explicitly.
+    share: bool | None = None
     #: Also probe RIPE Atlas anchors (fetched over HTTPS; off by default).
     atlas: bool = False
     #: Base URL of the RIPE Atlas REST API.
@@ -238,7 +245,7 @@ class Config:
             name = ENV_PREFIX + f.name.upper()
             if name in environ:
                 try:
-                    values[f.name] = _parse_env(environ[name], hints[f.name])
+                    values[f.name] = parse_env_text(environ[name], hints[f.name])
                     used[f.name] = name
                 except ValueError as exc:
                     raise ValueError(f"{name}={environ[name]!r}: {exc}") from None
@@ -258,7 +265,7 @@ class Config:
 #: ``APR_ASYNC_*`` variables that are not Config settings but belong to the project's own
 #: tooling (the test suite), so they draw no warning.
 OTHER_ENV_VARIABLES: frozenset[str] = frozenset(
-    {"APR_ASYNC_REQUIRE_LAB", "APR_ASYNC_EAGER_PYTHON"}
+    {"APR_ASYNC_REQUIRE_LAB", "APR_ASYNC_EAGER_PYTHON", "APR_ASYNC_TEST_CACHE"}
 )
 _warned_env: set[str] = set()
 
@@ -295,39 +302,6 @@ def default_cache_path() -> Path:
     base = os.environ.get("XDG_CACHE_HOME")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
     return root / "apr_async" / "latency.json"
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _parse_env(raw: str, hint: Any) -> Any:
-    text = raw.strip()
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if type(None) in args:  # Optional[X]
-        if text.lower() in {"", "none"}:
-            return None
-        (inner,) = (a for a in args if a is not type(None))
-        return _parse_env(text, inner)
-    if hint is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ValueError("expected a boolean (1/0, true/false, yes/no, on/off)")
-    if hint is int:
-        return int(text)
-    if hint is float:
-        return float(text)
-    if hint is Path:
-        return Path(text).expanduser()
-    if origin is tuple:
-        if text.lower() in {"", "none"}:
-            return ()
-        return tuple(part for part in text.replace(",", " ").split() if part)
-    # str and Literal choices: checked by _validate
-    return text
 
 
 def _validate(c: Config) -> None:
@@ -394,5 +368,7 @@ def _validate(c: Config) -> None:
             raise ValueError(f"Config.nameservers: {ns!r} is not an IP address") from None
     if not c.atlas_url.startswith(("http://", "https://")):
         raise ValueError(f"Config.atlas_url must be an http(s) URL, got {c.atlas_url!r}")
+    if c.share is not None and not isinstance(c.share, bool):
+        raise TypeError("Config.share must be a bool or None")
     if c.cache_path is not None and not isinstance(c.cache_path, Path):
         raise TypeError("Config.cache_path must be a pathlib.Path or None")
