@@ -22,7 +22,7 @@ import ipaddress
 import os
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -60,6 +60,29 @@ class ProbeTarget(NamedTuple):
 
     host: str
     port: int | None
+
+
+def str_tuple(value: Iterable[str], what: str) -> tuple[str, ...]:
+    """``value`` (a list, a tuple, any iterable of str) as a tuple of str.
+
+    A bare ``str`` is refused (it would be taken letter by letter), and so is an element that
+    is not a ``str``; both with a ``TypeError`` naming ``what``.
+    """
+    if isinstance(value, str | bytes):
+        raise TypeError(
+            f"{what} must be a sequence of str (a list or tuple), not a single "
+            f"{type(value).__name__}: write [{value!r}]"
+        )
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(
+            f"{what} must be a sequence of str (a list or tuple), not {type(value).__name__}"
+        ) from None
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} must contain str, not {type(item).__name__} ({item!r})")
+    return items
 
 
 def _check_port(port: int, text: str) -> int:
@@ -119,6 +142,7 @@ class Config:
 
     #: Probe targets beyond the gateway (``host``, ``host:port``, ``[v6]:port``). Each is
     #: pinged (ICMP) and TCP-connected on its port (``probe_port`` when none is given).
+    #: Any sequence of str (a list, a tuple, a generator) is accepted and kept as a tuple.
     targets: tuple[str, ...] = DEFAULT_TARGETS
     #: TCP port for configured targets that name none. Never 80: see the README's policy.
     probe_port: int = 443
@@ -161,7 +185,8 @@ class Config:
     failure_ttl: float = 600.0
     #: Observations older than this are ignored by the status (``None``: 2.5 probe rounds).
     status_max_age: float | None = None
-    #: DNS servers for the resolver and NAT64 discovery (empty: the system's).
+    #: DNS servers for the resolver and NAT64 discovery (empty: the system's); IP literals,
+    #: ``ip:port`` or ``[v6]:port``, as any sequence of str (kept as a tuple).
     nameservers: tuple[str, ...] = ()
     #: Seconds before a DNS query gives up.
     dns_timeout: float = 2.0
@@ -195,6 +220,8 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        for name in ("targets", "nameservers"):
+            object.__setattr__(self, name, str_tuple(getattr(self, name), f"Config.{name}"))
         _validate(self)
         object.__setattr__(
             self, "_parsed_targets", tuple(parse_target(t) for t in self.targets)
@@ -381,10 +408,6 @@ def _validate(c: Config) -> None:
         raise ValueError(
             f"Config.netwatch must be one of {typing.get_args(NetwatchMode)}, got {c.netwatch!r}"
         )
-    for name in ("targets", "nameservers"):
-        value = getattr(c, name)
-        if isinstance(value, str) or not isinstance(value, tuple):
-            raise TypeError(f"Config.{name} must be a tuple of str, not {type(value).__name__}")
     for ns in c.nameservers:
         # pycares accepts "ip", "ip:port" and "[v6]:port"; the host must be a literal
         host = parse_target(ns).host

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from apr_async import interfaces
 from apr_async.addresses import IPAddress
+from apr_async.config import str_tuple
 from apr_async.errors import (
     HostSpec,
     gaierror,
@@ -77,6 +78,12 @@ class PairContext:
     snapshot_max_age: float = interfaces.DEFAULT_MAX_AGE
     clock: Callable[[], float] = time.monotonic
     fingerprint: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # Any collection or iterable of str (a list, a generator), kept as a frozenset.
+        self.translators_seen = frozenset(
+            str_tuple(self.translators_seen, "PairContext.translators_seen")
+        )
 
     def get_resolver(self) -> Resolver:
         """This context's resolver, created on first use."""

@@ -42,6 +42,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from apr_async import reasons
 from apr_async.addresses import AddressKind, IPAddress, Scope, address_key, kind_of, scope_of
+from apr_async.config import str_tuple
 from apr_async.latency import Estimate, Failure, FailureTable, LatencyTable
 from apr_async.rfc6724 import (
     DEFAULT_POLICY_TABLE,
@@ -626,8 +627,9 @@ def rank_pairs(
     now = _check_number(now, "now")
     if not isinstance(policy, PolicyTable):
         raise TypeError("policy must be a PolicyTable")
-    ula_translated = not _ULA_TRANSLATORS.isdisjoint(translators_seen)
-    nat44_seen = Translator.NAT44.value in translators_seen
+    translators = frozenset(str_tuple(translators_seen, "translators_seen"))
+    ula_translated = not _ULA_TRANSLATORS.isdisjoint(translators)
+    nat44_seen = Translator.NAT44.value in translators
     skip = tuple(skip_rule9_prefixes)
 
     plan = _plan_for(
