@@ -62,6 +62,7 @@ from apr_async.lab.topology import (
     new_lab_prefix,
     nptv6_translate,
 )
+from apr_async.tools import check_declared, resolve_tool
 
 __all__ = ["HostName", "Lab", "LabUnavailableError"]
 
@@ -398,10 +399,15 @@ class Lab:
         self, host: HostName, *argv: str, input: str | None = None, max_time: float = 30.0,
         check: bool = False,
     ) -> ExecResult:
-        """Run a command inside ``host`` (``ip netns exec``) and collect its output."""
-        ns = self.netns(host)
+        """Run a command inside ``host`` (``ip netns exec``) and collect its output.
+
+        The program must be declared in :data:`apr_async.tools.DEBIAN_TOOLS` (a Python
+        interpreter needs not be): else :class:`~apr_async.tools.ToolNotDeclaredError`.
+        """
         if not argv:
             raise ValueError("no command given")
+        check_declared(argv)
+        ns = self.netns(host)
         self._require_running()
         try:
             result = await asyncio.wait_for(
@@ -413,15 +419,17 @@ class Lab:
     async def popen(self, host: HostName, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
         """Start a long-running command inside ``host``; it is killed when the lab closes.
 
-        Keyword arguments go to :func:`asyncio.create_subprocess_exec` (e.g. ``stdout``).
+        Keyword arguments go to :func:`asyncio.create_subprocess_exec` (e.g. ``stdout``). The
+        program must be declared, as for :meth:`exec`.
         """
-        ns = self.netns(host)
         if not argv:
             raise ValueError("no command given")
+        check_declared(argv)
+        ns = self.netns(host)
         self._require_running()
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, *argv, start_new_session=True, **kwargs)
+            resolve_tool("ip"), "netns", "exec", ns, *argv, start_new_session=True, **kwargs)
         self._procs.append(proc)
         return proc
 

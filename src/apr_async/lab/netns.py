@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -23,6 +22,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from apr_async.tools import DEBIAN_TOOLS, check_declared, find_tool, resolve_tool
 
 __all__ = [
     "NETNS_DIR",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Programs every lab build runs (addresses and routes, the router's firewall and marks).
+LAB_PROGRAMS: tuple[str, ...] = ("ip", "nft", "ip6tables")
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
@@ -138,9 +142,12 @@ async def run_ip(
 ) -> ExecResult:
     """Run ``ip ARGS`` (or any command when ``args[0]`` is absolute) and collect its output.
 
-    The child is killed and reaped if the caller is cancelled, so nothing is left behind.
+    Every program run (``ip`` itself, the command of ``ip netns exec NS ...``, an absolute
+    path) must be declared in :data:`apr_async.tools.DEBIAN_TOOLS`, else
+    :class:`~apr_async.tools.ToolNotDeclaredError` is raised before anything runs. The child is
+    killed and reaped if the caller is cancelled, so nothing is left behind.
     """
-    argv = tuple(args) if args[0].startswith("/") else (_ip_binary(), *args)
+    argv = _argv(args)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -162,13 +169,22 @@ async def run_ip(
 
 def run_ip_sync(args: Sequence[str], stdin: str | None = None) -> ExecResult:
     """Blocking twin of :func:`run_ip`, used by teardown (which must survive cancellation)."""
-    argv = tuple(args) if args[0].startswith("/") else (_ip_binary(), *args)
+    argv = _argv(args)
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     return ExecResult(argv, proc.returncode, proc.stdout, proc.stderr)
 
 
-def _ip_binary() -> str:
-    return shutil.which("ip") or "/usr/sbin/ip"
+def _argv(args: Sequence[str]) -> tuple[str, ...]:
+    """``ip ARGS`` with ``ip``'s full path (``ARGS`` as is when it starts with a path),
+    refused unless every program it runs is declared."""
+    if isinstance(args, str):
+        raise TypeError("args must be a sequence of str (a list or tuple), not a str")
+    args = tuple(args)
+    if not args:
+        raise ValueError("no arguments given")
+    argv = args if args[0].startswith("/") else ("ip", *args)
+    check_declared(argv)
+    return argv if args[0].startswith("/") else (resolve_tool("ip"), *args)
 
 
 async def run_coroutine_in_netns(
@@ -376,8 +392,10 @@ def lab_unavailable_reason() -> str | None:
     missing = _missing_capabilities()
     if missing:
         return f"running as root but without {' and '.join(missing)} (a restricted container?)"
-    if shutil.which("ip") is None and not Path("/usr/sbin/ip").exists():
-        return "iproute2 ('ip') is not installed"
+    for program in LAB_PROGRAMS:
+        if find_tool(program) is None:
+            return (f"{program!r} is not installed (Debian package {DEBIAN_TOOLS[program]}; "
+                    f"`python3 dev.py test` as root installs it)")
     if not Path("/proc/self/ns/net").exists():
         return "this kernel has no network namespace support"
     return None
