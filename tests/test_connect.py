@@ -47,6 +47,7 @@ from apr_async.pairs import PairContext, get_addr_pairs
 from apr_async.ranking import AddrPair
 from apr_async.resolver import Resolver
 from apr_async.schedule import Schedule
+from apr_async.tools import resolve_tool
 
 V6 = socket.AF_INET6
 V4 = socket.AF_INET
@@ -238,7 +239,8 @@ def make_test_ca(directory: Path, names: Sequence[str]) -> tuple[Path, Path, Pat
     ext.write_text(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\n")
 
     def run(*argv: str) -> None:
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+        subprocess.run([resolve_tool("openssl"), *argv], check=True, capture_output=True,
+                       timeout=60)
 
     run(
         *f"req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {ca_key}"
