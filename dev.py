@@ -7,19 +7,22 @@
 Works on a fresh machine that has nothing but ``python3``: it creates ``.venv`` (installing
 Debian's ``python3-venv`` first when the interpreter lacks ``ensurepip``), installs the project
 with its ``dev`` extra into it, and, when running as root on Debian, installs the system tools
-the network lab and the tests need (iproute2, nftables, iptables, haproxy,
-curl, openssl, gcc).
+the network lab, the tests and the benchmarks run: every package of the table
+``DEBIAN_TOOLS`` in ``src/apr_async/tools.py`` whose program is missing (iproute2, nftables,
+iptables, iputils-ping, haproxy, curl, openssl, gcc, ...), and says which it installed.
 Only the standard library is used here, on purpose: this file runs before anything is installed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -27,17 +30,21 @@ VENV_BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".apr-async-installed"
 VENV_EAGER = ROOT / ".venv-eager"
 
-# command the lab needs -> Debian package providing it
-DEBIAN_TOOLS = {
-    "ip": "iproute2",
-    "nft": "nftables",
-    "iptables": "iptables",
-    "ip6tables": "iptables",
-    "haproxy": "haproxy",
-    "curl": "curl",
-    "openssl": "openssl",
-    "cc": "gcc",  # compiles the TOA/UOA struct layouts to check them byte for byte
-}
+
+def _load_tools() -> ModuleType:
+    """``src/apr_async/tools.py``, loaded by path: the package is not installed yet, and the
+    table of system tools must be the one the lab and the tests check (not a copy)."""
+    path = ROOT / "src" / "apr_async" / "tools.py"
+    spec = importlib.util.spec_from_file_location("_apr_async_tools", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOLS = _load_tools()
+# program the project runs -> Debian package providing it (apr_async.tools.DEBIAN_TOOLS)
+DEBIAN_TOOLS: dict[str, str] = TOOLS.DEBIAN_TOOLS
 
 
 def log(msg: str) -> None:
@@ -52,24 +59,41 @@ def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def apt_install(packages: list[str]) -> None:
+def apt_install(packages: list[str]) -> bool:
+    """Install Debian ``packages`` with apt-get; False when that is not possible here."""
     if not packages:
-        return
+        return True
     if not (is_root() and shutil.which("apt-get")):
-        log(f"missing system packages {packages}; not root or no apt-get, lab tests will skip")
-        return
+        log(f"missing system packages {packages}; not root or no apt-get, so not installed "
+            "(tests needing them skip, or fail with APR_ASYNC_REQUIRE_LAB=1)")
+        return False
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     log(f"installing Debian packages: {' '.join(packages)}")
-    run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
-        stdout=subprocess.DEVNULL)
+    try:
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
+            stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        log(f"apt-get failed (exit {exc.returncode}) installing {' '.join(packages)}")
+        return False
+    return True
 
 
 def ensure_system_tools() -> None:
-    missing = sorted({pkg for cmd, pkg in DEBIAN_TOOLS.items()
-                      if shutil.which(cmd) is None
-                      and not Path("/usr/sbin", cmd).exists() and not Path("/sbin", cmd).exists()})
-    apt_install(missing)
+    """Install the Debian package of every program in apr_async.tools.DEBIAN_TOOLS that is
+    missing, and say what was installed."""
+    missing = TOOLS.missing_packages()
+    if not missing:
+        log(f"system tools: all {len(DEBIAN_TOOLS)} programs of {TOOLS.TABLE} are present")
+        return
+    log(f"system tools missing: {', '.join(TOOLS.missing_tools())}")
+    if not apt_install(missing):
+        return
+    still = set(TOOLS.missing_packages())
+    installed = [pkg for pkg in missing if pkg not in still]
+    log(f"installed: {' '.join(installed) if installed else 'nothing'}")
+    if still:
+        log(f"still missing after apt-get: {' '.join(sorted(still))}")
 
 
 def ensure_venv() -> None:

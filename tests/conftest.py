@@ -3,6 +3,11 @@
 Tests marked ``lab`` need root and network namespaces. Where that is missing they are skipped
 with the reason, unless ``APR_ASYNC_REQUIRE_LAB=1`` is set (CI on a capable machine), in which
 case they fail: a lab test silently skipped there would hide a broken lab.
+
+Tests marked ``tools("curl", ...)`` need those programs of ``apr_async.tools.DEBIAN_TOOLS``;
+a missing one skips the test, or fails it under ``APR_ASYNC_REQUIRE_LAB=1`` (which ``dev.py``
+sets as root, where it has installed every declared package: a skip there would hide a
+missing install step). A program that is not declared at all always fails.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from apr_async.lab import HEALTHY, Lab, lab_unavailable_reason
+from apr_async.tools import DEBIAN_TOOLS, missing_tools
 
 # The network rule: nothing in the suite may probe the library's built-in public targets or the
 # host's own gateways. The default service is therefore never started implicitly and has no
@@ -36,14 +42,30 @@ if "APR_ASYNC_TEST_CACHE" not in os.environ:
 os.environ["XDG_CACHE_HOME"] = os.environ["APR_ASYNC_TEST_CACHE"]
 
 
+def _required() -> bool:
+    return os.environ.get("APR_ASYNC_REQUIRE_LAB", "") not in ("", "0")
+
+
 def require_lab() -> None:
     """Skip (or fail, with ``APR_ASYNC_REQUIRE_LAB=1``) when no lab can be built here."""
     reason = lab_unavailable_reason()
     if reason is None:
         return
-    if os.environ.get("APR_ASYNC_REQUIRE_LAB", "") not in ("", "0"):
+    if _required():
         pytest.fail(f"a network lab is required here but unavailable: {reason}")
     pytest.skip(f"network lab unavailable: {reason}")
+
+
+def require_tools(*programs: str) -> None:
+    """Skip (or fail, with ``APR_ASYNC_REQUIRE_LAB=1``) when a declared program is missing;
+    fail when one is not declared (:class:`apr_async.tools.ToolNotDeclaredError`)."""
+    missing = missing_tools(programs)
+    if not missing:
+        return
+    what = ", ".join(f"{p} (Debian package {DEBIAN_TOOLS[p]})" for p in missing)
+    if _required():
+        pytest.fail(f"not installed although dev.py installs every declared tool: {what}")
+    pytest.skip(f"not installed: {what}")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -66,6 +88,8 @@ def private_cache_directory(
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("lab") is not None:
         require_lab()
+    for marker in item.iter_markers("tools"):
+        require_tools(*marker.args)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

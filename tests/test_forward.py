@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from apr_async.cli.forward import Endpoint, Forwarder, RelayRecord, parse_endpoint
+from apr_async.tools import resolve_tool
 
 HAS_V6 = socket.has_ipv6
 try:
@@ -54,7 +54,7 @@ async def start_http(host: str) -> tuple[web.AppRunner, int]:
 
 async def curl(*args: str) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        "curl",
+        resolve_tool("curl"),
         "-sS",
         "--max-time",
         "10",
@@ -69,7 +69,7 @@ async def curl(*args: str) -> tuple[int, bytes, bytes]:
     return proc.returncode, out, err
 
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+needs_curl = pytest.mark.tools("curl")
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ async def test_curl_through_relay_crosses_families(listen_host: str, server_host
 
 async def _curl_post(url: str, body: bytes) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        "curl",
+        resolve_tool("curl"),
         "-sS",
         "--max-time",
         "10",

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from apr_async.aiohttp import AprConnector, AprResolver
 from apr_async.lab import Lab, Scenario
+from apr_async.tools import resolve_tool
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
@@ -54,7 +55,8 @@ def test_ca(directory: Path, names: list[str]) -> tuple[Path, Path, Path]:
         f"x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -out {cert} -days 1 "
         f"-extfile {ext}",
     ):
-        subprocess.run(["openssl", *argv.split()], check=True, capture_output=True, timeout=60)
+        subprocess.run([resolve_tool("openssl"), *argv.split()], check=True,
+                       capture_output=True, timeout=60)
     return ca, cert, key
 
 

@@ -35,6 +35,7 @@ from apr_async.lab import EchoServer, Lab, PathMode, Scenario
 from apr_async.probe import default as service
 from apr_async.resolve.pairs import PairContext
 from apr_async.resolve.resolver import Resolver
+from apr_async.tools import resolve_tool
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
@@ -59,7 +60,8 @@ def make_test_ca(directory: Path, names: Sequence[str]) -> tuple[Path, Path, Pat
     ext.write_text(f"subjectAltName={','.join(sans)}\nbasicConstraints=CA:FALSE\n")
 
     def run(cmd: str) -> None:
-        subprocess.run(["openssl", *cmd.split()], check=True, capture_output=True, timeout=60)
+        subprocess.run([resolve_tool("openssl"), *cmd.split()], check=True,
+                       capture_output=True, timeout=60)
 
     ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
     run(f"req -x509 {ec} -keyout {ca_key} -out {ca_cert} -days 2 -subj /CN=apr-lab-CA")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import shutil
 import subprocess
 import sys
 from typing import Any
@@ -117,7 +116,7 @@ def test_demo_readable_output() -> None:
     assert re.search(r"^\s+asyncio\s+[\d.]+ ms\s+IPv6\s+fd12:", out, re.MULTILINE)
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+@pytest.mark.tools("setpriv")
 def test_demo_without_privileges_explains_and_uses_loopback() -> None:
     # an empty capability bounding set: no namespaces can be made, as for a non-root user
     proc = run_demo("--json", prefix=NO_CAPS)

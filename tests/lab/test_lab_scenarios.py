@@ -287,6 +287,7 @@ async def ping_answered(lab: Lab, address: str) -> bool:
     return res.returncode == 0
 
 
+@pytest.mark.tools("ping")
 async def test_echo_blocked_drops_ping_while_tcp_passes(
     healthy_lab: Lab, echo: EchoServer
 ) -> None:

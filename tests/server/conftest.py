@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -17,8 +16,7 @@ import pytest
 
 from apr_async.server import proxy_header, real_peername, start_server
 from apr_async.server.proxy_header import ProxyHeader
-
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+from apr_async.tools import resolve_tool
 
 
 def _v6_loopback() -> bool:
@@ -32,7 +30,7 @@ def _v6_loopback() -> bool:
 
 HAS_V6 = _v6_loopback()
 needs_v6 = pytest.mark.skipif(not HAS_V6, reason="no IPv6 loopback")
-needs_haproxy = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy not installed")
+needs_haproxy = pytest.mark.tools("haproxy")
 
 
 def open_fds() -> int:
@@ -132,10 +130,11 @@ def run_haproxy(config: str, tmp_path: Path, ports: list[int]) -> Iterator[subpr
     """Run HAProxy in the foreground with ``config`` until the block ends (killed in finally)."""
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(config)
-    check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, check=False)
+    haproxy = resolve_tool("haproxy")
+    check = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     log = open(tmp_path / "haproxy.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=log, stderr=log)
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 10
         while not all(_listening(p) for p in ports):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from apr_async.server import build_v1, build_v2, real_peername, start_server
+from apr_async.tools import resolve_tool
 
 from .conftest import (
     free_port,
@@ -25,7 +25,7 @@ from .conftest import (
     wait_closed_by_server,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl CLI")
+pytestmark = pytest.mark.tools("openssl")
 
 TRUST_LOOPBACK = {"trusted_proxies": ["127.0.0.0/8", "::1"]}
 
@@ -35,9 +35,9 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-signed P-256 certificate for ``localhost`` (key and cert in one PEM file)."""
     pem = tmp_path_factory.mktemp("tls") / "localhost.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
-         "subjectAltName=DNS:localhost", "-keyout", str(pem), "-out", str(pem)],
+        [resolve_tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(pem), "-out", str(pem)],
         check=True,
         capture_output=True,
     )  # fmt: skip

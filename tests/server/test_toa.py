@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
-import shutil
 import socket
 import struct
 import subprocess
@@ -175,7 +174,7 @@ int main(void) {
 """
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.tools("cc")
 def test_struct_layouts_match_the_c_definitions(tmp_path: Path) -> None:
     source, binary = tmp_path / "layouts.c", tmp_path / "layouts"
     source.write_text(C_LAYOUTS)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from apr_async.config.env_text import parse_env_text
+from apr_async.core.sequences import str_tuple
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -121,6 +122,7 @@ class Config:
 
     #: Probe targets beyond the gateway (``host``, ``host:port``, ``[v6]:port``). Each is
     #: pinged (ICMP) and TCP-connected on its port (``probe_port`` when none is given).
+    #: Any sequence of str (a list, a tuple, a generator) is accepted and kept as a tuple.
     targets: tuple[str, ...] = DEFAULT_TARGETS
     #: TCP port for configured targets that name none. Never 80: see the README's policy.
     probe_port: int = 443
@@ -163,7 +165,8 @@ class Config:
     failure_ttl: float = 600.0
     #: Observations older than this are ignored by the status (``None``: 2.5 probe rounds).
     status_max_age: float | None = None
-    #: DNS servers for the resolver and NAT64 discovery (empty: the system's).
+    #: DNS servers for the resolver and NAT64 discovery (empty: the system's); IP literals,
+    #: ``ip:port`` or ``[v6]:port``, as any sequence of str (kept as a tuple).
     nameservers: tuple[str, ...] = ()
     #: Seconds before a DNS query gives up.
     dns_timeout: float = 2.0
@@ -202,6 +205,8 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        for name in ("targets", "nameservers"):
+            object.__setattr__(self, name, str_tuple(getattr(self, name), f"Config.{name}"))
         _validate(self)
         object.__setattr__(
             self, "_parsed_targets", tuple(parse_target(t) for t in self.targets)
@@ -355,10 +360,6 @@ def _validate(c: Config) -> None:
         raise ValueError(
             f"Config.netwatch must be one of {typing.get_args(NetwatchMode)}, got {c.netwatch!r}"
         )
-    for name in ("targets", "nameservers"):
-        value = getattr(c, name)
-        if isinstance(value, str) or not isinstance(value, tuple):
-            raise TypeError(f"Config.{name} must be a tuple of str, not {type(value).__name__}")
     for ns in c.nameservers:
         # pycares accepts "ip", "ip:port" and "[v6]:port"; the host must be a literal
         host = parse_target(ns).host

@@ -52,6 +52,7 @@ from apr_async.core.plan_cache import _plan_for
 from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 from apr_async.core.reach import _ULA_TRANSLATORS
 from apr_async.core.rfc6724 import SourceAddress
+from apr_async.core.sequences import str_tuple
 
 __all__ = ["AddrPair", "Translator", "rank_pairs"]
 
@@ -103,6 +104,11 @@ def rank_pairs(
     now = _check_number(now, "now")
     if not isinstance(policy, PolicyTable):
         raise TypeError("policy must be a PolicyTable")
+    if type(translators_seen) is not frozenset:
+        # Anything else (a list, a generator) is frozen once: the two checks below would
+        # otherwise each read a generator, the second one finding it empty. A frozenset (the
+        # default, and what PairContext keeps) is taken as it is, at no cost per call.
+        translators_seen = frozenset(str_tuple(translators_seen, "translators_seen"))
     ula_translated = not _ULA_TRANSLATORS.isdisjoint(translators_seen)
     nat44_seen = Translator.NAT44.value in translators_seen
     skip = tuple(skip_rule9_prefixes)

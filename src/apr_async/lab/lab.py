@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal, Self, TypeVar, get_args
 
+from apr_async.lab.availability import lab_unavailable_reason
 from apr_async.lab.cleanup import delete_namespaces, lab_namespaces, sweep_stale_labs
 from apr_async.lab.delayline import DelayLine, open_tun
 from apr_async.lab.dnsserver import DNSServer, LabNames, ZoneEntry, default_zone
@@ -34,7 +35,6 @@ from apr_async.lab.netns import (
     ExecResult,
     LoopThread,
     NetnsError,
-    lab_unavailable_reason,
     run_coroutine_in_netns,
     run_ip,
     socket_in_netns,
@@ -60,6 +60,7 @@ from apr_async.lab.topology import (
     new_lab_prefix,
     nptv6_translate,
 )
+from apr_async.tools import check_declared, resolve_tool
 
 __all__ = ["HostName", "Lab", "LabUnavailableError"]
 
@@ -396,10 +397,15 @@ class Lab:
         self, host: HostName, *argv: str, input: str | None = None, max_time: float = 30.0,
         check: bool = False,
     ) -> ExecResult:
-        """Run a command inside ``host`` (``ip netns exec``) and collect its output."""
-        ns = self.netns(host)
+        """Run a command inside ``host`` (``ip netns exec``) and collect its output.
+
+        The program must be declared in :data:`apr_async.tools.DEBIAN_TOOLS` (a Python
+        interpreter needs not be): else :class:`~apr_async.tools.ToolNotDeclaredError`.
+        """
         if not argv:
             raise ValueError("no command given")
+        check_declared(argv)
+        ns = self.netns(host)
         self._require_running()
         try:
             result = await asyncio.wait_for(
@@ -411,15 +417,17 @@ class Lab:
     async def popen(self, host: HostName, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
         """Start a long-running command inside ``host``; it is killed when the lab closes.
 
-        Keyword arguments go to :func:`asyncio.create_subprocess_exec` (e.g. ``stdout``).
+        Keyword arguments go to :func:`asyncio.create_subprocess_exec` (e.g. ``stdout``). The
+        program must be declared, as for :meth:`exec`.
         """
-        ns = self.netns(host)
         if not argv:
             raise ValueError("no command given")
+        check_declared(argv)
+        ns = self.netns(host)
         self._require_running()
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, *argv, start_new_session=True, **kwargs)
+            resolve_tool("ip"), "netns", "exec", ns, *argv, start_new_session=True, **kwargs)
         self._procs.append(proc)
         return proc
 

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from apr_async.tools import check_declared, resolve_tool
+
 __all__ = [
     "NETNS_DIR",
     "ExecResult",
@@ -31,7 +32,6 @@ __all__ = [
     "NetnsError",
     "call_in_netns",
     "enter_netns",
-    "lab_unavailable_reason",
     "run_coroutine_in_netns",
     "run_ip",
     "run_ip_sync",
@@ -138,9 +138,12 @@ async def run_ip(
 ) -> ExecResult:
     """Run ``ip ARGS`` (or any command when ``args[0]`` is absolute) and collect its output.
 
-    The child is killed and reaped if the caller is cancelled, so nothing is left behind.
+    Every program run (``ip`` itself, the command of ``ip netns exec NS ...``, an absolute
+    path) must be declared in :data:`apr_async.tools.DEBIAN_TOOLS`, else
+    :class:`~apr_async.tools.ToolNotDeclaredError` is raised before anything runs. The child is
+    killed and reaped if the caller is cancelled, so nothing is left behind.
     """
-    argv = tuple(args) if args[0].startswith("/") else (_ip_binary(), *args)
+    argv = _argv(args)
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -162,13 +165,22 @@ async def run_ip(
 
 def run_ip_sync(args: Sequence[str], stdin: str | None = None) -> ExecResult:
     """Blocking twin of :func:`run_ip`, used by teardown (which must survive cancellation)."""
-    argv = tuple(args) if args[0].startswith("/") else (_ip_binary(), *args)
+    argv = _argv(args)
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     return ExecResult(argv, proc.returncode, proc.stdout, proc.stderr)
 
 
-def _ip_binary() -> str:
-    return shutil.which("ip") or "/usr/sbin/ip"
+def _argv(args: Sequence[str]) -> tuple[str, ...]:
+    """``ip ARGS`` with ``ip``'s full path (``ARGS`` as is when it starts with a path),
+    refused unless every program it runs is declared."""
+    if isinstance(args, str):
+        raise TypeError("args must be a sequence of str (a list or tuple), not a str")
+    args = tuple(args)
+    if not args:
+        raise ValueError("no arguments given")
+    argv = args if args[0].startswith("/") else ("ip", *args)
+    check_declared(argv)
+    return argv if args[0].startswith("/") else (resolve_tool("ip"), *args)
 
 
 async def run_coroutine_in_netns(
@@ -350,34 +362,3 @@ class LoopThread:
                 self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread.ident is not None:
             self._thread.join()
-
-
-_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
-
-
-def _missing_capabilities() -> list[str]:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return []
-    for line in status.splitlines():
-        if line.startswith("CapEff:"):
-            effective = int(line.split()[1], 16)
-            return [name for name, bit in _CAPABILITIES.items() if not effective >> bit & 1]
-    return []
-
-
-def lab_unavailable_reason() -> str | None:
-    """Why a lab cannot be built here (``None`` when it can): root, ``ip``, netns support."""
-    if not hasattr(os, "geteuid"):
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "building a lab needs root (network namespaces, veth, nftables)"
-    missing = _missing_capabilities()
-    if missing:
-        return f"running as root but without {' and '.join(missing)} (a restricted container?)"
-    if shutil.which("ip") is None and not Path("/usr/sbin/ip").exists():
-        return "iproute2 ('ip') is not installed"
-    if not Path("/proc/self/ns/net").exists():
-        return "this kernel has no network namespace support"
-    return None

@@ -25,6 +25,7 @@ from apr_async.core.latency import LatencyTable
 from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 from apr_async.core.ranking import AddrPair, rank_pairs
 from apr_async.core.rfc6724 import SourceAddress, apply_rule9, destination_key
+from apr_async.core.sequences import str_tuple
 from apr_async.errors import (
     HostSpec,
     gaierror,
@@ -78,6 +79,12 @@ class PairContext:
     call_sites: dict[tuple[object, ...], object] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+
+    def __post_init__(self) -> None:
+        # Any collection or iterable of str (a list, a generator), kept as a frozenset.
+        self.translators_seen = frozenset(
+            str_tuple(self.translators_seen, "PairContext.translators_seen")
+        )
 
     def get_resolver(self) -> Resolver:
         """This context's resolver, created on first use."""
