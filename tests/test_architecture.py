@@ -32,6 +32,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "compat": INTEGRATIONS,
     "httpx": INTEGRATIONS,
     "aiohttp_trace": INTEGRATIONS,
+    "websockets": INTEGRATIONS,
     "metrics": INTEGRATIONS,
     "metrics_prometheus": INTEGRATIONS | {"metrics"},
     "cli": INTEGRATIONS | {"", "lab"},
