@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from http_servers import make_cert
 from websockets.asyncio.server import ServerConnection, serve
 
 from apr_async import AllAttemptsFailedError, PairContext
 from apr_async.resolve.resolver import Resolver
 from apr_async.websockets import connect
+from http_servers import make_cert
 
 
 async def echo(ws: ServerConnection) -> None:
