@@ -35,6 +35,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "websockets": INTEGRATIONS,
     "metrics": INTEGRATIONS,
     "metrics_prometheus": INTEGRATIONS | {"metrics"},
+    "metrics_otel": INTEGRATIONS | {"metrics"},
     "cli": INTEGRATIONS | {"", "lab"},
     "": INTEGRATIONS,
     "__main__": frozenset({"cli"}),

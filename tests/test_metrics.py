@@ -107,3 +107,34 @@ async def test_prometheus_exposition_parses_back(tmp_path: Path) -> None:
     assert ok == [1.0]
     with pytest.raises(TypeError):
         AprCollector("nope")  # type: ignore[arg-type]
+
+
+async def test_opentelemetry_instruments_read_by_the_sdk(tmp_path: Path) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from apr_async.metrics_otel import instrument
+
+    service = ProbeService(quiet_config(), install=False)
+    await _races(tmp_path, service)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        instrument(provider.get_meter("test"), service=service)
+        data = reader.get_metrics_data()
+    finally:
+        provider.shutdown()
+    assert data is not None
+    points = {
+        (metric.name, tuple(sorted((point.attributes or {}).items()))): point.value
+        for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
+        for point in metric.data.data_points  # type: ignore[union-attr]
+    }
+    assert points[("apr_async.connections", (("family", "ipv4"),))] == 2
+    assert points[("apr_async.failed_races", ())] == 1
+    assert points[("apr_async.fallbacks", (("family", "ipv4"),))] == 1
+    assert points[("apr_async.attempt_failures", (("errno", "ECONNREFUSED"),))] == 2
+    assert points[("apr_async.races_by_attempts", (("attempts", "2"),))] == 1
+    assert ("apr_async.status", (("flag", "IPv4_ok"),)) in points
+    with pytest.raises(TypeError):
+        instrument(provider.get_meter("test"), service="nope")  # type: ignore[arg-type]
