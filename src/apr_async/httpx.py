@@ -130,6 +130,10 @@ class _Reader(asyncio.Protocol):
                 self.transport.resume_reading()
         return data
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     async def drain(self) -> None:
         if self._paused:
             self._drained = asyncio.get_running_loop().create_future()
@@ -149,12 +153,14 @@ class AprStream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         """Up to ``max_bytes`` bytes; ``b""`` at the end of the stream."""
         reader = self._reader
-        try:
-            async with asyncio.timeout(timeout):
-                while not reader.buffer and not reader.eof:
-                    await reader.wait_data()
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout(str(exc) or "read timed out") from exc
+        if not reader.buffer and not reader.eof:
+            # Only a read that must wait pays for a timer.
+            try:
+                async with asyncio.timeout(timeout):
+                    while not reader.buffer and not reader.eof:
+                        await reader.wait_data()
+            except TimeoutError as exc:
+                raise httpcore.ReadTimeout(str(exc) or "read timed out") from exc
         if reader.buffer:
             return reader.take(max_bytes)
         if reader.error is not None:
@@ -169,8 +175,9 @@ class AprStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError("connection closed")
         try:
             self._transport.write(buffer)
-            async with asyncio.timeout(timeout):
-                await self._reader.drain()
+            if self._reader.paused:  # the transport's buffer is full: wait, bounded
+                async with asyncio.timeout(timeout):
+                    await self._reader.drain()
         except TimeoutError as exc:
             raise httpcore.WriteTimeout(str(exc) or "write timed out") from exc
         except OSError as exc:
