@@ -4,6 +4,7 @@ attempts behind them, bad arguments refused before any I/O."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 import ssl
@@ -109,3 +110,58 @@ async def test_backend_raises_httpcore_types() -> None:
 def test_bad_arguments_fail_before_io(kwargs: dict[str, object], exc: type[Exception]) -> None:
     with pytest.raises(exc):
         AprTransport(**kwargs)  # type: ignore[arg-type]
+
+
+class Recorder:
+    """An AttemptRecorder that keeps the destinations the races attempted."""
+
+    def __init__(self) -> None:
+        self.ports: list[int] = []
+
+    def record_attempt(self, pair: object, port: int, ok: bool, rtt: float | None,
+                       errno: int | None) -> None:
+        self.ports.append(port)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _connect_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A minimal HTTP CONNECT proxy: the tunnel httpx uses for https:// through a proxy."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    method, target, _ = head.split("\r\n", 1)[0].split(" ", 2)
+    assert method == "CONNECT", head
+    host, _, port = target.rpartition(":")
+    up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    await writer.drain()
+    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+async def test_https_through_a_connect_proxy(
+    tls_port: int, certs: tuple[Path, Path, Path]
+) -> None:
+    proxy = await asyncio.start_server(_connect_proxy, "127.0.0.1", 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    recorder = Recorder()
+    ca = ssl.create_default_context(cafile=str(certs[0]))
+    transport = AprTransport(context=PairContext(), service=recorder, verify=ca,
+                             proxy=f"http://127.0.0.1:{proxy_port}")
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get(f"https://[::1]:{tls_port}/")
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+    assert response.status_code == 200
+    assert response.json()["peer"] == "::1"  # the proxy's connection to the server
+    # the connection to the proxy was apr_async's race; TLS ran inside the tunnel
+    assert recorder.ports == [proxy_port]
