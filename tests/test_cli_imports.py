@@ -22,6 +22,19 @@ def test_importing_apr_async_does_not_import_aiohttp() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_importing_apr_async_imports_no_integration_library() -> None:
+    # Each integration is an optional extra: only its own module may import its library.
+    libraries = ("httpx", "httpcore", "websockets", "prometheus_client", "opentelemetry",
+                 "asyncpg", "redis", "hypercorn", "h2")
+    code = (
+        "import sys, apr_async, apr_async.metrics, apr_async.cli.main\n"
+        f"libs = {libraries!r}\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in libs)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 async def test_bad_connector_arguments_fail_before_io() -> None:
     from apr_async.aiohttp import AprConnector, AprResolver
 

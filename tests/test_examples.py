@@ -66,7 +66,8 @@ async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
 
 
 def test_every_example_is_tested() -> None:  # runs without the lab too
-    tested = {"aiohttp_client.py", "outbound_server.py", "wait_for_service.py", "sync_shim.py"}
+    tested = {"aiohttp_client.py", "outbound_server.py", "wait_for_service.py", "sync_shim.py",
+              "httpx_client.py", "websocket_client.py", "prometheus_metrics.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -149,3 +150,47 @@ async def test_sync_shim(healthy_lab: Lab, echo: EchoServer) -> None:
     assert res.returncode == 0, res.stderr
     assert f"connected from {lab.client.gua} to {lab.server.v6[0]}" in res.stdout
     assert "'GUA_ok': True" in res.stdout
+
+
+@lab_test
+async def test_httpx_client(healthy_lab: Lab, http_port: int) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    url = f"http://{lab.names.dual}:{http_port}/"
+    res = await example(lab, "httpx_client.py", url, *ns_args(lab))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("HTTP/1.1 200")
+    assert f"won by {lab.client.v4} -> {lab.server.v4[0]}" in res.stdout
+    assert f"hello {lab.client.v4}" in res.stdout
+
+
+@lab_test
+async def test_websocket_client(healthy_lab: Lab) -> None:
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def shout(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(str(message).upper())
+
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    sock = lab.socket("server", socket.AF_INET6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0))
+    sock.listen(8)
+    async with serve(shout, sock=sock):
+        uri = f"ws://{lab.names.dual}:{sock.getsockname()[1]}/"
+        res = await example(lab, "websocket_client.py", uri, "hello", *ns_args(lab))
+    assert res.returncode == 0, res.stderr
+    assert f"{lab.client.v4} -> {lab.server.v4[0]}: HELLO" in res.stdout
+
+
+@lab_test
+async def test_prometheus_metrics(healthy_lab: Lab, echo: EchoServer) -> None:
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    res = await example(lab, "prometheus_metrics.py", lab.names.dual, str(echo.port),
+                        "--count", "2", *ns_args(lab))
+    assert res.returncode == 0, res.stderr
+    assert 'apr_async_connections_total{family="ipv4"} 2.0' in res.stdout
+    assert 'apr_async_fallbacks_total{family="ipv4"}' in res.stdout  # the cold race fell back

@@ -22,6 +22,11 @@ PUBLIC_API: dict[str, set[str]] = {
         "HttpsAnswer", "SvcbEndpoint", "SvcbOptions", "explain_https", "svcb_endpoints",
     },
     "apr_async.aiohttp": {"AprConnector", "AprResolver"},
+    "apr_async.metrics": {"PathRTT", "Snapshot", "reset", "snapshot"},
+    "apr_async.metrics_prometheus": {"AprCollector"},
+    "apr_async.metrics_otel": {"instrument"},
+    "apr_async.websockets": {"connect"},
+    "apr_async.httpx": {"AprNetworkBackend", "AprStream", "AprTransport", "attempts_error"},
     "apr_async.server": {
         "Command", "DEFAULT_HEADER_TIMEOUT", "HeaderParser", "HeaderTooLargeError",
         "IncompleteHeaderError", "ProxyFamily", "ProxyHeader", "ProxyProtocolError", "Transport",

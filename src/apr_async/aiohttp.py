@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,11 @@ from aiohttp.client_exceptions import (
 )
 from aiohttp.helpers import ceil_timeout
 
+from apr_async.aiohttp_trace import dns_traces, protocol_of, share_winner, trace_context
 from apr_async.connect.api import AttemptRecorder, create_connection
+from apr_async.connect.stats import last_winner
 from apr_async.connect.svcb_race import SvcbOptions
+from apr_async.core.ranking import AddrPair
 from apr_async.probe.default import current_service
 from apr_async.resolve.pairs import PairContext, get_addr_pairs
 from apr_async.resolve.resolver import Resolver
@@ -125,6 +129,21 @@ class AprConnector(aiohttp.TCPConnector):
         if svcb is not None and not isinstance(svcb, bool | SvcbOptions):
             raise TypeError(f"svcb must be None, a bool or SvcbOptions: {svcb!r}")
         self._apr_svcb = svcb
+        # which pair each connection won with (see winner()); dies with the connection
+        self._apr_winners: weakref.WeakKeyDictionary[Any, AddrPair] = (
+            weakref.WeakKeyDictionary())
+
+    def winner(self, connection: Any) -> AddrPair | None:
+        """The (source, destination) pair a connection of this connector won its race with
+        (``pair.reason`` says why it ranked where it did). ``connection``: a
+        ``ClientResponse`` (while it holds its connection: aiohttp releases it once the body
+        is read), its ``.connection`` or the protocol. ``None`` for a connection this
+        connector did not race. Tracing sees the same pair as ``trace_config_ctx.apr_pair``
+        from ``on_connection_create_end`` on."""
+        try:
+            return self._apr_winners.get(protocol_of(connection))
+        except TypeError:  # not weak-referenceable: not one of ours
+            return None
 
     async def close(self, *, abort_ssl: bool = False) -> None:
         """Close every connection, then the private resolver (if ``nameservers`` made one)."""
@@ -162,6 +181,10 @@ class AprConnector(aiohttp.TCPConnector):
             # The application's default probe service, if it runs on this loop: it ranks
             # with live measurements and learns from these attempts (passive samples).
             service = current_service()
+        pair_source = None
+        if traces:  # aiohttp's DNS signals, as TCPConnector would fire them
+            context = trace_context(self._apr_context, service)
+            pair_source = await dns_traces(traces, host, name, context, self._family)
         try:
             async with ceil_timeout(timeout.sock_connect, ceil_threshold=timeout.ceil_threshold):
                 transport, protocol = await create_connection(
@@ -178,7 +201,12 @@ class AprConnector(aiohttp.TCPConnector):
                     race_tls=self._apr_race_tls and sslcontext is not None,
                     context=self._apr_context,
                     svcb=self._apr_svcb,
+                    pair_source=pair_source,
                 )
+            winner = last_winner.get()
+            if isinstance(winner, AddrPair):
+                self._apr_winners[protocol] = winner
+                share_winner(traces, winner)
         except socket.gaierror as exc:
             raise ClientConnectorDNSError(req.connection_key, exc) from exc
         except ssl.CertificateError as exc:

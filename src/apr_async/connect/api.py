@@ -37,6 +37,7 @@ from apr_async.connect.race import race, race_attempts, untried_alternatives
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.recorders import ContextRecorder, report_untried
 from apr_async.connect.source import filtered, ranked_source
+from apr_async.connect.stats import race_finished
 from apr_async.connect.svcb_race import SvcbOptions, check_svcb, connect_via_svcb
 from apr_async.connect.tls import HandshakeHolder, ProtocolT, abort_holder, wrap_socket
 from apr_async.connect.types import (
@@ -279,7 +280,18 @@ def _close_socket(sock: socket.socket) -> None:
 
 async def _with_timeout(opts: Options, log: AttemptLog, work: Awaitable[ResultT]) -> ResultT:
     """Bound ``work`` by the ``timeout``; on expiry raise an :class:`AllAttemptsFailedError`
-    that is a ``TimeoutError`` and tells what each attempt did (``log``)."""
+    that is a ``TimeoutError`` and tells what each attempt did (``log``). Every race ends
+    here, so this is where the metrics count it (one call, :mod:`apr_async.connect.stats`)."""
+    try:
+        result = await _bounded(opts, log, work)
+    except BaseException as exc:
+        race_finished(log, exc)
+        raise
+    race_finished(log, None)
+    return result
+
+
+async def _bounded(opts: Options, log: AttemptLog, work: Awaitable[ResultT]) -> ResultT:
     if opts.timeout is None:
         return await work
     scope = asyncio.timeout(opts.timeout)

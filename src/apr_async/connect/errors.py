@@ -200,10 +200,16 @@ class AttemptLog:
     def __init__(self) -> None:
         self.failures: list[tuple[Any, OSError]] = []
         self._unfinished: list[Any] = []
+        # for the metrics (connect/stats.py): how many attempts, and the first one's family
+        self.started_count = 0
+        self.first_family: int | None = None
 
     def started(self, pair: Any) -> None:
         """An attempt over ``pair`` started."""
         self._unfinished.append(pair)
+        if not self.started_count:
+            self.first_family = getattr(pair, "family", None)
+        self.started_count += 1
 
     def failed(self, pair: Any, exc: OSError) -> None:
         """The attempt over ``pair`` failed with ``exc``."""
