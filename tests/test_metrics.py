@@ -138,3 +138,33 @@ async def test_opentelemetry_instruments_read_by_the_sdk(tmp_path: Path) -> None
     assert ("apr_async.status", (("flag", "IPv4_ok"),)) in points
     with pytest.raises(TypeError):
         instrument(provider.get_meter("test"), service="nope")  # type: ignore[arg-type]
+
+
+async def test_fast_path_connections_are_counted_and_name_their_winner() -> None:
+    # open_connection to a literal with default arguments takes the one-pair fast path
+    # (apr_async.connect.fast), which bypasses the race: it must be counted all the same,
+    # and integrations must still learn which pair won (the aiohttp trace, httpx's apr_pair).
+    from apr_async import open_connection
+    from apr_async.connect.stats import last_winner
+
+    listener = _listener("127.0.0.1")
+    port = listener.getsockname()[1]
+    context = PairContext(resolver=Resolver(["127.0.0.1:9"]))
+    try:
+        for _ in range(3):  # the first call warms the memo; the others take the fast path
+            _, writer = await open_connection("127.0.0.1", port, context=context)
+            writer.close()
+            await writer.wait_closed()
+            assert last_winner.get().destination[0] == "127.0.0.1"
+        with pytest.raises(ConnectionRefusedError):
+            await open_connection("127.0.0.1", 9, context=context)
+        with pytest.raises(ConnectionRefusedError):
+            await open_connection("127.0.0.1", 9, context=context)
+    finally:
+        listener.close()
+        await context.get_resolver().close()
+    snap = metrics.snapshot()
+    assert dict(snap.connections) == {"ipv4": 3}
+    assert snap.failed_races == 2
+    assert dict(snap.attempts_per_race) == {1: 5}
+    assert dict(snap.attempt_failures) == {"ECONNREFUSED": 2}

@@ -23,6 +23,7 @@ from apr_async.connect.attempt import Connecting, flush_records
 from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.connect.options import Options, check_request
 from apr_async.connect.rank_memo import rank_memo
+from apr_async.connect.stats import single_finished
 from apr_async.connect.types import ConnectPair
 from apr_async.resolve.pairs import PairContext, default_context
 
@@ -117,15 +118,19 @@ async def connect_single(opts: Options, pair: ConnectPair) -> socket.socket:
     # claim()'s ownership rule, inline (one coroutine less per connection): a cancellation
     # that arrives after the attempt completed closes the socket nobody will take.
     try:
-        return await attempt
+        sock = await attempt
     except OSError as exc:
+        single_finished(pair, exc)
         raise AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)]) from None
-    except BaseException:
+    except BaseException as exc:
+        single_finished(pair, exc)
         if not attempt.done():
             attempt.cancel()
         elif not attempt.cancelled() and attempt.exception() is None:
             attempt.result().close()
         raise
+    single_finished(pair, None)
+    return sock
 
 
 async def open_stream(

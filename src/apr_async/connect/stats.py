@@ -18,7 +18,7 @@ from typing import Any
 
 from apr_async.connect.errors import AttemptLog
 
-__all__ = ["ConnectStats", "last_winner", "race_finished", "stats"]
+__all__ = ["ConnectStats", "last_winner", "race_finished", "single_finished", "stats"]
 
 _FAMILY_NAMES: dict[int, str] = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "ipv6"}
 
@@ -93,3 +93,17 @@ def race_finished(log: AttemptLog, error: BaseException | None) -> None:
     first = log.first_family
     if first is not None and first != family:
         stats.fallbacks[name] += 1
+
+
+def single_finished(pair: Any, error: BaseException | None) -> None:
+    """Count one race of the one-pair fast path (:mod:`apr_async.connect.fast`): one attempt,
+    no fallback possible. O(1) and no allocation on a success, like :func:`race_finished`."""
+    stats.attempts[1] += 1
+    if error is not None:
+        if isinstance(error, OSError):  # a cancellation is no failed attempt, as in a race
+            number = error.errno
+            stats.attempt_failures[errno_name(number if isinstance(number, int) else None)] += 1
+        stats.failed += 1
+        return
+    last_winner.set(pair)
+    stats.connections[family_name(int(pair.family))] += 1
