@@ -67,7 +67,8 @@ async def echo(lab: Lab) -> AsyncIterator[EchoServer]:
 
 def test_every_example_is_tested() -> None:  # runs without the lab too
     tested = {"aiohttp_client.py", "outbound_server.py", "wait_for_service.py", "sync_shim.py",
-              "httpx_client.py", "websocket_client.py", "prometheus_metrics.py"}
+              "httpx_client.py", "websocket_client.py", "prometheus_metrics.py",
+              "redis_client.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -194,3 +195,25 @@ async def test_prometheus_metrics(healthy_lab: Lab, echo: EchoServer) -> None:
     assert res.returncode == 0, res.stderr
     assert 'apr_async_connections_total{family="ipv4"} 2.0' in res.stdout
     assert 'apr_async_fallbacks_total{family="ipv4"}' in res.stdout  # the cold race fell back
+
+
+@lab_test
+async def test_redis_client(healthy_lab: Lab) -> None:
+    from resp_standin import resp_handler, serve_resp
+
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    store, peers = resp_handler()
+    sock = lab.socket("server", socket.AF_INET6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0))
+    server = await asyncio.start_server(lambda r, w: serve_resp(r, w, store, peers), sock=sock)
+    try:
+        port = sock.getsockname()[1]
+        res = await example(lab, "redis_client.py", lab.names.dual, str(port), *ns_args(lab))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "apr_async = raced"
+    assert peers == [lab.client.v4]  # IPv4 past the blackhole
