@@ -285,6 +285,32 @@ async def test_svcb_endpoints_explain_each_endpoint(dns: DNSServer, ports: tuple
         await resolver.close()
 
 
+async def test_explain_text_svcb_shows_endpoints_then_the_fallback(
+    dns: DNSServer, ports: tuple[int, int]
+) -> None:
+    from apr_async import explain_text
+
+    resolver = Resolver(dns.nameservers, hosts_path=None, timeout=0.5, tries=1)
+    try:
+        context = PairContext(resolver=resolver)
+        text = await explain_text("alias.test", 443, context=context, svcb=True)
+        assert text.startswith("HTTPS records of alias.test:")
+        assert "alias chain: alias.test -> cdn.test" in text
+        endpoint_at = text.index("endpoint #1 ")
+        fallback_at = text.index("alias.test itself (A/AAAA, the fallback):")
+        assert endpoint_at < fallback_at
+        # the endpoint's own pairs carry the record's port, the fallback's the asked one
+        assert f"endpoint #1 cdn.test:{ports[1]}:" in text
+        assert f"127.0.0.1:{ports[1]}" in text[endpoint_at:fallback_at]
+        assert ":443" in text[fallback_at:]
+        plain = await explain_text("alias.test", 443, context=context)
+        assert "HTTPS records" not in plain
+        with pytest.raises(TypeError):
+            await explain_text("alias.test", 443, context=context, svcb=1)  # type: ignore[arg-type]
+    finally:
+        await resolver.close()
+
+
 async def test_dropped_https_query_is_not_waited_for(
     dns: DNSServer, ports: tuple[int, int], client_ctx: ssl.SSLContext
 ) -> None:

@@ -301,12 +301,39 @@ async def explain_text(
     family: int = socket.AF_UNSPEC,
     resolver: Resolver | None = None,
     context: PairContext | None = None,
+    svcb: bool = False,
 ) -> str:
-    """:func:`explain` formatted as a table (see :func:`format_pairs`)."""
+    """:func:`explain` formatted as a table (see :func:`format_pairs`).
+
+    ``svcb=True`` also asks for the name's HTTPS records (RFC 9460) and explains them first:
+    each endpoint (target, port, ALPN, the record it came from, why it ranks where it does),
+    what was skipped and why, then the ranked pairs of every endpoint, as a connection with
+    ``svcb=True`` would try them, and last the name's own pairs (the fallback).
+    """
+    if not isinstance(svcb, bool):
+        raise TypeError(f"svcb must be a bool, not {svcb!r}")
     pairs = await get_addr_pairs(
         host, port, type=type, family=family, resolver=resolver, context=context
     )
-    return format_pairs(pairs)
+    if not svcb:
+        return format_pairs(pairs)
+    # Lazy: resolve.https builds on this module (its lookups take a PairContext).
+    from apr_async.resolve.https import explain_https, svcb_endpoints  # noqa: PLC0415
+
+    ctx = context if context is not None else default_context()
+    if resolver is not None:
+        ctx = PairContext(resolver=resolver)
+    name = host.decode() if isinstance(host, bytes) else host
+    svc_port = 443 if port is None else _service_port(port, type)
+    answer = await svcb_endpoints(name, svc_port, context=ctx)
+    parts = ["HTTPS records of " + name + ":", *("  " + line for line in explain_https(answer))]
+    for endpoint in answer.endpoints:
+        target_pairs = await get_addr_pairs(endpoint.target, endpoint.port, type=type,
+                                            family=family, context=ctx)
+        parts += ["", f"endpoint #{endpoint.rank + 1} {endpoint.target}:{endpoint.port}:",
+                  format_pairs(target_pairs)]
+    parts += ["", f"{name} itself (A/AAAA, the fallback):", format_pairs(pairs)]
+    return "\n".join(parts)
 
 
 def _sockaddr_text(addr: SockAddr) -> str:
