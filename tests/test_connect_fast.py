@@ -72,6 +72,19 @@ async def test_repeated_numeric_connections_take_the_fast_path(
     assert ctx.latency.estimate(loopback, loopback) is not None
 
 
+async def test_a_socket_module_family_takes_the_fast_path(
+    server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # family=socket.AF_INET is an AddressFamily (an IntEnum), the usual way to pass it
+    ctx = PairContext()
+    used = forbid_general_path(monkeypatch)
+    for _ in range(3):
+        _, writer = await api.open_connection("127.0.0.1", server, family=socket.AF_INET,
+                                              context=ctx)
+        writer.close()
+    assert used == ["general"]
+
+
 async def test_other_arguments_take_the_general_path(
     server: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

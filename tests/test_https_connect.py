@@ -153,6 +153,26 @@ async def test_plain_tcp_needs_svcb_true(dns: DNSServer, ports: tuple[int, int],
     assert line.startswith(f"PORT {ports[0]} ")
 
 
+async def test_svcb_true_is_honoured_on_a_warm_single_address_name(
+    dns: DNSServer, ports: tuple[int, int], client_ctx: ssl.SSLContext
+) -> None:
+    # A plain connection warms the one-pair fast path for (cdn.test, a); svcb=True on the same
+    # name and port must still look the record up (port b), not take the fast path to a.
+    resolver = Resolver(dns.nameservers, hosts_path=None, timeout=0.5, tries=1)
+    context = PairContext(resolver=resolver)
+    try:
+        for svcb, expected in ((None, ports[0]), (None, ports[0]), (True, ports[1])):
+            _, writer = await open_connection("cdn.test", ports[0], context=context,
+                                              svcb=svcb)
+            try:
+                assert writer.get_extra_info("peername")[1] == expected
+            finally:
+                writer.close()
+                await writer.wait_closed()
+    finally:
+        await resolver.close()
+
+
 async def test_alias_chain_is_followed(dns: DNSServer, ports: tuple[int, int],
                                        client_ctx: ssl.SSLContext) -> None:
     line = await greeting(dns, "alias.test", 443, ssl=client_ctx)

@@ -435,6 +435,7 @@ async def create_connection(
         and timeout is None
         and not race_tls
         and pair_source is None
+        and svcb is None  # svcb=True asks for HTTPS records: the general path looks them up
     ):
         fast = _fast(host, port, family, service, context)
         if fast is not None:
@@ -509,6 +510,7 @@ async def open_connection(
         and timeout is None
         and not race_tls
         and pair_source is None
+        and svcb is None  # svcb=True asks for HTTPS records: the general path looks them up
     ):
         fast = _fast(host, port, family, service, context)
     reader = asyncio.StreamReader(limit=limit, loop=loop)

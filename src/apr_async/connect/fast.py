@@ -34,6 +34,11 @@ __all__ = ["connect_single", "fast_options", "open_stream", "single_pair"]
 _MAX = 256
 
 
+# A family is an int or the socket module's own AddressFamily (socket.AF_INET): both hash
+# and compare as the number, so they share one cache entry.
+_FAMILY_TYPES = (int, socket.AddressFamily)
+
+
 def _context_for(context: object, service: object) -> PairContext | None:
     """The context a request would use (as :func:`check_request` picks it), or ``None`` when
     that cannot be told cheaply (a bad argument: the general path raises the error)."""
@@ -55,8 +60,8 @@ def fast_options(
 ) -> Options | None:
     """The checked options of a default-argument request, reused across calls; ``None`` when
     the arguments are of a kind the cache does not take (the general path checks them)."""
-    if type(host) is not str or type(port) is not int or type(family) is not int:
-        return None  # bool ports, str ports, int subclasses: let check_request judge them
+    if type(host) is not str or type(port) is not int or type(family) not in _FAMILY_TYPES:
+        return None  # bool ports, str ports, other int subclasses: check_request judges them
     if service is None and context is None:
         service = default_service()  # may change between calls (started, stopped)
     ctx = _context_for(context, service)
