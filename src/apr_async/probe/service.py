@@ -32,52 +32,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno as errno_codes
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 from apr_async.config import Config
-from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address
+from apr_async.core.addresses import IPAddress, parse_address
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 from apr_async.core.outcomes import record_outcome
-from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
+from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker
 from apr_async.probe import table_codec as codec
 from apr_async.probe.atlas_loop import rotate_anchors
 from apr_async.probe.cache_keeper import CacheKeeper
-from apr_async.probe.measure import (
-    PathMeasurement,
-    context_for,
-    gateway_texts,
-    ip_of,
-    translators_of,
-)
+from apr_async.probe.measure import PathMeasurement, context_for, ip_of, translators_of
+from apr_async.probe.nat64 import Nat64Discovery
 from apr_async.probe.netwatch import NetWatcher
-from apr_async.probe.plan import (
-    Pacer,
-    PlannedProbe,
-    RecentDestinations,
-    Target,
-    gateway_targets,
-    is_offlink,
-    plan_probes,
-    source_text,
-)
-from apr_async.probe.probes import (
-    IcmpMode,
-    IcmpUnavailableError,
-    ProbeResult,
-    detect_icmp_mode,
-    icmp_probe,
-    tcp_probe,
-)
+from apr_async.probe.observed import derive_status, measurements
+from apr_async.probe.plan import PlannedProbe, RecentDestinations, Target, is_offlink, plan_probes
+from apr_async.probe.prober import Prober, record_probe
+from apr_async.probe.probes import IcmpMode, detect_icmp_mode
 from apr_async.probe.registry import install, install_fallback_context, uninstall
 from apr_async.probe.shared import ShareUnavailable
 from apr_async.probe.sharing import POLL, Sharing
+from apr_async.probe.targets import collect_targets
 from apr_async.resolve import interfaces, pairs
 from apr_async.resolve.resolver import Resolver
 
@@ -86,8 +66,6 @@ __all__ = ["PathMeasurement", "ProbeService", "context_for", "install_fallback_c
 # The service logged under this name before it had a module of its own; users filter on it.
 log = logging.getLogger("apr_async.probe")
 
-#: How often the NAT64 prefix is looked up again when the network did not change.
-_NAT64_RECHECK = 300.0
 #: Untried destinations of one family kept from one :meth:`ProbeService.record_untried` call.
 _UNTRIED_PER_FAMILY = 2
 
@@ -130,9 +108,8 @@ class ProbeService:
         self._atlas_task: asyncio.Task[None] | None = None
         self._watcher: NetWatcher | None = None
         self._snapshot: interfaces.HostSnapshot | None = None
-        self._icmp: IcmpMode | None = None
-        self._nat64: str | None = None
-        self._nat64_checked: float | None = None
+        self._prober = Prober(config, self._rng)
+        self._nat64 = Nat64Discovery(config.nat64_discovery)
         self._recent = RecentDestinations(
             config.recent_destinations,
             ttl=config.recent_ttl,
@@ -145,8 +122,6 @@ class ProbeService:
         self._ready = asyncio.Event()
         self._tick = asyncio.Event()
         self._wake = asyncio.Event()
-        self._pacer = Pacer(config.probe_rate, min(config.probe_rate, 10.0))
-        self._limit = asyncio.Semaphore(config.max_concurrent_probes)
         self._previous_context: pairs.PairContext | None = None
         self._released = False
         self._cache = CacheKeeper(config, self.latency, clock)
@@ -160,7 +135,7 @@ class ProbeService:
         #: Network changes noticed (addresses, gateways).
         self.network_changes = 0
         #: Probes sent, by method (for diagnostics and the benchmark).
-        self.probes_sent = {"icmp": 0, "tcp": 0}
+        self.probes_sent = self._prober.sent
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,7 +154,7 @@ class ProbeService:
     @property
     def icmp_mode(self) -> IcmpMode | None:
         """The ICMP socket kind in use, or ``None`` when ICMP is off."""
-        return self._icmp
+        return self._prober.mode
 
     async def start(self) -> None:
         """Start probing in the background; returns at once (no network wait)."""
@@ -195,8 +170,8 @@ class ProbeService:
         try:
             self._snapshot = interfaces.read_snapshot()
             self.context.observe_network(self._snapshot.fingerprint)
-            self._icmp = detect_icmp_mode(self.config.icmp)
-            if self._icmp is None and self.config.icmp != "off":
+            self._prober.mode = detect_icmp_mode(self.config.icmp)
+            if self._prober.mode is None and self.config.icmp != "off":
                 log.warning(
                     "ICMP probes are off: neither raw sockets nor ping sockets are allowed "
                     "here (see net.ipv4.ping_group_range); TCP probes carry on"
@@ -320,32 +295,7 @@ class ProbeService:
 
     def measurements(self) -> list[PathMeasurement]:
         """The latest result and latency figures of every probed path, best first."""
-        now = self._clock()
-        by_pair: dict[tuple[IPAddress, IPAddress], list[Observation]] = {}
-        for obs in self._tracker.observations():
-            by_pair.setdefault((obs.source, obs.destination), []).append(obs)
-        out: list[PathMeasurement] = []
-        for (src, dst), items in by_pair.items():
-            latest = max(items, key=lambda o: o.at)
-            estimate = self.latency.estimate(src, dst)
-            if estimate is not None and estimate.inherited:
-                estimate = None  # a path's own figures only, never its prefix's
-            out.append(
-                PathMeasurement(
-                    source=str(src),
-                    destination=str(dst),
-                    methods=tuple(sorted({o.method for o in items})),
-                    ok=any(o.ok for o in items),
-                    rtt=estimate.rtt if estimate is not None else None,
-                    min_rtt=estimate.min if estimate is not None else None,
-                    loss=estimate.loss if estimate is not None else 0.0,
-                    samples=estimate.samples if estimate is not None else 0,
-                    age=now - latest.at,
-                    last_rtt=estimate.last if estimate is not None else None,
-                )
-            )
-        out.sort(key=lambda m: (not m.ok, m.rtt if m.rtt is not None else float("inf")))
-        return out
+        return measurements(self._tracker, self.latency, self._clock())
 
     def record_attempt(
         self, pair: object, port: int, ok: bool, rtt: float | None, errno: int | None
@@ -448,12 +398,14 @@ class ProbeService:
         assert snapshot is not None
         now = self._clock()
         nat64 = None
-        if self._nat64_due(snapshot, now):
+        if self._nat64.due(snapshot, now):
             nat64 = asyncio.create_task(self._discover_nat64(), name="apr_async-nat64")
         try:
-            targets = await self._collect_targets(snapshot, now)
+            targets = await collect_targets(
+                self.config, self.resolver, snapshot, now, icmp=self._prober.mode is not None,
+                recent=self._recent, anchors=self._anchors)
             self._targets = targets
-            plan = plan_probes(snapshot, targets, icmp=self._icmp is not None)
+            plan = plan_probes(snapshot, targets, icmp=self._prober.mode is not None)
             if plan:
                 # steady-state rounds spread their probes (no bursts on the wire); the first
                 # round and one after a network change go as fast as the rate limit allows
@@ -486,104 +438,15 @@ class ProbeService:
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
-    # ------------------------------------------------------------------ targets and plan
-
-    async def _collect_targets(
-        self, snapshot: interfaces.HostSnapshot, now: float
-    ) -> list[Target]:
-        cfg = self.config
-        out: list[Target] = []
-        tcp_default = cfg.probe_port if cfg.tcp_probes else None
-        for target in cfg.probe_targets:
-            port = (target.port or cfg.probe_port) if cfg.tcp_probes else None
-            for ip, ifindex in await self._resolve_target(target.host, snapshot):
-                out.append(Target(ip, ifindex, port, "configured", target.host))
-        if cfg.probe_gateways:
-            # a gateway is not a TCP service; it gets TCP only when ICMP cannot be used,
-            # and then a refusal (RST) is the expected proof of the path
-            out += gateway_targets(snapshot, tcp_default if self._icmp is None else None)
-        out += self._recent.due(now, tcp=cfg.tcp_probes)
-        out += [Target(ip, None, tcp_default, "atlas", str(ip)) for ip in self._anchors]
-        return out
-
-    async def _resolve_target(
-        self, host: str, snapshot: interfaces.HostSnapshot
-    ) -> list[tuple[IPAddress, int | None]]:
-        try:
-            ip, zone = parse_address(host)
-        except ValueError:
-            pass
-        else:
-            ifindex = None
-            if zone is not None:
-                ifindex = int(zone) if zone.isdigit() else snapshot.ifindex_of(zone)
-                if ifindex is None:
-                    return []
-            return [(ip, ifindex)]
-        try:
-            async with asyncio.timeout(self.config.dns_timeout * 2):
-                found = await self.resolver.resolve(host)
-        except (OSError, TimeoutError) as exc:
-            log.debug("probe target %s does not resolve: %s", host, exc)
-            return []
-        out: list[tuple[IPAddress, int | None]] = []
-        for ip, zone in found:
-            ifindex = None
-            if zone is not None:
-                ifindex = int(zone) if zone.isdigit() else snapshot.ifindex_of(zone)
-            out.append((ip, ifindex))
-        return out
-
     # ------------------------------------------------------------------ probing
 
     async def _probe(self, probe: PlannedProbe, spread: float) -> None:
-        loop = asyncio.get_running_loop()
-        if spread > 0:
-            await asyncio.sleep(self._rng.uniform(0, spread))
-        async with self._limit:
-            await self._pacer.wait(loop)
-            source, target = source_text(probe.source), probe.target.text()
-            wait = self.config.probe_timeout
-            try:
-                if probe.method == "icmp":
-                    if self._icmp is None:
-                        return
-                    self.probes_sent["icmp"] += 1
-                    result = await icmp_probe(
-                        source, target, max_wait=wait, privileged=self._icmp == "privileged"
-                    )
-                else:
-                    assert probe.target.port is not None
-                    self.probes_sent["tcp"] += 1
-                    result = await tcp_probe(source, target, probe.target.port, max_wait=wait)
-            except IcmpUnavailableError as exc:
-                if self._icmp is not None:
-                    log.warning("ICMP probes are off (%s); TCP probes carry on", exc.strerror)
-                    self._icmp = None
-                return
-            except (ValueError, OSError) as exc:
-                log.debug("probe %s -> %s skipped: %s", source, target, exc)
-                return
-        self._record_probe(probe, result)
-
-    def _record_probe(self, probe: PlannedProbe, result: ProbeResult) -> None:
-        if result.error in (errno_codes.EADDRNOTAVAIL, errno_codes.EINVAL) and not result.ok:
-            return  # the source went away mid-round: that says nothing about the path
-        src, dst = probe.source.address, probe.target.ip
-        now = self._clock()
-        self.latency.record(src, dst, result.rtt if result.ok else None, now)
-        port = probe.target.port
-        if result.method == "tcp" and port is not None:
-            if result.ok:
-                self.failures.record_success(src, dst, port)
-            else:
-                name = errno_codes.errorcode.get(result.error or 0, "failed")
-                self.failures.record_failure(src, dst, port, now, error=name)
-        self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink,
-                                          result.method))
-        self._status_dirty = True
-        # no publication per probe: the round's end publishes them together, so followers
-        # restore their tables once per round, not once per result
+        result = await self._prober.send(probe, spread)
+        if result is not None and record_probe(self.latency, self.failures, self._tracker,
+                                               probe, result, now=self._clock()):
+            self._status_dirty = True
+            # no publication per probe: the round's end publishes them together, so
+            # followers restore their tables once per round, not once per result
 
     # ------------------------------------------------------------------ status and network
 
@@ -591,17 +454,9 @@ class ProbeService:
         snapshot = self._snapshot
         if snapshot is None:
             return
-        gateways = gateway_texts(snapshot)
-        sources = [s for s in snapshot.sources if s.kind is not AddressKind.LOOPBACK]
         before = self._status
-        status = self._tracker.derive(
-            sources,
-            now=self._clock(),
-            max_age=self.config.effective_status_max_age,
-            gateway4=gateways[socket.AF_INET],
-            gateway6=gateways[socket.AF_INET6],
-            nat64_prefix=self._nat64,
-        )
+        status = derive_status(self._tracker, snapshot, self.config, self._clock(),
+                               self._nat64.prefix)
         self._status = status
         self._status_dirty = False
         self.context.translators_seen = translators_of(status)
@@ -642,33 +497,13 @@ class ProbeService:
         self._shared_changed()
         self._tracker.forget()
         interfaces.invalidate_cache()
-        self._nat64_checked = None
+        self._nat64.recheck()
         self._derive_status()
         self._notify_progress()
 
-    def _nat64_due(self, snapshot: interfaces.HostSnapshot, now: float) -> bool:
-        if not self.config.nat64_discovery:
-            return False
-        if not any(s.address.version == 6 and s.scope == Scope.GLOBAL for s in snapshot.sources):
-            self._nat64 = None
-            return False
-        return self._nat64_checked is None or now - self._nat64_checked >= _NAT64_RECHECK
-
     async def _discover_nat64(self) -> None:
-        self._nat64_checked = self._clock()
-        try:
-            async with asyncio.timeout(self.config.dns_timeout * 2):
-                resolution = await self.resolver.lookup("ipv4only.arpa", socket.AF_INET6)
-            answers = [ip for ip, _zone in resolution.addresses]
-        except (OSError, TimeoutError) as exc:
-            log.debug("NAT64 discovery: %s", exc)
-            answers = []
-        found = nat64_prefixes(answers)
-        prefix = str(found[0]) if found else None
-        if prefix != self._nat64:
-            if prefix:
-                log.info("apr_async: NAT64 prefix %s (RFC 7050)", prefix)
-            self._nat64 = prefix
+        if await self._nat64.discover(self.resolver, within=self.config.dns_timeout * 2,
+                                      now=self._clock()):
             self._status_dirty = True
 
     # ------------------------------------------------------------------ host sharing
