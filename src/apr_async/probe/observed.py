@@ -1,9 +1,11 @@
 """What the service's observations say: a figure per probed path (:func:`measurements`) and
-the connectivity status (:func:`derive_status`)."""
+the connectivity status (:class:`StatusKeeper`)."""
 
 from __future__ import annotations
 
+import logging
 import socket
+from collections.abc import Callable
 
 from apr_async.config import Config
 from apr_async.core.addresses import AddressKind, IPAddress
@@ -12,7 +14,9 @@ from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker
 from apr_async.probe.measure import PathMeasurement, gateway_texts
 from apr_async.resolve import interfaces
 
-__all__ = ["derive_status", "measurements"]
+__all__ = ["StatusKeeper", "measurements"]
+
+log = logging.getLogger("apr_async.probe")
 
 
 def measurements(tracker: StatusTracker, latency: LatencyTable, now: float
@@ -45,21 +49,33 @@ def measurements(tracker: StatusTracker, latency: LatencyTable, now: float
     return out
 
 
-def derive_status(
-    tracker: StatusTracker,
-    snapshot: interfaces.HostSnapshot,
-    config: Config,
-    now: float,
-    nat64_prefix: str | None,
-) -> ConnectivityStatus:
-    """The status the tracker's recent observations give on *snapshot*'s network."""
-    gateways = gateway_texts(snapshot)
-    sources = [s for s in snapshot.sources if s.kind is not AddressKind.LOOPBACK]
-    return tracker.derive(
-        sources,
-        now=now,
-        max_age=config.effective_status_max_age,
-        gateway4=gateways[socket.AF_INET],
-        gateway6=gateways[socket.AF_INET6],
-        nat64_prefix=nat64_prefix,
-    )
+class StatusKeeper:
+    """The tracker of recent observations and the status last derived from them; ``dirty``
+    when an observation came in since."""
+
+    def __init__(self, config: Config, clock: Callable[[], float]) -> None:
+        self.config = config
+        self._clock = clock
+        self.tracker = StatusTracker(max_entries=config.table_size)
+        self.status = ConnectivityStatus()
+        self.dirty = True
+
+    def derive(self, snapshot: interfaces.HostSnapshot, nat64_prefix: str | None
+               ) -> ConnectivityStatus:
+        """The status now, on *snapshot*'s network; logged when its flags changed."""
+        gateways = gateway_texts(snapshot)
+        sources = [s for s in snapshot.sources if s.kind is not AddressKind.LOOPBACK]
+        before = self.status
+        status = self.tracker.derive(
+            sources,
+            now=self._clock(),
+            max_age=self.config.effective_status_max_age,
+            gateway4=gateways[socket.AF_INET],
+            gateway6=gateways[socket.AF_INET6],
+            nat64_prefix=nat64_prefix,
+        )
+        self.status = status
+        self.dirty = False
+        if not before.same_flags(status) and status.observations:
+            log.info("apr_async connectivity: %s", status.summary())
+        return status

@@ -17,6 +17,7 @@ from apr_async.probe.probes import (
     IcmpMode,
     IcmpUnavailableError,
     ProbeResult,
+    detect_icmp_mode,
     icmp_probe,
     tcp_probe,
 )
@@ -37,6 +38,15 @@ class Prober:
         self.sent = {"icmp": 0, "tcp": 0}
         self._pacer = Pacer(config.probe_rate, min(config.probe_rate, 10.0))
         self._limit = asyncio.Semaphore(config.max_concurrent_probes)
+
+    def detect(self) -> None:
+        """Find which ICMP sockets this process may open (``mode``), warning when none."""
+        self.mode = detect_icmp_mode(self.config.icmp)
+        if self.mode is None and self.config.icmp != "off":
+            log.warning(
+                "ICMP probes are off: neither raw sockets nor ping sockets are allowed "
+                "here (see net.ipv4.ping_group_range); TCP probes carry on"
+            )
 
     async def send(self, probe: PlannedProbe, spread: float) -> ProbeResult | None:
         """Send *probe* after a random delay up to *spread*; ``None`` when it was not sent."""
