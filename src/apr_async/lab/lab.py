@@ -18,54 +18,44 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import os
-import signal
 import socket
 import subprocess
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Literal, Self, TypeVar, get_args
+from typing import Any, Literal, Self, TypeVar
 
-from apr_async.lab.cleanup import delete_namespaces, lab_namespaces, sweep_stale_labs
-from apr_async.lab.delayline import DelayLine, open_tun
+from apr_async.lab.cleanup import delete_namespaces, lab_namespaces
+from apr_async.lab.delayline import DelayLine
 from apr_async.lab.dnsserver import DNSServer, LabNames, ZoneEntry, default_zone
 from apr_async.lab.netns import (
     ExecResult,
     LoopThread,
     NetnsError,
+    kill_process_groups,
     lab_unavailable_reason,
     run_coroutine_in_netns,
     run_ip,
     socket_in_netns,
     wait_uncancellable,
-    write_sysctls,
-)
-from apr_async.lab.nft_rules import (
-    client_changes,
-    delay_rules,
-    nptv6_rules,
-    router_base_ruleset,
-    router_scenario_rules,
-    server_base_ruleset,
-    server_scenario_rules,
 )
 from apr_async.lab.scenarios import HEALTHY, Scenario, combine
 from apr_async.lab.servers import EchoServer
 from apr_async.lab.topology import (
     ClientPlan,
+    HostName,
     RouterPlan,
     ServerPlan,
     Topology,
+    check_host,
     new_lab_prefix,
     nptv6_translate,
 )
+from apr_async.lab.wiring import apply_scenario, configure_hosts, create_namespaces, open_delay_line
 
 __all__ = ["HostName", "Lab", "LabUnavailableError"]
 
 T = TypeVar("T")
-HostName = Literal["client", "router", "server"]
-_HOSTS: tuple[str, ...] = get_args(HostName)
 
 _live_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 
@@ -168,7 +158,7 @@ class Lab:
     def netns(self, host: HostName) -> str:
         """Namespace name of ``host`` (for ``ip netns exec`` or ``ip -n``)."""
         return {"client": self.client.netns, "router": self.router.netns,
-                "server": self.server.netns}[_check_host(host)]
+                "server": self.server.netns}[check_host(host)]
 
     def threads(self) -> list[threading.Thread]:
         """Threads this lab currently runs (service loops and ``run_in`` workers)."""
@@ -201,26 +191,12 @@ class Lab:
             raise
 
     async def _build(self) -> None:
-        topo = self.topology
-        sweep_stale_labs()
-        await run_ip(["-batch", "-"], topo.root_batch())
-        iface = topo.iface_sysctls()
-        for ns, values in topo.sysctls().items():
-            write_sysctls(ns, {**values, **iface[ns]})
+        await create_namespaces(self.topology)
         router_svc = self._service_loop("router")
         # Synchronous on purpose: an await here, cancelled after the line opened, would lose
         # the only reference to its tun fd.
-        self._delay = router_svc.call(_open_delay_line, self.router.delay_ifname)
-        r, s = self.router.netns, self.server.netns
-        await _all(
-            run_ip(["-n", self.client.netns, "-batch", "-"], topo.client_batch()),
-            run_ip(["-n", r, "-batch", "-"], topo.router_batch()),
-            run_ip(["-n", s, "-batch", "-"], topo.server_batch()),
-        )
-        await _all(
-            run_ip(["netns", "exec", r, "nft", "-f", "-"], router_base_ruleset(topo)),
-            run_ip(["netns", "exec", s, "nft", "-f", "-"], server_base_ruleset()),
-        )
+        self._delay = router_svc.call(open_delay_line, self.router.delay_ifname)
+        await configure_hosts(self.topology)
         if self._dns is not None:
             await router_svc.run(self._dns.start())
 
@@ -241,10 +217,7 @@ class Lab:
             self._state = "closed"
             return
         try:
-            for proc in self._procs:
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+            kill_process_groups(self._procs)
             for proc in self._procs:
                 with contextlib.suppress(ProcessLookupError):
                     await asyncio.wait_for(proc.wait(), 5)
@@ -277,10 +250,7 @@ class Lab:
                 svc.stop()
             for thread in list(self._run_threads):
                 thread.join(10)
-            for proc in self._procs:
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+            kill_process_groups(self._procs)
         finally:
             delete_namespaces(lab_namespaces(self.prefix))
             _live_labs.discard(self)
@@ -308,41 +278,8 @@ class Lab:
         return target
 
     async def _switch(self, new: Scenario) -> None:
-        topo, old = self.topology, self._scenario
-        r, s, c = self.router.netns, self.server.netns, self.client.netns
-
-        async def router_side() -> None:
-            if new.effective_delay(4) or new.effective_delay(6):
-                self._set_delays(new)  # before steering packets into the line
-            v4_rules, v6_rules = delay_rules(topo, old, new)
-            if v4_rules:
-                await run_ip(["-4", "-n", r, "-batch", "-"], v4_rules)
-            if v6_rules:
-                await run_ip(["-6", "-n", r, "-batch", "-"], v6_rules)
-            self._set_delays(new)
-            if router_scenario_rules(topo, old) != router_scenario_rules(topo, new):
-                await run_ip(["netns", "exec", r, "nft", "-f", "-"],
-                             router_scenario_rules(topo, new))
-            if old.nptv6 != new.nptv6:
-                for argv in nptv6_rules(topo, new.nptv6):
-                    await run_ip(["netns", "exec", r, "ip6tables", "-w", *argv])
-
-        async def server_side() -> None:
-            if server_scenario_rules(topo, old) != server_scenario_rules(topo, new):
-                await run_ip(["netns", "exec", s, "nft", "-f", "-"],
-                             server_scenario_rules(topo, new))
-
-        async def client_side() -> None:
-            batch = client_changes(topo, old, new)
-            if batch:
-                await run_ip(["-n", c, "-batch", "-"], batch)
-
-        await _all(router_side(), server_side(), client_side())
+        await apply_scenario(self.topology, self._scenario, new, self._delay)
         self._scenario = new
-
-    def _set_delays(self, scenario: Scenario) -> None:
-        if self._delay is not None:
-            self._delay.set_delays(scenario.effective_delay(4), scenario.effective_delay(6))
 
     # -- running things inside ------------------------------------------------------------------
 
@@ -432,7 +369,7 @@ class Lab:
         It runs on the lab's service loop for that host and is stopped with the lab. Read
         ``server.accepted`` to see the peer addresses the server saw.
         """
-        _check_host(host)
+        check_host(host)
         self._require_running()
         echo = EchoServer(bind, port, announce_peer=announce_peer)
         # Registered first, so that close() stops it even if this call is cancelled after
@@ -451,34 +388,6 @@ class Lab:
     def _require_running(self) -> None:
         if self._state != "running":
             raise RuntimeError(f"lab is {self._state}, not running")
-
-
-async def _all(*coros: Coroutine[Any, Any, Any]) -> None:
-    """Run ``coros`` concurrently; on the first failure cancel and await the rest.
-
-    ``asyncio.gather`` alone would leave the others running, unsupervised, after it raised.
-    """
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-def _check_host(host: str) -> HostName:
-    if host not in _HOSTS:
-        raise ValueError(f"unknown lab host {host!r}; expected one of {', '.join(_HOSTS)}")
-    return host  # type: ignore[return-value]
-
-
-def _open_delay_line(ifname: str) -> DelayLine:
-    # Runs on the router's service loop: the tun device is created in the router namespace.
-    line = DelayLine(open_tun(ifname))
-    line.start()
-    return line
 
 
 @atexit.register

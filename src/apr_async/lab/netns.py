@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -31,6 +32,7 @@ __all__ = [
     "NetnsError",
     "call_in_netns",
     "enter_netns",
+    "kill_process_groups",
     "lab_unavailable_reason",
     "run_coroutine_in_netns",
     "run_ip",
@@ -381,3 +383,11 @@ def lab_unavailable_reason() -> str | None:
     if not Path("/proc/self/ns/net").exists():
         return "this kernel has no network namespace support"
     return None
+
+
+def kill_process_groups(procs: Sequence[asyncio.subprocess.Process]) -> None:
+    """SIGKILL the process group of each of *procs* still running."""
+    for proc in procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -17,13 +17,16 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 __all__ = [
     "LAB_NAME_RE",
     "ClientPlan",
+    "HostName",
     "RouterPlan",
     "ServerPlan",
     "Topology",
+    "check_host",
     "new_lab_prefix",
     "nptv6_translate",
 ]
@@ -32,6 +35,17 @@ __all__ = [
 LAB_NAME_RE = re.compile(r"^(aprlab-(\d+)-\d+-[0-9a-f]+)-(client|router|server)$")
 
 _counter = itertools.count(1)
+
+#: The lab's three hosts, by role.
+HostName = Literal["client", "router", "server"]
+_HOSTS: tuple[str, ...] = get_args(HostName)
+
+
+def check_host(host: str) -> HostName:
+    """*host* if it names a lab host, else ``ValueError``."""
+    if host not in _HOSTS:
+        raise ValueError(f"unknown lab host {host!r}; expected one of {', '.join(_HOSTS)}")
+    return host  # type: ignore[return-value]
 
 
 def new_lab_prefix() -> str:
