@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from apr_async.cli.forward import Endpoint, Forwarder, RelayRecord, parse_endpoint
+from apr_async.cli.endpoints import Endpoint, RelayRecord, parse_endpoint
+from apr_async.cli.forward import Forwarder
 
 HAS_V6 = socket.has_ipv6
 try:
