@@ -208,7 +208,6 @@ SIZE_ALLOWLIST: dict[str, str] = {
     "core/ranking.py": "being split by another engineer (issue 11)",
     "probe/service.py": "451 lines after the split (rounds, targets, prober, passive, observed, "
                         "nat64, progress, host_share): ProbeService's lifecycle and public API",
-    "resolve/resolver.py": "being split by another engineer (issue 11)",
     "resolve/pairs.py": "being split by another engineer (issue 11)",
     "connect/api.py": "being split by another engineer (issue 11)",
     # Not split yet: issue 11 is still open for these (branch i11 ran out of time).
