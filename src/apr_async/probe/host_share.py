@@ -26,10 +26,12 @@ log = logging.getLogger("apr_async.probe")
 
 
 class HostShare:
-    """The service's :class:`Sharing`, or none (``solo``)."""
+    """The service's :class:`Sharing`, or none (``solo``); ``on_refresh()`` is called when a
+    follower applied a newer shared table."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_refresh: Callable[[], None]) -> None:
         self.sharing: Sharing | None = None
+        self._on_refresh = on_refresh
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -54,14 +56,16 @@ class HostShare:
         fingerprint: str,
         on_outcome: Callable[[codec.Outcome], None],
     ) -> None:
-        """Share through *directory*: lead if the lock is free, else follow."""
+        """Share through *directory*: lead if the lock is free, else follow (warm from the
+        shared table at once)."""
         self._loop = loop
         try:
             sharing = Sharing(directory, tables[0], tables[1], clock)
             sharing.set_network(fingerprint)
             sharing.on_outcome = on_outcome
             self.sharing = sharing
-            sharing.try_lead(loop)
+            if not sharing.try_lead(loop):
+                self.sync()  # warm from the first ranking on
         except ShareUnavailable as exc:
             self.failed(exc)
 
@@ -91,10 +95,14 @@ class HostShare:
         if self.sharing is not None and self.sharing.leader:
             self.sharing.publish()
 
-    def refresh(self) -> bool:
-        """A follower applies the shared table if the leader published since."""
+    def sync(self) -> bool:
+        """A follower applies the shared table if the leader published since; True (and
+        ``on_refresh()``) when the tables changed."""
         sharing = self.sharing
-        return sharing is not None and not sharing.leader and sharing.refresh()
+        if sharing is None or sharing.leader or not sharing.refresh():
+            return False
+        self._on_refresh()
+        return True
 
     def report(self, kind: int, src: IPAddress, dst: IPAddress, port: int, *, ok: bool,
                rtt: float | None, errno: int | None) -> None:
@@ -103,14 +111,14 @@ class HostShare:
         if sharing is not None and not sharing.leader:
             sharing.report(kind, src, dst, port, ok=ok, rtt=rtt, errno=errno)
 
-    async def follow(self, interval: float, sync: Callable[[], object]) -> None:
-        """Follow until this process leads or sharing failed: *sync* every :data:`POLL` of
-        *interval*, and try the lock twice per interval."""
+    async def follow(self, interval: float) -> None:
+        """Follow until this process leads or sharing failed: :meth:`sync` every
+        :data:`POLL` of *interval*, and try the lock twice per interval."""
         loop = asyncio.get_running_loop()
         next_try = loop.time() + interval / 2
         while self.sharing is not None:
             await asyncio.sleep(interval * POLL)
-            sync()
+            self.sync()
             if loop.time() < next_try:
                 continue
             # two attempts per interval: a takeover within one interval of the exit

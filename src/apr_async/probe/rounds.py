@@ -20,6 +20,7 @@ from typing import Any
 
 from apr_async.config import Config
 from apr_async.core.addresses import IPAddress
+from apr_async.probe.atlas_loop import rotate_anchors
 from apr_async.probe.nat64 import Nat64Discovery
 from apr_async.probe.plan import PlannedProbe, RecentDestinations, Target, plan_probes
 from apr_async.probe.prober import Prober
@@ -46,6 +47,15 @@ class RoundLoop:
         self.targets: list[Target] = []
         self.anchors: list[IPAddress] = []
         self.wake = asyncio.Event()
+
+    def start_atlas(self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float]
+                    ) -> asyncio.Task[None]:
+        """The task that keeps ``anchors`` filled with RIPE Atlas anchors (``Config.atlas``)."""
+        def publish(anchors: list[IPAddress]) -> None:
+            self.anchors = anchors
+
+        return loop.create_task(rotate_anchors(self.config, self._rng, clock, publish),
+                                name="apr_async-atlas")
 
     async def run(self, one_round: Callable[[bool], Awaitable[None]]) -> None:
         """Call ``one_round(spread_out)`` for ever on the schedule."""

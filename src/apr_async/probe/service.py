@@ -36,7 +36,6 @@ from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 from apr_async.core.status import ConnectivityStatus
 from apr_async.probe import table_codec as codec
-from apr_async.probe.atlas_loop import rotate_anchors
 from apr_async.probe.cache_keeper import CacheKeeper
 from apr_async.probe.host_share import HostShare
 from apr_async.probe.measure import PathMeasurement, context_for, translators_of
@@ -115,7 +114,7 @@ class ProbeService:
         # None; only with the real monotonic clock, the time base the processes share
         wanted = share if config.share is None else config.share
         self._share_on = bool(wanted) and clock is time.monotonic
-        self._share = HostShare()
+        self._share = HostShare(self._shared_refreshed)
         #: Completed probe rounds.
         self.rounds = 0
         #: Network changes noticed (addresses, gateways).
@@ -168,11 +167,14 @@ class ProbeService:
             )
             self._watcher.start()
             if self.config.atlas:
-                self._start_atlas(loop)
+                self._atlas_task = self._round_loop.start_atlas(loop, self._clock)
             if self._install:
                 install(self)
             if self._share_on:
-                self._start_sharing(loop)
+                self._share.start(loop, self.config.effective_cache_path.parent,
+                                  tables=(self.latency, self.failures), clock=self._clock,
+                                  fingerprint=self._snapshot.fingerprint,
+                                  on_outcome=self._on_shared_outcome)
             if self._share.following:
                 self._task = loop.create_task(self._follow(), name="apr_async-probe-follower")
             else:
@@ -357,23 +359,21 @@ class ProbeService:
             status = self._observed.derive(self._snapshot, self._nat64.prefix)
             self.context.translators_seen = translators_of(status)
 
-    def _refresh_snapshot(self) -> None:
+    def _refresh_snapshot(self) -> bool:
+        """Read the interfaces again; True when the network changed (or was first seen)."""
         try:
             snapshot = interfaces.read_snapshot()
         except OSError as exc:
             log.debug("cannot read interfaces: %s", exc)
-            return
-        if self._snapshot is None or snapshot.fingerprint != self._snapshot.fingerprint:
-            self._network_changed(snapshot)
-        else:
+            return False
+        if self._snapshot is not None and snapshot.fingerprint == self._snapshot.fingerprint:
             self._snapshot = snapshot
+            return False
+        self._network_changed(snapshot)
+        return True
 
     def _on_network_event(self) -> None:
-        if self._state != "running":
-            return
-        before = self._snapshot.fingerprint if self._snapshot is not None else None
-        self._refresh_snapshot()
-        if self._snapshot is not None and self._snapshot.fingerprint != before:
+        if self._state == "running" and self._refresh_snapshot():
             self._round_loop.wake.set()
 
     def _network_changed(self, snapshot: interfaces.HostSnapshot) -> None:
@@ -409,20 +409,11 @@ class ProbeService:
     def sync_shared(self) -> bool:
         """A follower applies the shared table if the leader published since (cheap when not:
         one 8-byte read); True when the tables changed. Module-level calls do this."""
-        if not self._share.refresh():
-            return False
+        return self._share.sync()
+
+    def _shared_refreshed(self) -> None:
         self._progress.ready.set()
         self._progress.notify()
-        return True
-
-    def _start_sharing(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._snapshot is not None
-        self._share.start(loop, self.config.effective_cache_path.parent,
-                          tables=(self.latency, self.failures), clock=self._clock,
-                          fingerprint=self._snapshot.fingerprint,
-                          on_outcome=self._on_shared_outcome)
-        if self._share.following:
-            self.sync_shared()  # warm from the first ranking on
 
     def _on_shared_outcome(self, outcome: codec.Outcome) -> None:
         if outcome.kind == 1:
@@ -435,17 +426,8 @@ class ProbeService:
 
     async def _follow(self) -> None:
         try:
-            await self._share.follow(self.config.probe_interval, self.sync_shared)
+            await self._share.follow(self.config.probe_interval)
         except BaseException:
             await self._release()
             raise
         await self._run()
-
-    # ------------------------------------------------------------------ atlas
-
-    def _start_atlas(self, loop: asyncio.AbstractEventLoop) -> None:
-        def publish(anchors: list[IPAddress]) -> None:
-            self._round_loop.anchors = anchors
-
-        self._atlas_task = loop.create_task(
-            rotate_anchors(self.config, self._rng, self._clock, publish), name="apr_async-atlas")
