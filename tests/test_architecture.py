@@ -214,15 +214,14 @@ MAX_FUNCTION_LINES = 80
 # Paths (relative to src/apr_async) exempt from both limits, module and every function in it.
 SIZE_ALLOWLIST: dict[str, str] = {
     "core/ranking.py": "being split by another engineer (issue 11)",
-    "probe/service.py": "being split by another engineer (issue 11)",
-    "resolve/resolver.py": "being split by another engineer (issue 11)",
-    "resolve/pairs.py": "being split by another engineer (issue 11)",
-    "connect/api.py": "being split by another engineer (issue 11)",
-    # Not split yet: issue 11 is still open for these (branch i11 ran out of time).
-    "core/rfc6724.py": "not split yet: SourceAddress and source rules vs destination rules",
-    "cli/demo.py": "430 lines: the rendering (_Printer, _render*) still to move out",
-    "cli/forward.py": "not split yet: endpoints and records vs the relay",
-    "lab/lab.py": "not split yet: Lab is one class of 377 lines",
+    "probe/service.py": "433 lines after the split (rounds, targets, prober, passive, observed, "
+                        "nat64, progress, host_share): ProbeService's lifecycle, public API "
+                        "and the glue between those parts, mostly docstrings and delegation",
+    "resolve/pairs.py": "not split yet: get_addr_pairs/getaddrinfo/explain share one context",
+    "connect/api.py": "not split yet: open_connection/create_connection/connect_socket and "
+                      "their fast-path dispatch",
+    "lab/lab.py": "not split yet: the split into lab/wiring.py met the declared-tool change "
+                  "(issue 10) at merge time and was left for a later round",
 }
 
 # "path:qualified.name" of functions deliberately kept over the limit, with why.

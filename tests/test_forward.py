@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from apr_async.cli.forward import Endpoint, Forwarder, RelayRecord, parse_endpoint
+from apr_async.cli.endpoints import Endpoint, RelayRecord, parse_endpoint
+from apr_async.cli.forward import Forwarder
 from apr_async.tools import resolve_tool
 
 HAS_V6 = socket.has_ipv6

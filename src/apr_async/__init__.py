@@ -24,7 +24,9 @@ from apr_async.core.policy_table import (
     PolicyTable,
 )
 from apr_async.core.ranking import AddrPair, rank_pairs
-from apr_async.core.rfc6724 import SourceAddress, select_source, sort_destinations
+from apr_async.core.rfc6724 import sort_destinations
+from apr_async.core.source_address import SourceAddress
+from apr_async.core.source_selection import select_source
 from apr_async.core.status import ConnectivityStatus
 from apr_async.core.svcb_plan import SvcbEndpoint
 from apr_async.probe.default import ProbeService, configure, status, wait_ready

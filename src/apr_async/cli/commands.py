@@ -16,8 +16,9 @@ from apr_async.cli.common import (
     family_name,
     sockaddr_text,
 )
+from apr_async.cli.endpoints import RelayRecord
 from apr_async.cli.exit import EXIT_FAILED, EXIT_OK, EXIT_RESOLUTION
-from apr_async.cli.forward import Forwarder, RelayRecord
+from apr_async.cli.forward import Forwarder
 from apr_async.cli.render import Progress, format_duration, format_ms, render_table
 from apr_async.cli.svcb import svcb_view
 from apr_async.cli.timeline import (

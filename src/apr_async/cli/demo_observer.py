@@ -19,7 +19,13 @@ from apr_async.cli.common import family_name, sockaddr_text
 from apr_async.resolve.pairs import system_order
 from apr_async.resolve.resolver import Resolver
 
-__all__ = ["AsyncioObserver", "oserror_text"]
+__all__ = ["HE_DELAY", "PLAIN_CAP", "AsyncioObserver", "oserror_text"]
+
+#: Seconds plain asyncio may take before the demo gives up on it (it would wait for the
+#: kernel's SYN retries, about two minutes, on a blackhole).
+PLAIN_CAP = 2.0
+#: The ``happy_eyeballs_delay`` of the asyncio reference client (RFC 8305's 250 ms).
+HE_DELAY = 0.25
 
 
 _observer: contextvars.ContextVar[AsyncioObserver | None] = contextvars.ContextVar(

@@ -9,9 +9,7 @@ from typing import Final, Literal, NamedTuple
 
 from apr_async.core.addr_pair import Translator
 from apr_async.core.addresses import AddressKind, IPAddress, Scope, kind_of, scope_of
-from apr_async.core.rfc6724 import (
-    SourceAddress,
-)
+from apr_async.core.source_address import SourceAddress
 
 
 class _Unreachable(Enum):

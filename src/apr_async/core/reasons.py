@@ -23,7 +23,8 @@ from typing import Final
 
 from apr_async.core.failures import Failure
 from apr_async.core.latency_trie import Estimate
-from apr_async.core.rfc6724 import DESTINATION_RULES, SOURCE_RULES
+from apr_async.core.rfc6724 import DESTINATION_RULES
+from apr_async.core.source_selection import SOURCE_RULES
 
 __all__ = [
     "KERNEL_TIE",

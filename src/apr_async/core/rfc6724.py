@@ -1,4 +1,4 @@
-"""RFC 6724 default address selection: source rules 1-8 and destination rules 1-10 (sans-IO).
+"""RFC 6724 default address selection: destination rules 1-10, sort_destinations (sans-IO).
 
 Deviations and interpretations, all deliberate:
 
@@ -18,6 +18,9 @@ Deviations and interpretations, all deliberate:
   and neither is inside one of ``skip_rule9_prefixes``, as the RFC 6724 update drafts ask, so
   DNS round-robin over IPv4 (and over configured IPv6 prefixes) keeps its order.
 * Destinations without a usable source keep their relative input order behind the others.
+
+:class:`SourceAddress` is in :mod:`.source_address`, the source rules and
+:func:`select_source` in :mod:`.source_selection`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,39 +28,40 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
-from apr_async.core.addresses import (
-    AddressKind,
-    IPAddress,
-    Scope,
-    ipv4_mapped_to_ipv4,
-    kind_of,
-    parse_address,
-    scope_of,
-)
+from apr_async.core.addresses import AddressKind, IPAddress, kind_of, scope_of
 from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
+
+# SourceAddress and the source rules live in their own modules; they are re-exported here, the
+# module named for the RFC, for the callers that take all of RFC 6724 from one place.
+from apr_async.core.source_address import SourceAddress
+from apr_async.core.source_selection import (
+    SOURCE_KEY_RULES,
+    SOURCE_RULES,
+    as_destination,
+    best_source,
+    check_sources,
+    compare_keys,
+    destination_view,
+    has_mobility,
+    home_preference,
+    select_source,
+    source_key,
+)
 
 __all__ = [
     "DESTINATION_RULES",
+    "SOURCE_KEY_RULES",
     "SOURCE_RULES",
     "SourceAddress",
+    "apply_rule9",
+    "destination_key",
+    "home_preference",
     "select_source",
     "sort_destinations",
+    "source_key",
 ]
-
-SOURCE_RULES: Final[dict[int, str]] = {
-    1: "same address",
-    2: "appropriate scope",
-    3: "avoid deprecated addresses",
-    4: "prefer home addresses",
-    5: "prefer outgoing interface",
-    6: "matching label",
-    7: "prefer temporary addresses",
-    8: "longest matching prefix",
-}
-"""Short names of RFC 6724 section 5 source selection rules, by rule number."""
 
 DESTINATION_RULES: Final[dict[int, str]] = {
     1: "avoid unusable destinations",
@@ -74,305 +78,6 @@ DESTINATION_RULES: Final[dict[int, str]] = {
 """Short names of RFC 6724 section 6 destination ordering rules, by rule number."""
 
 _NOT_NATIVE: Final = frozenset({AddressKind.SIXTO4, AddressKind.TEREDO})
-
-
-@dataclass(frozen=True, slots=True)
-class SourceAddress:
-    """A local address usable as a source, with the attributes RFC 6724 needs.
-
-    *address* may be given as text (``"fe80::1%eth0"`` sets *interface* to ``eth0`` when it
-    is not given). ``prefixlen`` bounds ``CommonPrefixLen`` (source rule 8 and destination
-    rule 9); unknown means 64 for IPv6 and 32 for IPv4. ``ifindex`` is the interface index
-    used as the scope id of link-local pairs. ``str()`` gives the address text.
-    """
-
-    address: IPAddress
-    deprecated: bool = field(default=False, kw_only=True)
-    temporary: bool = field(default=False, kw_only=True)
-    home: bool = field(default=False, kw_only=True)
-    care_of: bool = field(default=False, kw_only=True)
-    interface: str | None = field(default=None, kw_only=True)
-    ifindex: int | None = field(default=None, kw_only=True)
-    prefixlen: int | None = field(default=None, kw_only=True)
-    # Derived once here because ranking reads them for every pair on a hot path.
-    scope: Scope = field(init=False, repr=False, compare=False)
-    kind: AddressKind = field(init=False, repr=False, compare=False)
-    text: str = field(init=False, repr=False, compare=False)
-    _int: int = field(init=False, repr=False, compare=False)
-    _cpl_limit: int = field(init=False, repr=False, compare=False)
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        address: object = self.address
-        interface = self.interface
-        if isinstance(address, str):
-            address, zone = parse_address(address)
-            if interface is None:
-                interface = zone
-        elif isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-            if interface is None:
-                interface = address.scope_id
-            address = ipaddress.IPv6Address(int(address))
-        if not isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            raise TypeError(f"address must be an IP address or str, not {type(address).__name__}")
-        if interface is not None and not isinstance(interface, str):
-            raise TypeError("interface must be a str or None")
-        if self.ifindex is not None and (
-            not isinstance(self.ifindex, int) or isinstance(self.ifindex, bool) or self.ifindex < 0
-        ):
-            raise ValueError(f"ifindex must be a non-negative int, not {self.ifindex!r}")
-        bits = address.max_prefixlen
-        if self.prefixlen is not None and (
-            not isinstance(self.prefixlen, int)
-            or isinstance(self.prefixlen, bool)
-            or not 0 <= self.prefixlen <= bits
-        ):
-            raise ValueError(f"prefixlen must be an int in 0..{bits}, not {self.prefixlen!r}")
-        setattr_ = object.__setattr__
-        setattr_(self, "address", address)
-        setattr_(self, "interface", interface)
-        setattr_(self, "scope", scope_of(address))
-        setattr_(self, "kind", kind_of(address))
-        setattr_(self, "text", str(address))
-        setattr_(self, "_int", int(address))
-        default_limit = 64 if bits == 128 else 32
-        setattr_(
-            self, "_cpl_limit", self.prefixlen if self.prefixlen is not None else default_limit
-        )
-        setattr_(
-            self,
-            "_hash",
-            hash(
-                (
-                    address,
-                    self.deprecated,
-                    self.temporary,
-                    self.home,
-                    self.care_of,
-                    interface,
-                    self.ifindex,
-                    self.prefixlen,
-                )
-            ),
-        )
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __str__(self) -> str:
-        return self.text
-
-    @property
-    def version(self) -> int:
-        """IP version: 4 or 6."""
-        return self.address.version
-
-    def common_prefix_len(self, destination: IPAddress) -> int:
-        """RFC 6724 ``CommonPrefixLen(self, destination)``, bounded by this source's prefix."""
-        if destination.version != self.address.version:
-            raise ValueError("source and destination are of different families")
-        length = destination.max_prefixlen - (self._int ^ int(destination)).bit_length()
-        return min(length, self._cpl_limit)
-
-
-# --- source selection -------------------------------------------------------------------------
-
-SourceKey = tuple[int, int, int, int, int, int, int, int, int]
-# Position in a SourceKey -> source rule number.
-SOURCE_KEY_RULES: Final = (1, 2, 2, 3, 4, 5, 6, 7, 8)
-
-
-def _on_interface(source: SourceAddress, interface: str | int | None) -> bool:
-    if interface is None:
-        return False
-    if isinstance(interface, int):
-        return source.ifindex == interface
-    return source.interface == interface
-
-
-def source_key(
-    source: SourceAddress,
-    destination: IPAddress,
-    *,
-    dst_scope: Scope,
-    dst_label: int,
-    policy: PolicyTable,
-    outgoing_interface: str | int | None,
-    prefer_temporary: bool,
-) -> SourceKey:
-    """Sort key of *source* for *destination*: smaller is better, one slot per rule.
-
-    Rule 4 (home addresses) is not a total order, so its slot is always 0 here and
-    :func:`compare_sources` applies it pairwise when mobility flags are present.
-    """
-    scope = source.scope
-    dst_int = int(destination)
-    return (
-        0 if source._int == dst_int else 1,
-        0 if scope >= dst_scope else 1,
-        scope if scope >= dst_scope else -scope,
-        1 if source.deprecated else 0,
-        0,
-        0 if _on_interface(source, outgoing_interface) else 1,
-        0 if policy.lookup(source.address)[1] == dst_label else 1,
-        0 if source.temporary == prefer_temporary else 1,
-        -min(destination.max_prefixlen - (source._int ^ dst_int).bit_length(), source._cpl_limit),
-    )
-
-
-def home_preference(a: SourceAddress, b: SourceAddress) -> int:
-    """RFC 6724 rule 4 between two sources: -1 prefers *a*, 1 prefers *b*, 0 neither."""
-    a_both = a.home and a.care_of
-    b_both = b.home and b.care_of
-    if a_both != b_both:
-        return -1 if a_both else 1
-    a_home_only = a.home and not a.care_of
-    b_home_only = b.home and not b.care_of
-    if a_home_only and b.care_of and not b.home:
-        return -1
-    if b_home_only and a.care_of and not a.home:
-        return 1
-    return 0
-
-
-def has_mobility(sources: Iterable[SourceAddress]) -> bool:
-    """True if any source is flagged home or care-of (rule 4 then needs pairwise compares)."""
-    return any(s.home or s.care_of for s in sources)
-
-
-def _compare(
-    a_key: tuple[int, ...],
-    b_key: tuple[int, ...],
-    a: SourceAddress | None,
-    b: SourceAddress | None,
-    rule4_slot: int,
-) -> int:
-    head_a, head_b = a_key[:rule4_slot], b_key[:rule4_slot]
-    if head_a != head_b:
-        return -1 if head_a < head_b else 1
-    if a is not None and b is not None:
-        pref = home_preference(a, b)
-        if pref:
-            return pref
-    tail_a, tail_b = a_key[rule4_slot + 1 :], b_key[rule4_slot + 1 :]
-    if tail_a != tail_b:
-        return -1 if tail_a < tail_b else 1
-    return 0
-
-
-def _as_destination(destination: IPAddress | str) -> IPAddress:
-    """*destination* as an address object; text (``"fe80::1%eth0"`` too) is parsed."""
-    if isinstance(destination, str):
-        try:
-            ip, zone = parse_address(destination)
-        except ValueError as exc:
-            raise ValueError(f"destination: {exc}") from None
-        if zone is not None:
-            # Kept on the object like an IPv6Address given with a scope id.
-            return ipaddress.IPv6Address(f"{ip}%{zone}")
-        return ip
-    if not isinstance(destination, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        raise TypeError(
-            f"destination must be an IP address or str, not {type(destination).__name__}"
-        )
-    return destination
-
-
-def _destination_view(destination: IPAddress | str) -> IPAddress:
-    destination = _as_destination(destination)
-    if isinstance(destination, ipaddress.IPv6Address):
-        if destination.scope_id is not None:
-            destination = ipaddress.IPv6Address(int(destination))
-        return ipv4_mapped_to_ipv4(destination)
-    return destination
-
-
-def _check_sources(candidates: Iterable[SourceAddress | str]) -> list[SourceAddress]:
-    if isinstance(candidates, str):
-        raise TypeError("candidates must be an iterable of SourceAddress or str, not one str")
-    result = []
-    for candidate in candidates:
-        if isinstance(candidate, str):
-            try:
-                ip, zone = parse_address(candidate)
-            except ValueError as exc:
-                raise ValueError(f"candidate source: {exc}") from None
-            result.append(SourceAddress(ip, interface=zone))
-        elif isinstance(candidate, SourceAddress):
-            result.append(candidate)
-        else:
-            raise TypeError(
-                f"candidates must be SourceAddress objects or address strings, not "
-                f"{type(candidate).__name__}"
-            )
-    return result
-
-
-def _best_source(
-    destination: IPAddress,
-    candidates: Sequence[SourceAddress],
-    *,
-    policy: PolicyTable,
-    outgoing_interface: str | int | None,
-    prefer_temporary: bool,
-    mobility: bool,
-) -> SourceAddress | None:
-    dst_scope = scope_of(destination)
-    dst_label = policy.lookup(destination)[1]
-    best: SourceAddress | None = None
-    best_key: SourceKey | None = None
-    version = destination.version
-    for source in candidates:
-        if source.address.version != version:
-            continue
-        key = source_key(
-            source,
-            destination,
-            dst_scope=dst_scope,
-            dst_label=dst_label,
-            policy=policy,
-            outgoing_interface=outgoing_interface,
-            prefer_temporary=prefer_temporary,
-        )
-        if best is None or best_key is None:
-            best, best_key = source, key
-        elif mobility:
-            if _compare(key, best_key, source, best, 4) < 0:
-                best, best_key = source, key
-        elif key < best_key:
-            best, best_key = source, key
-    return best
-
-
-def select_source(
-    destination: IPAddress | str,
-    candidates: Iterable[SourceAddress | str],
-    *,
-    policy: PolicyTable = DEFAULT_POLICY_TABLE,
-    outgoing_interface: str | int | None = None,
-    prefer_temporary: bool = True,
-) -> SourceAddress | None:
-    """Pick the source for *destination* among *candidates* by RFC 6724 source rules 1-8.
-
-    Only candidates of the destination's family are considered (an IPv4-mapped destination
-    counts as IPv4); ``None`` if there is none. *outgoing_interface* (name or index) enables
-    rule 5. Equally good candidates keep their input order: the first one wins.
-
-    *destination* and each candidate may be given as text (``"2001:db8::1"``,
-    ``"fe80::1%eth0"``); a candidate given as text becomes ``SourceAddress(text)`` (no flags).
-    Text that is no address raises ``ValueError``, another type ``TypeError``.
-    """
-    dst = _destination_view(destination)
-    sources = _check_sources(candidates)
-    return _best_source(
-        dst,
-        sources,
-        policy=policy,
-        outgoing_interface=outgoing_interface,
-        prefer_temporary=prefer_temporary,
-        mobility=has_mobility(sources),
-    )
-
 
 # --- destination ordering ---------------------------------------------------------------------
 
@@ -464,10 +169,10 @@ def sort_destinations(
     """
     if isinstance(destinations, str):
         raise TypeError("destinations must be an iterable of addresses, not one str")
-    originals = [_as_destination(d) for d in destinations]
+    originals = [as_destination(d) for d in destinations]
     dests = originals
-    views = [_destination_view(d) for d in dests]
-    sources = _check_sources(candidates)
+    views = [destination_view(d) for d in dests]
+    sources = check_sources(candidates)
     skip = tuple(
         p
         if isinstance(p, ipaddress.IPv4Network | ipaddress.IPv6Network)
@@ -479,7 +184,7 @@ def sort_destinations(
     keys: list[DestinationKey] = []
     rule9: list[int | None] = []
     for dst in views:
-        src = _best_source(
+        src = best_source(
             dst,
             sources,
             policy=policy,
@@ -500,7 +205,7 @@ def sort_destinations(
         def cmp(i: int, j: int) -> int:
             a, b = chosen[i], chosen[j]
             ok = keys[i][0] == 0 and keys[j][0] == 0
-            return _compare(keys[i], keys[j], a if ok else None, b if ok else None, 3)
+            return compare_keys(keys[i], keys[j], a if ok else None, b if ok else None, 3)
 
         order = sorted(indexes, key=functools.cmp_to_key(cmp))
         order = apply_rule9(order, lambda i, j: cmp(i, j) == 0, rule9)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from apr_async.core.addresses import AddressKind, IPAddress, kind_of
-from apr_async.core.rfc6724 import SourceAddress
+from apr_async.core.source_address import SourceAddress
 
 __all__ = [
     "PROTOTYPE_FIELDS",

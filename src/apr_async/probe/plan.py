@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from apr_async.core.addresses import AddressKind, IPAddress, Scope, kind_of, scope_of
-from apr_async.core.rfc6724 import SourceAddress
+from apr_async.core.source_address import SourceAddress
 from apr_async.resolve.interfaces import HostSnapshot
 
 __all__ = [

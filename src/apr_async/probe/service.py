@@ -2,21 +2,13 @@
 
 A service owns the latency table, the failure table and the resolver that ranking uses (its
 :attr:`~ProbeService.context` is a :class:`~apr_async.resolve.pairs.PairContext`, installed as the
-package default while the service runs). In the background it:
-
-* probes, every ``probe_interval`` (with jitter), each target from each usable local source:
-  ICMP echo (when sockets allow) and a TCP connect on the target's port, under a global rate
-  limit and a concurrency bound. Targets are the configured ones, the default gateways, the
-  destinations the application used recently (re-probed on their own port, at most every
-  ``recent_probe_interval``) and, optionally, RIPE Atlas anchors (see :mod:`.probe_plan`);
-* records passive samples: :meth:`~ProbeService.record_attempt` takes every connection attempt
-  made by ``open_connection`` and friends, and :meth:`~ProbeService.record_untried` the best
-  pair of each family a won race never tried, re-probed like a used destination so that a
-  family that always loses within the attempt delay gets measured all the same;
-* derives a :class:`~apr_async.core.status.ConnectivityStatus` after each round and discovers a
-  NAT64 prefix (RFC 7050);
-* notices network changes (netlink events or polling) and then drops the failure table and the
-  stale status, and probes again at once.
+package default while the service runs). In the background it probes each target from each
+usable local source in rounds (:mod:`.rounds`, :mod:`.targets`, :mod:`.prober`), records passive
+samples of the application's own attempts (:mod:`.passive`), derives a
+:class:`~apr_async.core.status.ConnectivityStatus` and a NAT64 prefix (:mod:`.observed`,
+:mod:`.nat64`), notices network changes (netlink events or polling; it then drops the failure
+table and the stale status, and probes again at once) and shares it all with the host's other
+processes (:mod:`.host_share`).
 
 Nothing blocks the start: :meth:`~ProbeService.start` reads the interfaces (one netlink dump),
 checks which ICMP sockets are allowed and schedules the first round; ranking answers at once
@@ -32,52 +24,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno as errno_codes
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 from apr_async.config import Config
-from apr_async.core.addresses import AddressKind, IPAddress, Scope, parse_address
+from apr_async.core.addresses import IPAddress, parse_address
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
-from apr_async.core.outcomes import record_outcome
-from apr_async.core.status import ConnectivityStatus, Observation, StatusTracker, nat64_prefixes
+from apr_async.core.status import ConnectivityStatus
 from apr_async.probe import table_codec as codec
-from apr_async.probe.atlas_loop import rotate_anchors
 from apr_async.probe.cache_keeper import CacheKeeper
-from apr_async.probe.measure import (
-    PathMeasurement,
-    context_for,
-    gateway_texts,
-    ip_of,
-    translators_of,
-)
+from apr_async.probe.host_share import HostShare
+from apr_async.probe.measure import PathMeasurement, context_for, translators_of
+from apr_async.probe.nat64 import Nat64Discovery
 from apr_async.probe.netwatch import NetWatcher
-from apr_async.probe.plan import (
-    Pacer,
-    PlannedProbe,
-    RecentDestinations,
-    Target,
-    gateway_targets,
-    is_offlink,
-    plan_probes,
-    source_text,
-)
-from apr_async.probe.probes import (
-    IcmpMode,
-    IcmpUnavailableError,
-    ProbeResult,
-    detect_icmp_mode,
-    icmp_probe,
-    tcp_probe,
-)
+from apr_async.probe.observed import StatusKeeper, measurements
+from apr_async.probe.passive import pair_addresses, record_passive, untried_destinations
+from apr_async.probe.plan import PlannedProbe, RecentDestinations, Target
+from apr_async.probe.prober import Prober, record_probe
+from apr_async.probe.probes import IcmpMode
+from apr_async.probe.progress import Progress
 from apr_async.probe.registry import install, install_fallback_context, uninstall
-from apr_async.probe.shared import ShareUnavailable
-from apr_async.probe.sharing import POLL, Sharing
+from apr_async.probe.rounds import RoundLoop
 from apr_async.resolve import interfaces, pairs
 from apr_async.resolve.resolver import Resolver
 
@@ -85,11 +56,6 @@ __all__ = ["PathMeasurement", "ProbeService", "context_for", "install_fallback_c
 
 # The service logged under this name before it had a module of its own; users filter on it.
 log = logging.getLogger("apr_async.probe")
-
-#: How often the NAT64 prefix is looked up again when the network did not change.
-_NAT64_RECHECK = 300.0
-#: Untried destinations of one family kept from one :meth:`ProbeService.record_untried` call.
-_UNTRIED_PER_FAMILY = 2
 
 
 class ProbeService:
@@ -123,30 +89,24 @@ class ProbeService:
         self.latency: LatencyTable = self.context.latency
         self.failures: FailureTable = self.context.failures
         self.resolver: Resolver = self.context.get_resolver()
-        self._tracker = StatusTracker(max_entries=config.table_size)
+        self._observed = StatusKeeper(config, clock)
+        self._tracker = self._observed.tracker
         self._state: Literal["new", "running", "closed"] = "new"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._atlas_task: asyncio.Task[None] | None = None
         self._watcher: NetWatcher | None = None
         self._snapshot: interfaces.HostSnapshot | None = None
-        self._icmp: IcmpMode | None = None
-        self._nat64: str | None = None
-        self._nat64_checked: float | None = None
+        self._prober = Prober(config, self._rng)
+        self._nat64 = Nat64Discovery(config.nat64_discovery)
         self._recent = RecentDestinations(
             config.recent_destinations,
             ttl=config.recent_ttl,
             interval=config.recent_probe_interval,
         )
-        self._targets: list[Target] = []
-        self._anchors: list[IPAddress] = []
-        self._status_dirty = True
-        self._status = ConnectivityStatus()
-        self._ready = asyncio.Event()
-        self._tick = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._pacer = Pacer(config.probe_rate, min(config.probe_rate, 10.0))
-        self._limit = asyncio.Semaphore(config.max_concurrent_probes)
+        self._round_loop = RoundLoop(config, self._rng, self.resolver, self._prober,
+                                     self._recent)
+        self._progress = Progress()
         self._previous_context: pairs.PairContext | None = None
         self._released = False
         self._cache = CacheKeeper(config, self.latency, clock)
@@ -154,13 +114,13 @@ class ProbeService:
         # None; only with the real monotonic clock, the time base the processes share
         wanted = share if config.share is None else config.share
         self._share_on = bool(wanted) and clock is time.monotonic
-        self._sharing: Sharing | None = None
+        self._share = HostShare(self._shared_refreshed)
         #: Completed probe rounds.
         self.rounds = 0
         #: Network changes noticed (addresses, gateways).
         self.network_changes = 0
         #: Probes sent, by method (for diagnostics and the benchmark).
-        self.probes_sent = {"icmp": 0, "tcp": 0}
+        self.probes_sent = self._prober.sent
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,7 +139,7 @@ class ProbeService:
     @property
     def icmp_mode(self) -> IcmpMode | None:
         """The ICMP socket kind in use, or ``None`` when ICMP is off."""
-        return self._icmp
+        return self._prober.mode
 
     async def start(self) -> None:
         """Start probing in the background; returns at once (no network wait)."""
@@ -195,12 +155,7 @@ class ProbeService:
         try:
             self._snapshot = interfaces.read_snapshot()
             self.context.observe_network(self._snapshot.fingerprint)
-            self._icmp = detect_icmp_mode(self.config.icmp)
-            if self._icmp is None and self.config.icmp != "off":
-                log.warning(
-                    "ICMP probes are off: neither raw sockets nor ping sockets are allowed "
-                    "here (see net.ipv4.ping_group_range); TCP probes carry on"
-                )
+            self._prober.detect()
             if self.config.persist:
                 self._cache.load()
             self._derive_status()
@@ -212,12 +167,15 @@ class ProbeService:
             )
             self._watcher.start()
             if self.config.atlas:
-                self._start_atlas(loop)
+                self._atlas_task = self._round_loop.start_atlas(loop, self._clock)
             if self._install:
                 install(self)
             if self._share_on:
-                self._start_sharing(loop)
-            if self._sharing is not None and not self._sharing.leader:
+                self._share.start(loop, self.config.effective_cache_path.parent,
+                                  tables=(self.latency, self.failures), clock=self._clock,
+                                  fingerprint=self._snapshot.fingerprint,
+                                  on_outcome=self._on_shared_outcome)
+            if self._share.following:
                 self._task = loop.create_task(self._follow(), name="apr_async-probe-follower")
             else:
                 self._task = loop.create_task(self._run(), name="apr_async-probe-service")
@@ -255,33 +213,23 @@ class ProbeService:
         if watcher is not None:
             await watcher.aclose()
         self._release_sync()
-        if self._sharing is not None:
-            self._sharing.close(self._loop)
+        self._share.close()
         if self.config.persist:
             self._cache.save_now()
         await self.resolver.close()
-        self._notify_progress()
+        self._progress.notify()
 
     # ------------------------------------------------------------------ public API
 
     def status(self) -> ConnectivityStatus:
         """The current connectivity status (derived from recent observations)."""
-        if self._status_dirty:
+        if self._observed.dirty:
             self._derive_status()
-        return self._status
+        return self._observed.status
 
     async def wait_ready(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the first probe round has completed; False on timeout or when closed."""
-        if self._ready.is_set():
-            return True
-        if self._state == "closed":
-            return False
-        try:
-            async with asyncio.timeout(timeout):
-                await self._wait_progress(self._ready.is_set)
-        except (TimeoutError, RuntimeError):
-            return False
-        return self._ready.is_set()
+        return await self._progress.wait_ready(timeout, self._closed)
 
     async def wait_rounds(self, count: int, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Wait for ``count`` more completed rounds; return the total. TimeoutError if not."""
@@ -305,47 +253,22 @@ class ProbeService:
         return self.status()
 
     async def _wait_progress(self, done: Callable[[], bool]) -> None:
-        while not done():
-            if self._state == "closed":
-                raise RuntimeError("ProbeService closed")
-            await self._tick.wait()
+        await self._progress.until(done, self._closed)
+
+    def _closed(self) -> bool:
+        return self._state == "closed"
 
     def probe_now(self) -> None:
         """Start the next probe round at once (e.g. after the application saw trouble)."""
-        self._wake.set()
+        self._round_loop.wake.set()
 
     def targets(self) -> list[Target]:
         """The targets of the latest round."""
-        return list(self._targets)
+        return list(self._round_loop.targets)
 
     def measurements(self) -> list[PathMeasurement]:
         """The latest result and latency figures of every probed path, best first."""
-        now = self._clock()
-        by_pair: dict[tuple[IPAddress, IPAddress], list[Observation]] = {}
-        for obs in self._tracker.observations():
-            by_pair.setdefault((obs.source, obs.destination), []).append(obs)
-        out: list[PathMeasurement] = []
-        for (src, dst), items in by_pair.items():
-            latest = max(items, key=lambda o: o.at)
-            estimate = self.latency.estimate(src, dst)
-            if estimate is not None and estimate.inherited:
-                estimate = None  # a path's own figures only, never its prefix's
-            out.append(
-                PathMeasurement(
-                    source=str(src),
-                    destination=str(dst),
-                    methods=tuple(sorted({o.method for o in items})),
-                    ok=any(o.ok for o in items),
-                    rtt=estimate.rtt if estimate is not None else None,
-                    min_rtt=estimate.min if estimate is not None else None,
-                    loss=estimate.loss if estimate is not None else 0.0,
-                    samples=estimate.samples if estimate is not None else 0,
-                    age=now - latest.at,
-                    last_rtt=estimate.last if estimate is not None else None,
-                )
-            )
-        out.sort(key=lambda m: (not m.ok, m.rtt if m.rtt is not None else float("inf")))
-        return out
+        return measurements(self._tracker, self.latency, self._clock())
 
     def record_attempt(
         self, pair: object, port: int, ok: bool, rtt: float | None, errno: int | None
@@ -355,32 +278,22 @@ class ProbeService:
         A refusal (``ok`` false with an ``rtt``) proves the path; a silent failure counts as
         a loss. The destination joins the recently used ones, re-probed on ``port``.
         """
-        src_info = ip_of(getattr(pair, "source", None))
-        dst_info = ip_of(getattr(pair, "destination", None))
-        if src_info is None or dst_info is None:
+        addresses = pair_addresses(pair)
+        if addresses is None:
             return
-        src, _ = src_info
-        dst, scope = dst_info
+        src, dst, scope = addresses
         if self._record_passive(src, dst, scope, port, ok=ok, rtt=rtt, errno=errno):
-            sharing = self._sharing
-            if sharing is not None and not sharing.leader:
-                sharing.report(0, src, dst, port, ok=ok, rtt=rtt, errno=errno)
+            self._share.report(0, src, dst, port, ok=ok, rtt=rtt, errno=errno)
 
     def _record_passive(self, src: IPAddress, dst: IPAddress, scope: int | None, port: int, *,
                         ok: bool, rtt: float | None, errno: int | None) -> bool:
-        now = self._clock()
-        if not record_outcome(
-            self.latency, self.failures, src, dst, port, ok=ok, rtt=rtt, errno=errno, now=now
-        ):
-            return False  # a sample that cannot be right is dropped; the connector must not fail
-        self._tracker.observe(
-            Observation(src, dst, ok or rtt is not None, now, is_offlink(dst, self._snapshot),
-                        "passive")
-        )
-        self._recent.note(dst, scope, port, now)
-        self._status_dirty = True
-        self._shared_changed()
-        self._notify_progress()
+        if not record_passive((self.latency, self.failures), self._tracker, self._recent,
+                              self._snapshot, (src, dst, scope, port), ok=ok, rtt=rtt,
+                              errno=errno, now=self._clock()):
+            return False
+        self._observed.dirty = True
+        self._share.changed()
+        self._progress.notify()
         return True
 
     def record_untried(self, pairs: Sequence[object], port: int) -> None:
@@ -391,24 +304,14 @@ class ProbeService:
         The connector gives the best untried pair of each family other than the winner's;
         without it a family that always loses within the attempt delay would never be
         measured, so the ranking could never learn that it is faster. At most
-        ``_UNTRIED_PER_FAMILY`` per family of each call are kept, whoever the caller is.
+        ``UNTRIED_PER_FAMILY`` per family of each call are kept, whoever the caller is.
         """
         now = self._clock()
-        taken: dict[int, int] = {}
-        for pair in pairs:
-            dst_info = ip_of(getattr(pair, "destination", None))
-            if dst_info is None:
-                continue
-            dst, scope = dst_info
-            count = taken.get(dst.version, 0)
-            if count >= _UNTRIED_PER_FAMILY:
-                continue
-            taken[dst.version] = count + 1
+        for dst, scope in untried_destinations(pairs):
             self._recent.note(dst, scope, port, now, measured=False)
-            sharing = self._sharing
-            if sharing is not None and not sharing.leader:
+            if self._share.following:
                 unspecified = parse_address("::" if dst.version == 6 else "0.0.0.0")[0]
-                sharing.report(1, unspecified, dst, port, ok=False, rtt=None, errno=None)
+                self._share.report(1, unspecified, dst, port, ok=False, rtt=None, errno=None)
 
     def note_destination(self, destination: IPAddress, port: int, *, ifindex: int | None = None,
                          now: float | None = None) -> None:
@@ -418,301 +321,99 @@ class ProbeService:
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        urgent = True  # the first round, and one after a wake-up, is not spread out
         try:
-            while True:
-                started = loop.time()
-                try:
-                    await self._round(spread_out=not urgent)
-                except Exception:
-                    # a bug in one round must not silently end the service for good
-                    log.exception("apr_async probe round failed")
-                jitter = self.config.probe_jitter
-                interval = self.config.probe_interval * (1 + self._rng.uniform(-jitter, jitter))
-                # start-to-start schedule: a slow round does not stretch the period
-                delay = max(0.0, started + interval - loop.time())
-                if not self._wake.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delay):
-                            await self._wake.wait()
-                urgent = self._wake.is_set()
-                self._wake.clear()
+            await self._round_loop.run(self._round)
         finally:
             # also reached when the loop shuts down without aclose() (asyncio.run)
             await self._release()
 
-    async def _round(self, *, spread_out: bool) -> None:
+    async def _round(self, spread_out: bool) -> None:
         self._refresh_snapshot()
         snapshot = self._snapshot
         assert snapshot is not None
-        now = self._clock()
-        nat64 = None
-        if self._nat64_due(snapshot, now):
-            nat64 = asyncio.create_task(self._discover_nat64(), name="apr_async-nat64")
-        try:
-            targets = await self._collect_targets(snapshot, now)
-            self._targets = targets
-            plan = plan_probes(snapshot, targets, icmp=self._icmp is not None)
-            if plan:
-                # steady-state rounds spread their probes (no bursts on the wire); the first
-                # round and one after a network change go as fast as the rate limit allows
-                spread = 0.0
-                if spread_out:
-                    spread = min(self.config.probe_jitter * self.config.probe_interval,
-                                 self.config.probe_interval / 2)
-                outcomes = await asyncio.gather(*(self._probe(p, spread) for p in plan),
-                                                return_exceptions=True)
-                for outcome in outcomes:
-                    if isinstance(outcome, Exception):
-                        log.error("apr_async probe failed", exc_info=outcome)
-            if nat64 is not None:
-                await nat64
-        finally:
-            if nat64 is not None and not nat64.done():
-                nat64.cancel()
-                await asyncio.wait({nat64})
+        await self._round_loop.probe(snapshot, self._clock(), nat64=self._nat64,
+                                     discover_nat64=self._discover_nat64, send=self._probe,
+                                     spread_out=spread_out)
         self.rounds += 1
-        if self._sharing is not None and self._sharing.leader:
-            self._sharing.publish()  # followers see a finished round at once
+        self._share.publish()  # followers see a finished round at once
         self._derive_status()
-        self._ready.set()
-        self._notify_progress()
+        self._progress.ready.set()
+        self._progress.notify()
         if self.config.persist:
             await self._cache.save_in_background()
-
-    def _notify_progress(self) -> None:
-        # wake every waiter once; they re-check their condition and wait on the next event
-        tick, self._tick = self._tick, asyncio.Event()
-        tick.set()
-
-    # ------------------------------------------------------------------ targets and plan
-
-    async def _collect_targets(
-        self, snapshot: interfaces.HostSnapshot, now: float
-    ) -> list[Target]:
-        cfg = self.config
-        out: list[Target] = []
-        tcp_default = cfg.probe_port if cfg.tcp_probes else None
-        for target in cfg.probe_targets:
-            port = (target.port or cfg.probe_port) if cfg.tcp_probes else None
-            for ip, ifindex in await self._resolve_target(target.host, snapshot):
-                out.append(Target(ip, ifindex, port, "configured", target.host))
-        if cfg.probe_gateways:
-            # a gateway is not a TCP service; it gets TCP only when ICMP cannot be used,
-            # and then a refusal (RST) is the expected proof of the path
-            out += gateway_targets(snapshot, tcp_default if self._icmp is None else None)
-        out += self._recent.due(now, tcp=cfg.tcp_probes)
-        out += [Target(ip, None, tcp_default, "atlas", str(ip)) for ip in self._anchors]
-        return out
-
-    async def _resolve_target(
-        self, host: str, snapshot: interfaces.HostSnapshot
-    ) -> list[tuple[IPAddress, int | None]]:
-        try:
-            ip, zone = parse_address(host)
-        except ValueError:
-            pass
-        else:
-            ifindex = None
-            if zone is not None:
-                ifindex = int(zone) if zone.isdigit() else snapshot.ifindex_of(zone)
-                if ifindex is None:
-                    return []
-            return [(ip, ifindex)]
-        try:
-            async with asyncio.timeout(self.config.dns_timeout * 2):
-                found = await self.resolver.resolve(host)
-        except (OSError, TimeoutError) as exc:
-            log.debug("probe target %s does not resolve: %s", host, exc)
-            return []
-        out: list[tuple[IPAddress, int | None]] = []
-        for ip, zone in found:
-            ifindex = None
-            if zone is not None:
-                ifindex = int(zone) if zone.isdigit() else snapshot.ifindex_of(zone)
-            out.append((ip, ifindex))
-        return out
 
     # ------------------------------------------------------------------ probing
 
     async def _probe(self, probe: PlannedProbe, spread: float) -> None:
-        loop = asyncio.get_running_loop()
-        if spread > 0:
-            await asyncio.sleep(self._rng.uniform(0, spread))
-        async with self._limit:
-            await self._pacer.wait(loop)
-            source, target = source_text(probe.source), probe.target.text()
-            wait = self.config.probe_timeout
-            try:
-                if probe.method == "icmp":
-                    if self._icmp is None:
-                        return
-                    self.probes_sent["icmp"] += 1
-                    result = await icmp_probe(
-                        source, target, max_wait=wait, privileged=self._icmp == "privileged"
-                    )
-                else:
-                    assert probe.target.port is not None
-                    self.probes_sent["tcp"] += 1
-                    result = await tcp_probe(source, target, probe.target.port, max_wait=wait)
-            except IcmpUnavailableError as exc:
-                if self._icmp is not None:
-                    log.warning("ICMP probes are off (%s); TCP probes carry on", exc.strerror)
-                    self._icmp = None
-                return
-            except (ValueError, OSError) as exc:
-                log.debug("probe %s -> %s skipped: %s", source, target, exc)
-                return
-        self._record_probe(probe, result)
-
-    def _record_probe(self, probe: PlannedProbe, result: ProbeResult) -> None:
-        if result.error in (errno_codes.EADDRNOTAVAIL, errno_codes.EINVAL) and not result.ok:
-            return  # the source went away mid-round: that says nothing about the path
-        src, dst = probe.source.address, probe.target.ip
-        now = self._clock()
-        self.latency.record(src, dst, result.rtt if result.ok else None, now)
-        port = probe.target.port
-        if result.method == "tcp" and port is not None:
-            if result.ok:
-                self.failures.record_success(src, dst, port)
-            else:
-                name = errno_codes.errorcode.get(result.error or 0, "failed")
-                self.failures.record_failure(src, dst, port, now, error=name)
-        self._tracker.observe(Observation(src, dst, result.ok, now, probe.offlink,
-                                          result.method))
-        self._status_dirty = True
-        # no publication per probe: the round's end publishes them together, so followers
-        # restore their tables once per round, not once per result
+        result = await self._prober.send(probe, spread)
+        if result is not None and record_probe(self.latency, self.failures, self._tracker,
+                                               probe, result, now=self._clock()):
+            self._observed.dirty = True
+            # no publication per probe: the round's end publishes them together, so
+            # followers restore their tables once per round, not once per result
 
     # ------------------------------------------------------------------ status and network
 
     def _derive_status(self) -> None:
-        snapshot = self._snapshot
-        if snapshot is None:
-            return
-        gateways = gateway_texts(snapshot)
-        sources = [s for s in snapshot.sources if s.kind is not AddressKind.LOOPBACK]
-        before = self._status
-        status = self._tracker.derive(
-            sources,
-            now=self._clock(),
-            max_age=self.config.effective_status_max_age,
-            gateway4=gateways[socket.AF_INET],
-            gateway6=gateways[socket.AF_INET6],
-            nat64_prefix=self._nat64,
-        )
-        self._status = status
-        self._status_dirty = False
-        self.context.translators_seen = translators_of(status)
-        if not before.same_flags(status) and status.observations:
-            log.info("apr_async connectivity: %s", status.summary())
+        if self._snapshot is not None:
+            status = self._observed.derive(self._snapshot, self._nat64.prefix)
+            self.context.translators_seen = translators_of(status)
 
-    def _refresh_snapshot(self) -> None:
+    def _refresh_snapshot(self) -> bool:
+        """Read the interfaces again; True when the network changed (or was first seen)."""
         try:
             snapshot = interfaces.read_snapshot()
         except OSError as exc:
             log.debug("cannot read interfaces: %s", exc)
-            return
-        if self._snapshot is None or snapshot.fingerprint != self._snapshot.fingerprint:
-            self._network_changed(snapshot)
-        else:
+            return False
+        if self._snapshot is not None and snapshot.fingerprint == self._snapshot.fingerprint:
             self._snapshot = snapshot
+            return False
+        self._network_changed(snapshot)
+        return True
 
     def _on_network_event(self) -> None:
-        if self._state != "running":
-            return
-        before = self._snapshot.fingerprint if self._snapshot is not None else None
-        self._refresh_snapshot()
-        if self._snapshot is not None and self._snapshot.fingerprint != before:
-            self._wake.set()
+        if self._state == "running" and self._refresh_snapshot():
+            self._round_loop.wake.set()
 
     def _network_changed(self, snapshot: interfaces.HostSnapshot) -> None:
         first = self._snapshot is None
         self._snapshot = snapshot
         self.context.observe_network(snapshot.fingerprint)
-        if self._sharing is not None:
-            self._sharing.set_network(snapshot.fingerprint)
+        self._share.set_network(snapshot.fingerprint)
         if first:
             return
         self.network_changes += 1
         log.info("apr_async: network changed (addresses or gateways); probing again")
         # failures and observations describe the old network
         self.failures.clear()
-        self._shared_changed()
+        self._share.changed()
         self._tracker.forget()
         interfaces.invalidate_cache()
-        self._nat64_checked = None
+        self._nat64.recheck()
         self._derive_status()
-        self._notify_progress()
-
-    def _nat64_due(self, snapshot: interfaces.HostSnapshot, now: float) -> bool:
-        if not self.config.nat64_discovery:
-            return False
-        if not any(s.address.version == 6 and s.scope == Scope.GLOBAL for s in snapshot.sources):
-            self._nat64 = None
-            return False
-        return self._nat64_checked is None or now - self._nat64_checked >= _NAT64_RECHECK
+        self._progress.notify()
 
     async def _discover_nat64(self) -> None:
-        self._nat64_checked = self._clock()
-        try:
-            async with asyncio.timeout(self.config.dns_timeout * 2):
-                resolution = await self.resolver.lookup("ipv4only.arpa", socket.AF_INET6)
-            answers = [ip for ip, _zone in resolution.addresses]
-        except (OSError, TimeoutError) as exc:
-            log.debug("NAT64 discovery: %s", exc)
-            answers = []
-        found = nat64_prefixes(answers)
-        prefix = str(found[0]) if found else None
-        if prefix != self._nat64:
-            if prefix:
-                log.info("apr_async: NAT64 prefix %s (RFC 7050)", prefix)
-            self._nat64 = prefix
-            self._status_dirty = True
+        if await self._nat64.discover(self.resolver, within=self.config.dns_timeout * 2,
+                                      now=self._clock()):
+            self._observed.dirty = True
 
     # ------------------------------------------------------------------ host sharing
 
     @property
     def role(self) -> Literal["solo", "leader", "follower"]:
         """``leader``/``follower`` of the host's shared service, or ``solo`` (not sharing)."""
-        if self._sharing is None:
-            return "solo"
-        return "leader" if self._sharing.leader else "follower"
+        return self._share.role
 
     def sync_shared(self) -> bool:
         """A follower applies the shared table if the leader published since (cheap when not:
         one 8-byte read); True when the tables changed. Module-level calls do this."""
-        sharing = self._sharing
-        if sharing is None or sharing.leader or not sharing.refresh():
-            return False
-        self._ready.set()
-        self._notify_progress()
-        return True
+        return self._share.sync()
 
-    def _start_sharing(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._snapshot is not None
-        try:
-            sharing = Sharing(self.config.effective_cache_path.parent, self.latency,
-                              self.failures, self._clock)
-            sharing.set_network(self._snapshot.fingerprint)
-            sharing.on_outcome = self._on_shared_outcome
-            self._sharing = sharing
-            if not sharing.try_lead(loop):
-                self.sync_shared()  # warm from the first ranking on
-        except ShareUnavailable as exc:
-            self._share_failed(exc)
-
-    def _share_failed(self, exc: OSError) -> None:
-        log.warning("apr_async: not sharing probes with other processes (%s); probing "
-                    "on our own", exc)
-        if self._sharing is not None:
-            self._sharing.close(self._loop)
-        self._sharing = None
-
-    def _shared_changed(self) -> None:
-        if self._sharing is not None and self._loop is not None:
-            self._sharing.mark_dirty(self._loop)
+    def _shared_refreshed(self) -> None:
+        self._progress.ready.set()
+        self._progress.notify()
 
     def _on_shared_outcome(self, outcome: codec.Outcome) -> None:
         if outcome.kind == 1:
@@ -724,33 +425,9 @@ class ProbeService:
                                  ok=outcome.ok, rtt=outcome.rtt, errno=outcome.errno)
 
     async def _follow(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.config.probe_interval
-        next_try = loop.time() + interval / 2
         try:
-            while self._sharing is not None:
-                await asyncio.sleep(interval * POLL)
-                self.sync_shared()
-                if loop.time() < next_try:
-                    continue
-                # two attempts per interval: a takeover within one interval of the exit
-                next_try = loop.time() + interval / 2
-                try:
-                    if self._sharing.try_lead(loop):
-                        log.info("apr_async: this process now probes for the host")
-                        break
-                except ShareUnavailable as exc:
-                    self._share_failed(exc)
+            await self._share.follow(self.config.probe_interval)
         except BaseException:
             await self._release()
             raise
         await self._run()
-
-    # ------------------------------------------------------------------ atlas
-
-    def _start_atlas(self, loop: asyncio.AbstractEventLoop) -> None:
-        def publish(anchors: list[IPAddress]) -> None:
-            self._anchors = anchors
-
-        self._atlas_task = loop.create_task(
-            rotate_anchors(self.config, self._rng, self._clock, publish), name="apr_async-atlas")

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from apr_async.core.rfc6724 import SourceAddress
+from apr_async.core.source_address import SourceAddress
 from apr_async.resolve.host import Gateway, Interface, RouteChoice
 from apr_async.resolve.netlink import (
     IFA_F_DADFAILED,

@@ -13,6 +13,8 @@ cancel the query others (or the cache) are waiting for.
 
 A ``Resolver`` can be used from several event loops (one pycares channel per loop, created in
 that loop's thread, so a thread that entered a network namespace queries from inside it).
+
+The answer types are in :mod:`.answers`, the answers given without DNS in :mod:`.local_answers`.
 """
 
 from __future__ import annotations
@@ -21,22 +23,29 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiodns
 import pycares
 
 from apr_async.errors import (
-    EAI_NODATA,
     HostSpec,
-    ResolutionError,
-    gaierror,
     gaierror_from_ares,
     parse_host,
 )
-from apr_async.resolve.hostsfile import HostsFile, is_invalid, is_localhost, server_text
+
+# The answer types live in .answers; they are re-exported here, where callers look for them.
+from apr_async.resolve.answers import (
+    Address,
+    AnswerStream,
+    FamilyAnswer,
+    Resolution,
+    as_cached,
+    families_of,
+)
+from apr_async.resolve.hostsfile import HostsFile, server_text
+from apr_async.resolve.local_answers import local_answers
 
 __all__ = [
     "Address",
@@ -45,79 +54,11 @@ __all__ = [
     "Resolver",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-#: An address as ``(ip, zone)``; ``zone`` is an interface name or index text, or ``None``.
-Address = tuple[IPAddress, str | None]
-
 _QTYPE: dict[int, str] = {socket.AF_INET6: "AAAA", socket.AF_INET: "A"}
 _RTYPE_A = pycares.QUERY_TYPE_A
 _RTYPE_AAAA = pycares.QUERY_TYPE_AAAA
 _RTYPE_CNAME = pycares.QUERY_TYPE_CNAME
 _ARES_NAMES: dict[int, str] = dict(pycares.errno.errorcode)
-
-
-@dataclass(frozen=True, slots=True)
-class FamilyAnswer:
-    """One address family's answer for a host.
-
-    ``origin`` says where it came from: ``"dns"``, ``"cache"``, ``"hosts"``, ``"localhost"``,
-    ``"invalid"`` (an RFC 6761 ``.invalid`` name, never sent to DNS) or ``"literal"``.
-    ``error`` is set (and ``addresses`` empty) when the lookup failed.
-    """
-
-    family: int
-    addresses: tuple[Address, ...]
-    canonname: str | None
-    ttl: float
-    origin: str
-    error: ResolutionError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """Both families' answers for a host (only the asked family when one was given)."""
-
-    host: HostSpec
-    answers: tuple[FamilyAnswer, ...]
-
-    @property
-    def addresses(self) -> list[Address]:
-        """Every address, IPv6 answers first, each family in the order the server gave."""
-        ordered = sorted(self.answers, key=lambda a: a.family != socket.AF_INET6)
-        return [address for answer in ordered for address in answer.addresses]
-
-    @property
-    def canonname(self) -> str:
-        """The canonical name (the target of a CNAME chain), else the host as given."""
-        for answer in sorted(self.answers, key=lambda a: a.family != socket.AF_INET6):
-            if answer.canonname:
-                return answer.canonname
-        return self.host.name or self.host.text
-
-    def error(self) -> ResolutionError | None:
-        """The gaierror to raise when no family has an address, else ``None``."""
-        return combined_error(self.host.text, self.answers)
-
-
-def combined_error(host: str, answers: Iterable[FamilyAnswer]) -> ResolutionError | None:
-    """The single error for a host none of whose families resolved.
-
-    NXDOMAIN is about the name, so it wins; otherwise a temporary failure of either family
-    means a retry may help (``EAI_AGAIN``); otherwise the name exists without addresses.
-    """
-    errors = []
-    for answer in answers:
-        if answer.addresses:
-            return None
-        if answer.error is not None:
-            errors.append(answer.error)
-    if not errors:
-        return gaierror(EAI_NODATA, host=host)
-    for code in (socket.EAI_NONAME, socket.EAI_AGAIN, socket.EAI_FAIL):
-        for err in errors:
-            if err.errno == code:
-                return gaierror(code, host=host, detail=err.detail)
-    return gaierror(errors[0].errno or socket.EAI_FAIL, host=host, detail=errors[0].detail)
 
 
 class Resolver:
@@ -203,10 +144,10 @@ class Resolver:
         still complete and fill the cache.
         """
         spec = host if isinstance(host, HostSpec) else parse_host(host)
-        families = _families(family)
-        local = self._local_answers(spec, families)
+        families = families_of(family)
+        local = local_answers(spec, families, self._hosts, self._clock)
         if local is not None:
-            return _AnswerStream(local, [])
+            return AnswerStream(local, [])
         self._check_open()
         now = self._clock()
         pending: list[asyncio.Future[FamilyAnswer]] = []
@@ -218,14 +159,14 @@ class Resolver:
                 ready.append(hit)
             else:
                 pending.append(self._query(spec.name, fam))
-        return _AnswerStream(ready, pending)
+        return AnswerStream(ready, pending)
 
     def cached(self, host: str | bytes | HostSpec,
                family: int = socket.AF_UNSPEC) -> Resolution | None:
         """The answer if it can be given without waiting (literal, hosts, cache), else None."""
         spec = host if isinstance(host, HostSpec) else parse_host(host)
-        families = _families(family)
-        local = self._local_answers(spec, families)
+        families = families_of(family)
+        local = local_answers(spec, families, self._hosts, self._clock)
         if local is not None:
             return Resolution(spec, tuple(local))
         assert spec.name is not None
@@ -300,46 +241,6 @@ class Resolver:
         if self._closed:
             raise RuntimeError("this Resolver is closed")
 
-    def _local_answers(
-        self, spec: HostSpec, families: tuple[int, ...]
-    ) -> list[FamilyAnswer] | None:
-        if spec.ip is not None:
-            fam = int(socket.AF_INET6 if spec.ip.version == 6 else socket.AF_INET)
-            return [
-                FamilyAnswer(f, ((spec.ip, spec.zone),) if f == fam else (), None, 0.0,
-                             "literal", None if f == fam else gaierror(
-                                 socket.EAI_ADDRFAMILY if hasattr(socket, "EAI_ADDRFAMILY")
-                                 else socket.EAI_NONAME, host=spec.text))
-                for f in families
-            ]
-        assert spec.name is not None
-        if is_invalid(spec.name):
-            # RFC 6761 6.4: "invalid" names get an immediate negative answer, hosts file or
-            # not; a query would only leak the name to the resolver's operator.
-            return [
-                FamilyAnswer(fam, (), None, 0.0, "invalid",
-                             gaierror(socket.EAI_NONAME, host=spec.text,
-                                      detail="RFC 6761 special-use name .invalid"))
-                for fam in families
-            ]
-        entries = self._hosts.lookup(spec.name, self._clock())
-        origin = "hosts"
-        if entries is None and is_localhost(spec.name):
-            # RFC 6761 6.3: localhost names are loopback and never go to DNS.
-            entries = [(ipaddress.IPv6Address(1), None), (ipaddress.IPv4Address("127.0.0.1"), None)]
-            origin = "localhost"
-        if entries is None:
-            return None
-        out = []
-        for fam in families:
-            version = 6 if fam == socket.AF_INET6 else 4
-            found = tuple(a for a in entries if a[0].version == version)
-            # glibc answers a hosts-file name lacking the family with EAI_NONAME, not NODATA.
-            out.append(FamilyAnswer(fam, found, None, 0.0, origin,
-                                    None if found else gaierror(socket.EAI_NONAME,
-                                                                host=spec.text)))
-        return out
-
     def _cache_get(self, name: str, family: int, now: float) -> FamilyAnswer | None:
         hit = self._cache.get((name, family))
         if hit is None:
@@ -399,7 +300,7 @@ class Resolver:
             answer, ttl = self._convert(name, family, fut)
             if ttl > 0:
                 self._cache[(name, family)] = (
-                    _as_cached(answer), self._clock() + ttl)
+                    as_cached(answer), self._clock() + ttl)
             if not result.done():
                 result.set_result(answer)
 
@@ -442,44 +343,3 @@ class Resolver:
                 self.negative_ttl)
         ttl = min(max(float(min_ttl or 0), self.min_ttl), self.max_ttl)
         return FamilyAnswer(family, tuple(addresses), canonname, ttl, "dns"), ttl
-
-
-def _as_cached(answer: FamilyAnswer) -> FamilyAnswer:
-    return FamilyAnswer(answer.family, answer.addresses, answer.canonname, answer.ttl, "cache",
-                        answer.error)
-
-
-def _families(family: int) -> tuple[int, ...]:
-    if family == socket.AF_UNSPEC:
-        return (socket.AF_INET6, socket.AF_INET)
-    if family in (socket.AF_INET6, socket.AF_INET):
-        return (family,)
-    raise ValueError(f"family {family} is not AF_UNSPEC, AF_INET or AF_INET6")
-
-
-class _AnswerStream:
-    """Async iterator over ready answers, then pending ones in completion order."""
-
-    def __init__(self, ready: list[FamilyAnswer],
-                 pending: list[asyncio.Future[FamilyAnswer]]) -> None:
-        self._ready = ready
-        self._pending = set(pending)
-        self._order = pending
-
-    def __aiter__(self) -> _AnswerStream:
-        return self
-
-    async def __anext__(self) -> FamilyAnswer:
-        if self._ready:
-            return self._ready.pop(0)
-        if not self._pending:
-            raise StopAsyncIteration
-        done = [f for f in self._order if f in self._pending and f.done()]
-        if not done:
-            # asyncio.wait never cancels what it waits for: a cancelled caller leaves the
-            # shared query running for the other callers and the cache.
-            await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
-            done = [f for f in self._order if f in self._pending and f.done()]
-        first = done[0]
-        self._pending.discard(first)
-        return first.result()
