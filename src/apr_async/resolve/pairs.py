@@ -194,12 +194,20 @@ async def _resolve(spec: HostSpec, family: int, resolver: Resolver) -> Resolutio
     return resolution
 
 
-#: _rank's inputs to rank_pairs per (view, destination objects): see _destinations.
+#: _rank's inputs to rank_pairs per cached view (at most _VIEWS_MAX views kept alive), then
+#: per destination objects: see _destinations.
 _PREPARED: dict[
-    tuple[object, ...],
-    tuple[tuple[object, ...], tuple[tuple[IPAddress, int | None], ...], KernelChoices],
+    int,
+    tuple[
+        interfaces.CachedView,
+        dict[
+            tuple[object, ...],
+            tuple[tuple[object, ...], tuple[tuple[IPAddress, int | None], ...], KernelChoices],
+        ],
+    ],
 ] = {}
-_PREPARED_MAX = 256
+_VIEWS_MAX = 4
+_PER_VIEW_MAX = 256
 
 
 def _destinations(
@@ -211,8 +219,14 @@ def _destinations(
     hands out the same objects each time; the entry keeps them, and the view, alive, so their
     ids cannot be reused while it exists): a warm call hashes no ``ipaddress`` object.
     """
-    key = (id(view), *[id(item[0]) for item in addresses], *[item[1] for item in addresses])
-    hit = _PREPARED.get(key)
+    per_view = _PREPARED.get(id(view))
+    if per_view is None or per_view[0] is not view:
+        if len(_PREPARED) >= _VIEWS_MAX:
+            _PREPARED.clear()  # old snapshots: the current one is looked up again below
+        per_view = _PREPARED[id(view)] = (view, {})
+    memo = per_view[1]
+    key = (*[id(item[0]) for item in addresses], *[item[1] for item in addresses])
+    hit = memo.get(key)
     if hit is not None:
         return hit[1], hit[2]
     snapshot = view.snapshot
@@ -224,9 +238,9 @@ def _destinations(
         if choice is not None and choice.source is not None:
             kernel_sources.setdefault(item[0], choice.source)
     kernel = KernelChoices(destinations, kernel_sources)
-    if len(_PREPARED) >= _PREPARED_MAX:
-        _PREPARED.clear()
-    _PREPARED[key] = ((view, *[item[0] for item in addresses]), destinations, kernel)
+    if len(memo) >= _PER_VIEW_MAX:
+        memo.clear()
+    memo[key] = (tuple([item[0] for item in addresses]), destinations, kernel)
     return destinations, kernel
 
 
