@@ -23,16 +23,19 @@ glibc runs in a child process (``ip netns exec`` so that ``/etc/netns/<ns>/resol
 ``hosts`` point it at the lab). Prints median / p10 / p90 microseconds per call and saves the
 table to ``results/bench_get_addr_pairs.md``. Needs root (the lab); nothing leaves it.
 
-    python benchmarks/bench_get_addr_pairs.py [--quick]
+    python benchmarks/bench_get_addr_pairs.py [--quick] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
 import ipaddress
 import json
 import os
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -69,6 +72,24 @@ async def _timed(call: Callable[[], Awaitable[object]], rounds: int, per_round: 
     return samples
 
 
+#: ``--profile``: print the cProfile entries of the warm rows (by internal time) too.
+PROFILE = False
+
+
+async def _profile(call: Callable[[], Awaitable[object]], label: str, count: int = 5000) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(count):
+        await call()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    total = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
+    out.write(f"\n### {label}: {total / count:.0f} Python function calls per call\n")
+    stats.sort_stats("tottime").print_stats(25)
+    print(out.getvalue())
+
+
 async def client_side(dns: list[str], rounds: int, per_round: int, *, numeric: str,
                       lab_v4: list[str], lab_v6: list[str], sources: list[str]
                       ) -> tuple[int, dict[str, Samples]]:
@@ -79,6 +100,8 @@ async def client_side(dns: list[str], rounds: int, per_round: int, *, numeric: s
         pairs = await get_addr_pairs(NAME, 443, context=ctx)
         out[TARGET_ROW] = await _timed(
             lambda: get_addr_pairs(NAME, 443, context=ctx), rounds, per_round)
+        if PROFILE:
+            await _profile(lambda: get_addr_pairs(NAME, 443, context=ctx), TARGET_ROW)
         now = ctx.clock()
         for src in sources:
             for dst in [*lab_v4, *lab_v6]:
@@ -87,6 +110,8 @@ async def client_side(dns: list[str], rounds: int, per_round: int, *, numeric: s
                     ctx.latency.record(s, d, 0.002 if d.version == 6 else 0.003, now)
         out["get_addr_pairs, warm, every pair measured"] = await _timed(
             lambda: get_addr_pairs(NAME, 443, context=ctx), rounds, per_round)
+        if PROFILE:
+            await _profile(lambda: get_addr_pairs(NAME, 443, context=ctx), "every pair measured")
         ctx.failures.record_failure(ipaddress.ip_address(sources[-1]),
                                     ipaddress.ip_address(lab_v6[0]), 443, now)
         out["get_addr_pairs, warm, measured + 1 failure"] = await _timed(
@@ -175,7 +200,10 @@ def table(rows: dict[str, Samples]) -> str:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--profile", action="store_true", help="print cProfile of warm calls")
     args = parser.parse_args()
+    global PROFILE  # noqa: PLW0603 - a command-line switch
+    PROFILE = args.profile
     rounds, per_round = (20, 200) if args.quick else (50, 1000)
     reason = lab_unavailable_reason()
     if reason is not None:

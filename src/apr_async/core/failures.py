@@ -6,6 +6,7 @@ until the failure expires or a success clears it.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 from collections import OrderedDict
@@ -16,6 +17,8 @@ from apr_async.core.addresses import IPAddress, address_key, parse_address
 from apr_async.core.table_inputs import SNAPSHOT_VERSION, check_ip, check_time
 
 __all__ = ["Failure", "FailureTable"]
+
+_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,14 @@ class FailureTable:
 
     def record_success(self, source: IPAddress, destination: IPAddress, port: int) -> None:
         """A successful connection clears the entry."""
+        if (
+            not self._entries
+            and type(port) is int
+            and 0 <= port <= 65535
+            and isinstance(source, _ADDRESS_TYPES)
+            and isinstance(destination, _ADDRESS_TYPES)
+        ):
+            return  # nothing to clear: the checks alone (no keys computed)
         if self._entries.pop(self._checked(source, destination, port)[0], None) is not None:
             self.version += 1
 

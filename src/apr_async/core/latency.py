@@ -9,6 +9,7 @@ an unmeasured destination inherit from measured neighbours through a per-source 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,10 @@ from apr_async.core.latency_trie import Estimate, SourceIndex, TrieNode
 from apr_async.core.table_inputs import SNAPSHOT_VERSION, check_ip, check_time
 
 __all__ = ["LatencyTable"]
+
+_INF = math.inf
+#: Pairs remembered for record()'s fast path (the memory is dropped whole when full).
+_HOT_MAX = 64
 
 
 class LatencyTable:
@@ -61,6 +66,11 @@ class LatencyTable:
         # Bumped by every change, so that callers can reuse what they derived from the table.
         self.version = 0
         self._lru: OrderedDict[tuple[int, int], TrieNode] = OrderedDict()
+        # (id(source), id(destination)) of recent record() calls -> (source, destination,
+        # key, leaf): see record().
+        self._hot: dict[
+            tuple[int, int], tuple[IPAddress, IPAddress, tuple[int, int], TrieNode]
+        ] = {}
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -69,6 +79,7 @@ class LatencyTable:
         """Forget everything (for instance on a network change)."""
         self._sources.clear()
         self._lru.clear()
+        self._hot.clear()
         self.version += 1
 
     # --- recording ------------------------------------------------------------------------
@@ -78,6 +89,24 @@ class LatencyTable:
     ) -> None:
         """Record one probe result from *source* to *destination*: *rtt* seconds, or ``None``
         for a probe that got no answer."""
+        # Fast path: the same address objects as a recent call (a client connecting to one
+        # place in a loop passes the very same objects), float times: the checks, the keys
+        # and the trie walk were done then, and the entry is updated in place.
+        hot = self._hot.get((id(source), id(destination)))
+        if (
+            hot is not None
+            and hot[0] is source
+            and hot[1] is destination
+            and type(now) is float
+            and -_INF < now < _INF
+            and (rtt is None or (type(rtt) is float and 0.0 <= rtt < _INF))
+        ):
+            key, leaf = hot[2], hot[3]
+            lru = self._lru
+            if lru.get(key) is leaf:  # not evicted (nor cleared) since
+                lru.move_to_end(key)
+                self._update(leaf, rtt, now)
+                return
         src = check_ip(source, "source")
         dst = check_ip(destination, "destination")
         if src.version != dst.version:
@@ -87,27 +116,40 @@ class LatencyTable:
             if rtt < 0:
                 raise ValueError(f"rtt must not be negative, not {rtt!r}")
         now = check_time(now, "now")
-        leaf = self._leaf(src, dst)
+        key = (address_key(src), address_key(dst))
+        leaf = self._leaf(src, dst, key)
+        hot_pairs = self._hot
+        if len(hot_pairs) >= _HOT_MAX:
+            hot_pairs.clear()
+        # The caller's objects are kept with the entry: their ids cannot be reused meanwhile.
+        hot_pairs[(id(source), id(destination))] = (source, destination, key, leaf)
+        self._update(leaf, rtt, now)
+
+    def _update(self, leaf: TrieNode, rtt: float | None, now: float) -> None:
+        """One checked sample into ``leaf``, and the aggregates above it."""
         if rtt is None:
             leaf.lost_bits = ((leaf.lost_bits << 1) | 1) & self._window_mask
         else:
             leaf.lost_bits = (leaf.lost_bits << 1) & self._window_mask
-            leaf.ewma = (
-                rtt if leaf.ewma is None else self.alpha * rtt + (1 - self.alpha) * leaf.ewma
-            )
+            ewma = leaf.ewma
+            leaf.ewma = rtt if ewma is None else self.alpha * rtt + (1 - self.alpha) * ewma
             leaf.last = rtt
-            leaf.min = rtt if leaf.min is None else min(leaf.min, rtt)
+            low = leaf.min
+            leaf.min = rtt if low is None or rtt < low else low
             leaf.samples += 1
-        leaf.fill = min(leaf.fill + 1, self.loss_window)
+        fill = leaf.fill + 1
+        leaf.fill = fill if fill < self.loss_window else self.loss_window
         leaf.updated = now
-        self._refresh_path(leaf)
+        leaf.refresh_leaf()
+        node = leaf.parent
+        while node is not None:
+            node.refresh_inner()
+            node = node.parent
         self.version += 1
 
-    def _leaf(self, src: IPAddress, dst: IPAddress) -> TrieNode:
+    def _leaf(self, src: IPAddress, dst: IPAddress, key: tuple[int, int]) -> TrieNode:
         lru = self._lru
-        src_key = address_key(src)
-        dst_key = address_key(dst)
-        key = (src_key, dst_key)
+        src_key, dst_key = key
         leaf = lru.get(key)
         if leaf is not None:
             lru.move_to_end(key)
@@ -324,7 +366,7 @@ class LatencyTable:
         # Oldest first, so that the eviction order survives the round trip.
         parsed.sort(key=lambda row: -row[8])
         for src, dst, ewma, last, minimum, samples, lost, fill, age in parsed:
-            leaf = self._leaf(src, dst)
+            leaf = self._leaf(src, dst, (address_key(src), address_key(dst)))
             leaf.ewma = None if ewma is None else float(ewma)
             leaf.last = None if last is None else float(last)
             leaf.min = None if minimum is None else float(minimum)

@@ -122,7 +122,8 @@ class TrieNode:
         self.agg_rtt_sum = 0.0 if self.ewma is None else self.ewma
         self.agg_min = self.min
         self.agg_samples = self.samples
-        self.agg_loss = self.loss()
+        fill = self.fill
+        self.agg_loss = self.lost_bits.bit_count() / fill if fill else 0.0  # self.loss()
         self.agg_updated = self.updated
         self.agg_last = self.last
         self.estimate = None  # built on the next lookup: most entries are never read

@@ -37,10 +37,15 @@ def record_outcome(
     whole and nothing changes: callers are connectors, which must not fail over bookkeeping.
     """
     valid_rtt = rtt is None or (
-        isinstance(rtt, int | float) and not isinstance(rtt, bool) and 0 <= rtt < _MAX_ATTEMPT_RTT
+        (type(rtt) is float or (isinstance(rtt, int | float) and not isinstance(rtt, bool)))
+        and 0 <= rtt < _MAX_ATTEMPT_RTT
     )
-    valid_port = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-    if source.version != destination.version or not valid_rtt or not valid_port:
+    valid_port = (type(port) is int or (isinstance(port, int) and not isinstance(port, bool))) and (
+        0 < port < 65536
+    )
+    # The same class means the same family (and costs no property call, unlike .version).
+    same_family = type(source) is type(destination) or source.version == destination.version
+    if not same_family or not valid_rtt or not valid_port:
         return False
     if rtt is not None or not ok:
         latency.record(source, destination, rtt, now)

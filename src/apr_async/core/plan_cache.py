@@ -5,13 +5,45 @@ by value (equal inputs made of new objects), and the plan made afresh on a miss 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from apr_async.core.addresses import IPAddress
 from apr_async.core.plan import _PLANS, _PLANS_BY_VALUE, _PLANS_MAX, _build_plan, _Plan
 from apr_async.core.policy_table import PolicyTable
 from apr_async.core.reach import _Dest, _dest_info
 from apr_async.core.rfc6724 import SourceAddress
+
+
+class KernelChoices(Mapping[IPAddress, IPAddress]):
+    """The kernel's source per destination, read-only, built for one destination tuple.
+
+    A plain mapping to :func:`~apr_async.core.ranking.rank_pairs`; when it is passed with
+    the very tuple it was built for, the plan lookup takes the choices in destination order
+    from it instead of looking each destination up (which hashes ``ipaddress`` objects in
+    Python code). Immutable, so reusing one across calls is safe.
+    """
+
+    __slots__ = ("_by_ip", "aligned", "destinations")
+
+    def __init__(
+        self,
+        destinations: tuple[tuple[IPAddress, int | None], ...],
+        by_ip: Mapping[IPAddress, IPAddress],
+    ) -> None:
+        self.destinations = destinations
+        self._by_ip = dict(by_ip)
+        self.aligned: tuple[IPAddress | None, ...] = tuple(
+            [self._by_ip.get(item[0]) for item in destinations]
+        )
+
+    def __getitem__(self, key: IPAddress) -> IPAddress:
+        return self._by_ip[key]
+
+    def __iter__(self) -> Iterator[IPAddress]:
+        return iter(self._by_ip)
+
+    def __len__(self) -> int:
+        return len(self._by_ip)
 
 
 def _identity_key(
@@ -53,11 +85,18 @@ def _plan_for(
 ) -> _Plan:
     """Levels 1 and 4 for this input: from the identity cache, the value cache, or computed."""
     # Iterated several times below, and the identity key must see what the plan is built from.
+    given = destinations
     destinations = tuple(destinations)
     sources = tuple(sources)
     key: tuple[object, ...] | None = None
     try:
-        kernel = [kernel_sources.get(item[0]) for item in destinations] if kernel_sources else []
+        kernel: Sequence[IPAddress | SourceAddress | None]
+        if type(kernel_sources) is KernelChoices and kernel_sources.destinations is given:
+            kernel = kernel_sources.aligned if kernel_sources else ()
+        else:
+            kernel = (
+                [kernel_sources.get(item[0]) for item in destinations] if kernel_sources else []
+            )
         key, anchors = _identity_key(
             destinations, sources, kernel, policy, (port, ula_translated, nat44_seen, skip)
         )

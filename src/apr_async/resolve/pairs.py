@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from apr_async.core.addresses import IPAddress
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
+from apr_async.core.plan_cache import KernelChoices
 from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 from apr_async.core.ranking import AddrPair, rank_pairs
 from apr_async.core.rfc6724 import SourceAddress, apply_rule9, destination_key
@@ -200,19 +201,63 @@ async def _resolve(spec: HostSpec, family: int, resolver: Resolver) -> Resolutio
     return resolution
 
 
+#: _rank's inputs to rank_pairs per cached view (at most _VIEWS_MAX views kept alive), then
+#: per destination objects: see _destinations.
+_PREPARED: dict[
+    int,
+    tuple[
+        interfaces.CachedView,
+        dict[
+            tuple[object, ...],
+            tuple[tuple[object, ...], tuple[tuple[IPAddress, int | None], ...], KernelChoices],
+        ],
+    ],
+] = {}
+_VIEWS_MAX = 4
+_PER_VIEW_MAX = 256
+
+
+def _destinations(
+    addresses: Sequence[Address], view: interfaces.CachedView, host: str
+) -> tuple[tuple[tuple[IPAddress, int | None], ...], KernelChoices]:
+    """The destinations with their zone indexes, and the kernel's source for each.
+
+    Remembered per cached view and the identity of the address objects (a cached answer
+    hands out the same objects each time; the entry keeps them, and the view, alive, so their
+    ids cannot be reused while it exists): a warm call hashes no ``ipaddress`` object.
+    """
+    per_view = _PREPARED.get(id(view))
+    if per_view is None or per_view[0] is not view:
+        if len(_PREPARED) >= _VIEWS_MAX:
+            _PREPARED.clear()  # old snapshots: the current one is looked up again below
+        per_view = _PREPARED[id(view)] = (view, {})
+    memo = per_view[1]
+    key = (*[id(item[0]) for item in addresses], *[item[1] for item in addresses])
+    hit = memo.get(key)
+    if hit is not None:
+        return hit[1], hit[2]
+    snapshot = view.snapshot
+    destinations = tuple([(ip, _zone_index(zone, snapshot, host)) for ip, zone in addresses])
+    routes = view.route_choices(destinations)
+    kernel_sources: dict[IPAddress, IPAddress] = {}
+    for item in destinations:
+        choice = routes.get(item)
+        if choice is not None and choice.source is not None:
+            kernel_sources.setdefault(item[0], choice.source)
+    kernel = KernelChoices(destinations, kernel_sources)
+    if len(memo) >= _PER_VIEW_MAX:
+        memo.clear()
+    memo[key] = (tuple([item[0] for item in addresses]), destinations, kernel)
+    return destinations, kernel
+
+
 def _rank(
     addresses: Sequence[Address], port: int, context: PairContext, host: str
 ) -> list[AddrPair]:
     view = interfaces.cached_view(max_age=context.snapshot_max_age)
     snapshot = view.snapshot
     context.observe_network(snapshot.fingerprint)
-    destinations = [(ip, _zone_index(zone, snapshot, host)) for ip, zone in addresses]
-    routes = view.route_choices(destinations)
-    kernel_sources: dict[IPAddress, IPAddress] = {}
-    for key in destinations:
-        choice = routes.get(key)
-        if choice is not None and choice.source is not None:
-            kernel_sources.setdefault(key[0], choice.source)
+    destinations, kernel_sources = _destinations(addresses, view, host)
     return rank_pairs(
         destinations,
         snapshot.sources,
