@@ -17,41 +17,23 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import functools
 import os
 import signal
-import socket
-import subprocess
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Literal, Self, TypeVar, get_args
+from collections.abc import Callable, Mapping
+from typing import Literal, Self
 
 from apr_async.lab.availability import lab_unavailable_reason
 from apr_async.lab.cleanup import delete_namespaces, lab_namespaces, sweep_stale_labs
 from apr_async.lab.delayline import DelayLine, open_tun
 from apr_async.lab.dnsserver import DNSServer, LabNames, ZoneEntry, default_zone
-from apr_async.lab.netns import (
-    ExecResult,
-    LoopThread,
-    NetnsError,
-    run_coroutine_in_netns,
-    run_ip,
-    socket_in_netns,
-    wait_uncancellable,
-    write_sysctls,
-)
-from apr_async.lab.nft_rules import (
-    client_changes,
-    delay_rules,
-    nptv6_rules,
-    router_base_ruleset,
-    router_scenario_rules,
-    server_base_ruleset,
-    server_scenario_rules,
-)
+from apr_async.lab.inside import HostName, LabInside, check_host
+from apr_async.lab.netns import LoopThread, run_ip, wait_uncancellable, write_sysctls
+from apr_async.lab.nft_rules import router_base_ruleset, server_base_ruleset
 from apr_async.lab.scenarios import HEALTHY, Scenario, combine
 from apr_async.lab.servers import EchoServer
+from apr_async.lab.switch import apply_scenario, run_all
 from apr_async.lab.topology import (
     ClientPlan,
     RouterPlan,
@@ -60,13 +42,9 @@ from apr_async.lab.topology import (
     new_lab_prefix,
     nptv6_translate,
 )
-from apr_async.tools import check_declared, resolve_tool
 
 __all__ = ["HostName", "Lab", "LabUnavailableError"]
 
-T = TypeVar("T")
-HostName = Literal["client", "router", "server"]
-_HOSTS: tuple[str, ...] = get_args(HostName)
 
 _live_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 
@@ -75,7 +53,7 @@ class LabUnavailableError(RuntimeError):
     """This machine cannot build a lab (not root, no namespaces...); ``str()`` says why."""
 
 
-class Lab:
+class Lab(LabInside):
     """A client -- router -- server lab in three fresh network namespaces.
 
     Args:
@@ -169,7 +147,7 @@ class Lab:
     def netns(self, host: HostName) -> str:
         """Namespace name of ``host`` (for ``ip netns exec`` or ``ip -n``)."""
         return {"client": self.client.netns, "router": self.router.netns,
-                "server": self.server.netns}[_check_host(host)]
+                "server": self.server.netns}[check_host(host)]
 
     def threads(self) -> list[threading.Thread]:
         """Threads this lab currently runs (service loops and ``run_in`` workers)."""
@@ -213,12 +191,12 @@ class Lab:
         # the only reference to its tun fd.
         self._delay = router_svc.call(_open_delay_line, self.router.delay_ifname)
         r, s = self.router.netns, self.server.netns
-        await _all(
+        await run_all(
             run_ip(["-n", self.client.netns, "-batch", "-"], topo.client_batch()),
             run_ip(["-n", r, "-batch", "-"], topo.router_batch()),
             run_ip(["-n", s, "-batch", "-"], topo.server_batch()),
         )
-        await _all(
+        await run_all(
             run_ip(["netns", "exec", r, "nft", "-f", "-"], router_base_ruleset(topo)),
             run_ip(["netns", "exec", s, "nft", "-f", "-"], server_base_ruleset()),
         )
@@ -309,127 +287,10 @@ class Lab:
         return target
 
     async def _switch(self, new: Scenario) -> None:
-        topo, old = self.topology, self._scenario
-        r, s, c = self.router.netns, self.server.netns, self.client.netns
-
-        async def router_side() -> None:
-            if new.effective_delay(4) or new.effective_delay(6):
-                self._set_delays(new)  # before steering packets into the line
-            v4_rules, v6_rules = delay_rules(topo, old, new)
-            if v4_rules:
-                await run_ip(["-4", "-n", r, "-batch", "-"], v4_rules)
-            if v6_rules:
-                await run_ip(["-6", "-n", r, "-batch", "-"], v6_rules)
-            self._set_delays(new)
-            if router_scenario_rules(topo, old) != router_scenario_rules(topo, new):
-                await run_ip(["netns", "exec", r, "nft", "-f", "-"],
-                             router_scenario_rules(topo, new))
-            if old.nptv6 != new.nptv6:
-                for argv in nptv6_rules(topo, new.nptv6):
-                    await run_ip(["netns", "exec", r, "ip6tables", "-w", *argv])
-
-        async def server_side() -> None:
-            if server_scenario_rules(topo, old) != server_scenario_rules(topo, new):
-                await run_ip(["netns", "exec", s, "nft", "-f", "-"],
-                             server_scenario_rules(topo, new))
-
-        async def client_side() -> None:
-            batch = client_changes(topo, old, new)
-            if batch:
-                await run_ip(["-n", c, "-batch", "-"], batch)
-
-        await _all(router_side(), server_side(), client_side())
+        await apply_scenario(self.topology, self._scenario, new, self._delay)
         self._scenario = new
 
-    def _set_delays(self, scenario: Scenario) -> None:
-        if self._delay is not None:
-            self._delay.set_delays(scenario.effective_delay(4), scenario.effective_delay(6))
-
-    # -- running things inside ------------------------------------------------------------------
-
-    async def run_in(
-        self,
-        host: HostName,
-        coro_fn: Callable[..., Coroutine[Any, Any, T]],
-        *args: Any,
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-        **kwargs: Any,
-    ) -> T:
-        """Await ``coro_fn(*args, **kwargs)`` run on a fresh event loop in a thread inside ``host``.
-
-        Every socket, resolver and netlink query it opens lives in that namespace.
-        Cancelling the caller cancels the coroutine and waits for the thread to end.
-        """
-        ns = self.netns(host)
-        if not callable(coro_fn):
-            raise TypeError("coro_fn must be a coroutine function")
-        self._require_running()
-
-        def track(thread: threading.Thread, cancel: Callable[[], None]) -> None:
-            self._run_threads[thread] = cancel
-
-        try:
-            return await run_coroutine_in_netns(
-                ns, functools.partial(coro_fn, *args, **kwargs), loop_factory=loop_factory,
-                on_thread=track)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if self._state == "closed" and current is not None and not current.cancelling():
-                # Nobody cancelled the caller: the lab was closed under the call.
-                raise RuntimeError(f"lab closed while {coro_fn!r} ran in {host}") from None
-            raise
-        finally:
-            self._run_threads = {t: c for t, c in self._run_threads.items() if t.is_alive()}
-
-    def socket(
-        self,
-        host: HostName,
-        family: int = socket.AF_INET6,
-        type: int = socket.SOCK_STREAM,
-        proto: int = 0,
-    ) -> socket.socket:
-        """A new socket living in ``host``'s namespace, usable from the caller's loop."""
-        ns = self.netns(host)
-        self._require_running()
-        return socket_in_netns(ns, family, type, proto)
-
-    async def exec(
-        self, host: HostName, *argv: str, input: str | None = None, max_time: float = 30.0,
-        check: bool = False,
-    ) -> ExecResult:
-        """Run a command inside ``host`` (``ip netns exec``) and collect its output.
-
-        The program must be declared in :data:`apr_async.tools.DEBIAN_TOOLS` (a Python
-        interpreter needs not be): else :class:`~apr_async.tools.ToolNotDeclaredError`.
-        """
-        if not argv:
-            raise ValueError("no command given")
-        check_declared(argv)
-        ns = self.netns(host)
-        self._require_running()
-        try:
-            result = await asyncio.wait_for(
-                run_ip(["netns", "exec", ns, *argv], input, check=False), max_time)
-        except TimeoutError:
-            raise NetnsError(f"{' '.join(argv)} in {host} timed out after {max_time}s") from None
-        return result.check() if check else result
-
-    async def popen(self, host: HostName, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
-        """Start a long-running command inside ``host``; it is killed when the lab closes.
-
-        Keyword arguments go to :func:`asyncio.create_subprocess_exec` (e.g. ``stdout``). The
-        program must be declared, as for :meth:`exec`.
-        """
-        if not argv:
-            raise ValueError("no command given")
-        check_declared(argv)
-        ns = self.netns(host)
-        self._require_running()
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        proc = await asyncio.create_subprocess_exec(
-            resolve_tool("ip"), "netns", "exec", ns, *argv, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
+    # -- servers inside ------------------------------------------------------------------------
 
     async def start_echo_server(
         self, host: HostName = "server", port: int = 0, *, announce_peer: bool = False,
@@ -440,7 +301,7 @@ class Lab:
         It runs on the lab's service loop for that host and is stopped with the lab. Read
         ``server.accepted`` to see the peer addresses the server saw.
         """
-        _check_host(host)
+        check_host(host)
         self._require_running()
         echo = EchoServer(bind, port, announce_peer=announce_peer)
         # Registered first, so that close() stops it even if this call is cancelled after
@@ -455,31 +316,6 @@ class Lab:
             if item is echo:
                 await self._service[host].run(echo.stop())
                 self._echo.remove((host, item))
-
-    def _require_running(self) -> None:
-        if self._state != "running":
-            raise RuntimeError(f"lab is {self._state}, not running")
-
-
-async def _all(*coros: Coroutine[Any, Any, Any]) -> None:
-    """Run ``coros`` concurrently; on the first failure cancel and await the rest.
-
-    ``asyncio.gather`` alone would leave the others running, unsupervised, after it raised.
-    """
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-def _check_host(host: str) -> HostName:
-    if host not in _HOSTS:
-        raise ValueError(f"unknown lab host {host!r}; expected one of {', '.join(_HOSTS)}")
-    return host  # type: ignore[return-value]
 
 
 def _open_delay_line(ifname: str) -> DelayLine:
