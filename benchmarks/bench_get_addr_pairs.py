@@ -47,7 +47,8 @@ from pathlib import Path
 import aiodns
 
 from apr_async.lab import Lab, ServerPlan, ZoneEntry, default_zone, lab_unavailable_reason
-from apr_async.resolve.pairs import PairContext, get_addr_pairs, getaddrinfo
+from apr_async.resolve.addrinfo import getaddrinfo
+from apr_async.resolve.pairs import PairContext, get_addr_pairs
 from apr_async.resolve.resolver import Resolver
 
 NAME = "bench.lab.test"

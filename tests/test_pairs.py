@@ -15,13 +15,12 @@ import pytest
 
 from apr_async.lab.dnsserver import DNSServer, ZoneEntry
 from apr_async.resolve import interfaces
+from apr_async.resolve.addrinfo import getaddrinfo
+from apr_async.resolve.explain import explain_text, format_pairs
 from apr_async.resolve.pairs import (
     PairContext,
     default_context,
-    explain_text,
-    format_pairs,
     get_addr_pairs,
-    getaddrinfo,
     set_default_context,
 )
 from apr_async.resolve.resolver import Resolver

@@ -30,8 +30,10 @@ from apr_async.core.source_selection import select_source
 from apr_async.core.status import ConnectivityStatus
 from apr_async.core.svcb_plan import SvcbEndpoint
 from apr_async.probe.default import ProbeService, configure, status, wait_ready
+from apr_async.resolve.addrinfo import getaddrinfo
+from apr_async.resolve.explain import explain, explain_text
 from apr_async.resolve.https import HttpsAnswer, explain_https, svcb_endpoints
-from apr_async.resolve.pairs import PairContext, explain, explain_text, get_addr_pairs, getaddrinfo
+from apr_async.resolve.pairs import PairContext, get_addr_pairs
 
 __version__ = "0.1.0"
 

@@ -37,7 +37,9 @@ from apr_async.config import Config
 from apr_async.core.ranking import AddrPair
 from apr_async.errors import parse_host, validate_port
 from apr_async.probe.default import ProbeService
+from apr_async.resolve import addrinfo as _addrinfo
 from apr_async.resolve import pairs as _pairs
+from apr_async.resolve.explain import format_pairs
 
 __all__ = [
     "get_addr_pairs",
@@ -227,7 +229,7 @@ def get_addr_pairs(target: str, port: int | str | None, printing: bool = False) 
 
     result = _background.call(ranked())
     if printing:
-        print(_pairs.format_pairs(result))
+        print(format_pairs(result))
     return result
 
 
@@ -242,7 +244,7 @@ def getaddrinfo(  # noqa: PLR0917 - the stdlib's signature
     """Like :func:`socket.getaddrinfo`, with the entries in apr_async's ranked order."""
     service = _background.service()
     result = _background.call(
-        _pairs.getaddrinfo(host, port, family, type, proto, flags, context=service.context)
+        _addrinfo.getaddrinfo(host, port, family, type, proto, flags, context=service.context)
     )
     return [(f, t, p, c, tuple(a)) for f, t, p, c, a in result]
 

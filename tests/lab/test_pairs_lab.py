@@ -20,7 +20,8 @@ import pytest_asyncio
 
 from apr_async.lab import EchoServer, Lab, Scenario
 from apr_async.resolve import interfaces
-from apr_async.resolve.pairs import PairContext, get_addr_pairs, getaddrinfo, system_order
+from apr_async.resolve.addrinfo import getaddrinfo, system_order
+from apr_async.resolve.pairs import PairContext, get_addr_pairs
 from apr_async.resolve.resolver import Resolver
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from apr_async.cli.common import family_name, sockaddr_text
-from apr_async.resolve.pairs import system_order
+from apr_async.resolve.addrinfo import system_order
 from apr_async.resolve.resolver import Resolver
 
 __all__ = ["HE_DELAY", "PLAIN_CAP", "AsyncioObserver", "oserror_text"]

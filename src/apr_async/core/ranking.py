@@ -113,16 +113,9 @@ def rank_pairs(
     nat44_seen = Translator.NAT44.value in translators_seen
     skip = tuple(skip_rule9_prefixes)
 
-    plan = _plan_for(
-        destinations,
-        sources,
-        port,
-        kernel_sources=kernel_sources,
-        ula_translated=ula_translated,
-        nat44_seen=nat44_seen,
-        policy=policy,
-        skip=skip,
-    )
+    plan = _plan_for(destinations, sources, port, kernel_sources=kernel_sources,
+                     ula_translated=ula_translated, nat44_seen=nat44_seen, policy=policy,
+                     skip=skip)
 
     failures_version = 0
     if failures is not None:
@@ -135,28 +128,15 @@ def rank_pairs(
         return list(plan.pairs)
     latency_version = 0 if latency is None else latency.version
     if _MEMOISE:
-        hit = _memoised(
-            plan,
-            latency=latency,
-            failures=failures,
-            latency_version=latency_version,
-            failures_version=failures_version,
-            bias_ms=bias_ms,
-            now=now,
-        )
+        hit = _memoised(plan, latency=latency, failures=failures,
+                        latency_version=latency_version, failures_version=failures_version,
+                        bias_ms=bias_ms, now=now)
         if hit is not None:
             return hit
     result = _apply_measurements(plan, latency=latency, failures=failures, now=now, bias_ms=bias_ms)
     if _MEMOISE:
-        _remember(
-            plan,
-            result,
-            latency=latency,
-            failures=failures,
-            latency_version=latency_version,
-            bias_ms=bias_ms,
-            now=now,
-        )
+        _remember(plan, result, latency=latency, failures=failures,
+                  latency_version=latency_version, bias_ms=bias_ms, now=now)
     return result
 
 

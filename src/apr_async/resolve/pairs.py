@@ -1,9 +1,11 @@
-"""Ranked (source, destination) pairs for a host: ``get_addr_pairs``, ``getaddrinfo``, ``explain``.
+"""Ranked (source, destination) pairs for a host: :func:`get_addr_pairs` and its context.
 
 The pipeline is: check the input (before any I/O) -> resolve (cache, hosts file or DNS) ->
 the local sources (a cached snapshot of this thread's namespace) -> the kernel's own source
 choice for each destination (cached with the snapshot) -> ``ranking.rank_pairs`` with the
-latency and failure tables of a :class:`PairContext`.
+latency and failure tables of a :class:`PairContext`. The same pipeline, shaped as
+``getaddrinfo``, is in :mod:`apr_async.resolve.addrinfo`; explained for people, in
+:mod:`apr_async.resolve.explain`.
 
 The probe service will supply a context with measured latencies; until it is configured a
 module-level default context (empty tables, default resolver) is used. Replace it with
@@ -12,7 +14,6 @@ module-level default context (empty tables, default resolver) is used. Replace i
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
@@ -25,7 +26,6 @@ from apr_async.core.latency import LatencyTable
 from apr_async.core.plan_cache import KernelChoices
 from apr_async.core.policy_table import DEFAULT_POLICY_TABLE, PolicyTable
 from apr_async.core.ranking import AddrPair, rank_pairs
-from apr_async.core.rfc6724 import SourceAddress, apply_rule9, destination_key
 from apr_async.core.sequences import str_tuple
 from apr_async.errors import (
     HostSpec,
@@ -38,21 +38,13 @@ from apr_async.resolve import interfaces
 from apr_async.resolve.resolver import Address, Resolution, Resolver
 
 __all__ = [
-    "AddrInfo",
     "PairContext",
     "default_context",
-    "explain",
-    "explain_text",
-    "format_pairs",
     "get_addr_pairs",
-    "getaddrinfo",
     "set_default_context",
-    "system_order",
 ]
 
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
-#: One ``getaddrinfo`` entry: ``(family, type, proto, canonname, sockaddr)``.
-AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, SockAddr]
 
 
 @dataclass
@@ -151,7 +143,7 @@ def default_context_was_set() -> bool:
 
 # --------------------------------------------------------------------------- checks
 
-_TCP_UDP: dict[int, str] = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
+TCP_UDP: dict[int, str] = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
 
 
 def _check_type(type: object) -> int:
@@ -162,12 +154,13 @@ def _check_type(type: object) -> int:
     return int(type)
 
 
-def _service_port(service: int | str, type: int, *, numeric_only: bool = False) -> int:
+def service_port(service: int | str, type: int, *, numeric_only: bool = False) -> int:
+    """The port number of ``service`` (a number, or a name looked up for ``type``'s protocol)."""
     if isinstance(service, int):
         return service
     if numeric_only:
         raise gaierror(socket.EAI_NONAME)
-    protocol = _TCP_UDP.get(type)
+    protocol = TCP_UDP.get(type)
     if protocol is None:
         raise gaierror(socket.EAI_SERVICE)
     try:
@@ -191,7 +184,8 @@ def _zone_index(zone: str | None, snapshot: interfaces.HostSnapshot, host: str) 
 # --------------------------------------------------------------------------- the pipeline
 
 
-async def _resolve(spec: HostSpec, family: int, resolver: Resolver) -> Resolution:
+async def resolve_host(spec: HostSpec, family: int, resolver: Resolver) -> Resolution:
+    """``spec``'s addresses of ``family``, from the cache when it has them; gaierror if none."""
     resolution = resolver.cached(spec, family)
     if resolution is None:
         resolution = await resolver.lookup(spec, family)
@@ -201,7 +195,7 @@ async def _resolve(spec: HostSpec, family: int, resolver: Resolver) -> Resolutio
     return resolution
 
 
-#: _rank's inputs to rank_pairs per cached view (at most _VIEWS_MAX views kept alive), then
+#: rank_addresses's inputs to rank_pairs per cached view (at most _VIEWS_MAX views kept alive), then
 #: per destination objects: see _destinations.
 _PREPARED: dict[
     int,
@@ -251,9 +245,10 @@ def _destinations(
     return destinations, kernel
 
 
-def _rank(
+def rank_addresses(
     addresses: Sequence[Address], port: int, context: PairContext, host: str
 ) -> list[AddrPair]:
+    """The ranked pairs to ``addresses`` from this namespace's sources and ``context``."""
     view = interfaces.cached_view(max_age=context.snapshot_max_age)
     snapshot = view.snapshot
     context.observe_network(snapshot.fingerprint)
@@ -294,335 +289,6 @@ async def get_addr_pairs(
     type = _check_type(type)
     family = validate_family(family)
     ctx = context if context is not None else implicit_context()
-    number = _service_port(service, type)
-    resolution = await _resolve(spec, family, resolver or ctx.get_resolver())
-    return _rank(resolution.addresses, number, ctx, spec.text)
-
-
-async def explain(
-    host: str | bytes,
-    port: int | str | None,
-    *,
-    type: int = socket.SOCK_STREAM,
-    family: int = socket.AF_UNSPEC,
-    resolver: Resolver | None = None,
-    context: PairContext | None = None,
-) -> list[AddrPair]:
-    """Same as :func:`get_addr_pairs`; read each pair's ``reason`` (or use :func:`explain_text`)."""
-    return await get_addr_pairs(
-        host, port, type=type, family=family, resolver=resolver, context=context
-    )
-
-
-def format_pairs(pairs: Sequence[AddrPair]) -> str:
-    """A table of ranked pairs for people: rank, source, destination, RTT, failing, reason."""
-    rows = [("#", "source", "destination", "rtt", "reason")]
-    for rank, pair in enumerate(pairs, 1):
-        rtt = "-" if pair.rtt is None else f"{pair.rtt * 1000:.1f} ms"
-        if pair.failing:
-            rtt += " (failed recently)"
-        rows.append(
-            (
-                str(rank),
-                _sockaddr_text(pair.source),
-                _sockaddr_text(pair.destination),
-                rtt,
-                pair.reason,
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = []
-    for row in rows:
-        cells = [row[i].ljust(widths[i]) for i in range(4)]
-        lines.append("  ".join([*cells, row[4]]).rstrip())
-    return "\n".join(lines)
-
-
-async def explain_text(
-    host: str | bytes,
-    port: int | str | None,
-    *,
-    type: int = socket.SOCK_STREAM,
-    family: int = socket.AF_UNSPEC,
-    resolver: Resolver | None = None,
-    context: PairContext | None = None,
-    svcb: bool = False,
-) -> str:
-    """:func:`explain` formatted as a table (see :func:`format_pairs`).
-
-    ``svcb=True`` also asks for the name's HTTPS records (RFC 9460) and explains them first:
-    each endpoint (target, port, ALPN, the record it came from, why it ranks where it does),
-    what was skipped and why, then the ranked pairs of every endpoint, as a connection with
-    ``svcb=True`` would try them, and last the name's own pairs (the fallback).
-    """
-    if not isinstance(svcb, bool):
-        raise TypeError(f"svcb must be a bool, not {svcb!r}")
-    pairs = await get_addr_pairs(
-        host, port, type=type, family=family, resolver=resolver, context=context
-    )
-    if not svcb:
-        return format_pairs(pairs)
-    # Lazy: resolve.https builds on this module (its lookups take a PairContext).
-    from apr_async.resolve.https import explain_https, svcb_endpoints  # noqa: PLC0415
-
-    ctx = context if context is not None else default_context()
-    if resolver is not None:
-        ctx = PairContext(resolver=resolver)
-    name = host.decode() if isinstance(host, bytes) else host
-    svc_port = 443 if port is None else _service_port(port, type)
-    answer = await svcb_endpoints(name, svc_port, context=ctx)
-    parts = ["HTTPS records of " + name + ":", *("  " + line for line in explain_https(answer))]
-    for endpoint in answer.endpoints:
-        target_pairs = await get_addr_pairs(endpoint.target, endpoint.port, type=type,
-                                            family=family, context=ctx)
-        parts += ["", f"endpoint #{endpoint.rank + 1} {endpoint.target}:{endpoint.port}:",
-                  format_pairs(target_pairs)]
-    parts += ["", f"{name} itself (A/AAAA, the fallback):", format_pairs(pairs)]
-    return "\n".join(parts)
-
-
-def _sockaddr_text(addr: SockAddr) -> str:
-    if len(addr) == 4:
-        ip, port, _flow, scope = addr
-        ip_text = f"{ip}%{scope}" if scope else ip
-        return f"[{ip_text}]:{port}"
-    return f"{addr[0]}:{addr[1]}"
-
-
-# --------------------------------------------------------------------------- getaddrinfo
-
-# int(): ~ on an IntFlag only flips the flag's own members, hiding unknown bits.
-_KNOWN_FLAGS = int(
-    socket.AI_PASSIVE
-    | socket.AI_CANONNAME
-    | socket.AI_NUMERICHOST
-    | socket.AI_NUMERICSERV
-    | socket.AI_V4MAPPED
-    | socket.AI_ALL
-    | socket.AI_ADDRCONFIG
-)
-_SOCKTYPE_DEFAULT_PROTO: dict[int, tuple[int, set[int]]] = {
-    socket.SOCK_STREAM: (socket.IPPROTO_TCP, {socket.IPPROTO_TCP, socket.IPPROTO_SCTP}),
-    socket.SOCK_DGRAM: (socket.IPPROTO_UDP, {socket.IPPROTO_UDP, 136}),  # 136: UDP-Lite
-    socket.SOCK_SEQPACKET: (socket.IPPROTO_SCTP, {socket.IPPROTO_SCTP}),
-}
-
-
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return int(value)
-
-
-def _socktypes(type: int, proto: int) -> list[tuple[int, int]]:
-    """The (socktype, proto) entries per address, as glibc's getaddrinfo produces them."""
-    if type == 0:
-        candidates: list[tuple[int, int]] = [
-            (socket.SOCK_STREAM, socket.IPPROTO_TCP),
-            (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
-            (socket.SOCK_RAW, 0),
-        ]
-        chosen = [c for c in candidates if proto in (0, c[1])]
-        if not chosen:
-            raise gaierror(socket.EAI_SERVICE)
-        return chosen
-    if type == socket.SOCK_RAW:
-        if proto:
-            raise gaierror(socket.EAI_SERVICE)
-        return [(socket.SOCK_RAW, 0)]
-    if type not in _SOCKTYPE_DEFAULT_PROTO:
-        raise gaierror(socket.EAI_SOCKTYPE)
-    default, allowed = _SOCKTYPE_DEFAULT_PROTO[type]
-    if proto and proto not in allowed:
-        raise gaierror(socket.EAI_SOCKTYPE)
-    return [(type, proto or default)]
-
-
-def _entry_ports(
-    service: int | str, socktypes: list[tuple[int, int]], numeric_only: bool
-) -> list[tuple[int, int, int]]:
-    """(socktype, proto, port) per entry; a service name keeps only socktypes it exists for."""
-    if isinstance(service, int):
-        return [(t, p, service) for t, p in socktypes]
-    if numeric_only:
-        raise gaierror(socket.EAI_NONAME)
-    out = []
-    for t, p in socktypes:
-        protocol = _TCP_UDP.get(t) or ("tcp" if t == socket.SOCK_SEQPACKET else None)
-        if protocol is None:
-            continue
-        try:
-            out.append((t, p, socket.getservbyname(service, protocol)))
-        except OSError:
-            continue
-    if not out:
-        raise gaierror(socket.EAI_SERVICE)
-    return out
-
-
-async def getaddrinfo(  # noqa: PLR0917 - the stdlib's signature
-    host: str | bytes | None,
-    port: int | str | bytes | None,
-    family: int = 0,
-    type: int = 0,
-    proto: int = 0,
-    flags: int = 0,
-    *,
-    resolver: Resolver | None = None,
-    context: PairContext | None = None,
-) -> list[AddrInfo]:
-    """Drop-in for ``loop.getaddrinfo``: the same ``(family, type, proto, canonname,
-    sockaddr)`` tuples, in ranked order (best destination first).
-
-    Honours ``family``, ``type`` (0 gives STREAM, DGRAM and RAW entries like the stdlib),
-    ``proto`` and ``flags`` (``AI_NUMERICHOST``, ``AI_NUMERICSERV``, ``AI_PASSIVE``,
-    ``AI_CANONNAME``, ``AI_ADDRCONFIG``, ``AI_V4MAPPED``, ``AI_ALL``). Unsupported values
-    give the stdlib's gaierror (``EAI_FAMILY``, ``EAI_SOCKTYPE``, ``EAI_BADFLAGS``...).
-    """
-    family = _check_int("family", family)
-    type = _check_int("type", type)
-    proto = _check_int("proto", proto)
-    flags = _check_int("flags", flags)
-    spec = parse_host(host) if host is not None else None
-    service = validate_port(port) if port is not None else None
-    if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
-        raise gaierror(socket.EAI_FAMILY)
-    if flags & ~_KNOWN_FLAGS or (spec is None and flags & socket.AI_CANONNAME):
-        raise gaierror(socket.EAI_BADFLAGS)
-    if spec is None and service is None:
-        raise gaierror(socket.EAI_NONAME)
-    if type == socket.SOCK_RAW and service is not None:
-        raise gaierror(socket.EAI_SERVICE)  # glibc: raw sockets have no ports
-    entries = _entry_ports(
-        service if service is not None else 0,
-        _socktypes(type, proto),
-        bool(flags & socket.AI_NUMERICSERV),
-    )
-    ctx = context if context is not None else implicit_context()
-    mapped = family == socket.AF_INET6 and bool(flags & socket.AI_V4MAPPED)
-    want = socket.AF_UNSPEC if mapped else family
-
-    if spec is None:
-        # No host: the wildcard (AI_PASSIVE) or loopback addresses, in glibc's order.
-        passive = bool(flags & socket.AI_PASSIVE)
-        any4 = ipaddress.IPv4Address("0.0.0.0" if passive else "127.0.0.1")
-        any6 = ipaddress.IPv6Address("::" if passive else "::1")
-        chosen: list[IPAddress] = [any4, any6] if passive else [any6, any4]
-        addrs: list[IPAddress] = [a for a in chosen if want in (0, _family_of(a))]
-        return _infos([(str(a), a.version, 0) for a in addrs], entries, "", mapped)
-
-    if spec.ip is None and flags & socket.AI_NUMERICHOST:
-        raise gaierror(socket.EAI_NONAME, host=spec.text)
-    if flags & socket.AI_ADDRCONFIG and spec.ip is None:
-        want = _addrconfig_family(want, ctx)
-    resolution = await _resolve(spec, want, resolver or ctx.get_resolver())
-    addresses = resolution.addresses
-    if mapped:
-        v6 = [a for a in addresses if a[0].version == 6]
-        if v6 and not flags & socket.AI_ALL:
-            addresses = v6
-    canonname = ""
-    if flags & socket.AI_CANONNAME:
-        canonname = spec.text if spec.ip is not None else resolution.canonname
-    pairs = _rank(addresses, entries[0][2], ctx, spec.text)
-    # Work on the sockaddr text ranking produced: no address objects rebuilt per pair.
-    seen: set[tuple[str, int]] = set()
-    ranked: list[tuple[str, int, int]] = []  # (address text, IP version, scope id)
-    for pair in pairs:
-        da = pair.destination
-        key = (da[0], da[3] if len(da) == 4 else 0)
-        if key not in seen:
-            seen.add(key)
-            ranked.append((da[0], 6 if len(da) == 4 else 4, key[1]))
-    if len(ranked) < len(addresses):
-        # getaddrinfo reports every address; those without a usable source (ranking drops
-        # their pairs) come last, in resolver order, as a plain resolver would return them.
-        for ip, zone in addresses:
-            scope = int(zone) if zone is not None and zone.isdigit() else None
-            if zone is not None and scope is None:
-                scope = interfaces.get_snapshot(max_age=ctx.snapshot_max_age).ifindex_of(zone)
-            text = str(ip)
-            if (text, scope or 0) not in seen and (text, 0) not in seen:
-                seen.add((text, scope or 0))
-                ranked.append((text, ip.version, scope or 0))
-    if mapped and not ranked:
-        raise gaierror(socket.EAI_NONAME, host=spec.text)
-    return _infos(ranked, entries, canonname, mapped)
-
-
-def _family_of(ip: IPAddress) -> int:
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-
-
-def _addrconfig_family(family: int, context: PairContext) -> int:
-    """AI_ADDRCONFIG: only families with a configured non-loopback address."""
-    snapshot = interfaces.get_snapshot(max_age=context.snapshot_max_age)
-    have = {_family_of(s.address) for s in snapshot.sources if not s.address.is_loopback}
-    if family == socket.AF_UNSPEC:
-        if len(have) == 1:
-            return have.pop()
-        if not have:
-            raise gaierror(socket.EAI_NONAME)
-        return family
-    if family not in have:
-        raise gaierror(socket.EAI_NONAME)
-    return family
-
-
-def _infos(
-    destinations: Sequence[tuple[str, int, int]],
-    entries: list[tuple[int, int, int]],
-    canonname: str,
-    mapped: bool,
-) -> list[AddrInfo]:
-    kinds = [(socket.SocketKind(t), p, port) for t, p, port in entries]
-    out: list[AddrInfo] = []
-    for text, version, scope in destinations:
-        for kind, proto, port in kinds:
-            sockaddr: SockAddr
-            if version == 6:
-                family = socket.AF_INET6
-                sockaddr = (text, port, 0, scope)
-            elif mapped:
-                family = socket.AF_INET6
-                sockaddr = (f"::ffff:{text}", port, 0, 0)
-            else:
-                family = socket.AF_INET
-                sockaddr = (text, port)
-            out.append((family, kind, proto, canonname if not out else "", sockaddr))
-    return out
-
-
-def system_order(addresses: Sequence[IPAddress]) -> list[IPAddress]:
-    """*addresses* in the order glibc's ``getaddrinfo`` gives them on this host (namespace).
-
-    That is RFC 6724 section 6 with, for each destination, the source the kernel picks
-    (glibc asks with a UDP ``connect()``; the netlink route lookup gives the same answer
-    without a socket) rather than RFC 6724 source selection, and rule 1 for a destination
-    without a route. What plain ``asyncio.open_connection`` tries, in that order: the
-    baseline the demo and the benchmarks compare with. The source's flags and prefix length
-    come from the interface snapshot when the kernel's source is in it.
-    """
-    ips = list(addresses)
-    choices = interfaces.route_choices([(ip, None) for ip in ips])
-    known = {src.address: src for src in interfaces.get_snapshot().sources}
-    chosen: list[SourceAddress | None] = []
-    for ip in ips:
-        choice = choices.get((ip, None))
-        kernel = choice.source if choice is not None else None
-        chosen.append(None if kernel is None else known.get(kernel) or SourceAddress(kernel))
-    views = [
-        ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
-        for ip in ips
-    ]
-    keys = [
-        destination_key(view, src, DEFAULT_POLICY_TABLE)
-        for view, src in zip(views, chosen, strict=True)
-    ]
-    rule9 = [
-        src.common_prefix_len(view) if src is not None and view.version == 6 else None
-        for view, src in zip(views, chosen, strict=True)
-    ]
-    order = sorted(range(len(ips)), key=keys.__getitem__)
-    order = apply_rule9(order, lambda i, j: keys[i] == keys[j], rule9)
-    return [ips[i] for i in order]
+    number = service_port(service, type)
+    resolution = await resolve_host(spec, family, resolver or ctx.get_resolver())
+    return rank_addresses(resolution.addresses, number, ctx, spec.text)
