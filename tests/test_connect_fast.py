@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from apr_async.connect import api, fast
+from apr_async.connect import api, fast, general
 from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.connect.recorders import ContextRecorder
 from apr_async.resolve.pairs import PairContext
@@ -39,13 +39,13 @@ async def server() -> AsyncIterator[int]:
 def forbid_general_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make the general path record that it ran."""
     used: list[str] = []
-    original = api._race_sockets
+    original = general.race_sockets
 
     async def spy(*args: Any, **kwargs: Any) -> socket.socket:
         used.append("general")
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(api, "_race_sockets", spy)
+    monkeypatch.setattr(general, "race_sockets", spy)
     return used
 
 
