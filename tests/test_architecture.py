@@ -8,6 +8,7 @@ reported with the file and line that introduced it.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,15 +214,11 @@ MAX_FUNCTION_LINES = 80
 
 # Paths (relative to src/apr_async) exempt from both limits, module and every function in it.
 SIZE_ALLOWLIST: dict[str, str] = {
-    "core/ranking.py": "being split by another engineer (issue 11)",
     "probe/service.py": "433 lines after the split (rounds, targets, prober, passive, observed, "
                         "nat64, progress, host_share): ProbeService's lifecycle, public API "
                         "and the glue between those parts, mostly docstrings and delegation",
-    "resolve/pairs.py": "not split yet: get_addr_pairs/getaddrinfo/explain share one context",
     "connect/api.py": "not split yet: open_connection/create_connection/connect_socket and "
                       "their fast-path dispatch",
-    "lab/lab.py": "not split yet: the split into lab/wiring.py met the declared-tool change "
-                  "(issue 10) at merge time and was left for a later round",
 }
 
 # "path:qualified.name" of functions deliberately kept over the limit, with why.
@@ -281,3 +278,40 @@ def test_function_allowlist_has_no_stale_entries() -> None:
             if (node.end_lineno or node.lineno) - node.lineno + 1 > MAX_FUNCTION_LINES:
                 present.add(f"{_relative(path)}:{name}")
     assert set(FUNCTION_ALLOWLIST) <= present
+
+
+# --- ARCHITECTURE.md: the document says what the tests enforce ------------------------------
+
+ARCHITECTURE_MD = PACKAGE.parents[1] / "ARCHITECTURE.md"
+
+
+def _part_name(token: str) -> str:
+    name = token.removesuffix(".py")
+    return "" if name == "__init__" else name
+
+
+def _documented_layers(text: str) -> dict[str, frozenset[str]]:
+    """The 'may import' table: each row's parts -> the backticked parts before its first ';'."""
+    rows: dict[str, frozenset[str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].startswith("`"):
+            continue
+        parts = [_part_name(t) for t in re.findall(r"`([^`]+)`", cells[0])]
+        allowed = frozenset(_part_name(t) for t in re.findall(r"`([^`]+)`",
+                                                              cells[1].split(";")[0]))
+        for part in parts:
+            rows[part] = allowed - {part}
+    return rows
+
+
+def test_architecture_md_states_the_enforced_layers() -> None:
+    assert _documented_layers(ARCHITECTURE_MD.read_text()) == ALLOWED
+
+
+def test_architecture_md_tree_lists_every_module() -> None:
+    text = ARCHITECTURE_MD.read_text()
+    tree = text[text.index("```"):text.index("```", text.index("```") + 3)]
+    listed = set(re.findall(r"[\w/]*?(\w+\.py)\b", tree))
+    missing = sorted(_relative(p) for p in MODULES.values() if p.name not in listed)
+    assert missing == []
