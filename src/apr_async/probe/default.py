@@ -164,7 +164,7 @@ def implicit_service() -> ProbeService | None:
     if service is not None:
         if not service.running:
             return None
-        service.sync_shared()  # a follower's O(1) "did the leader publish?" check
+        service.check_shared()  # a follower's O(1) "did the leader publish?" check
         return service
     if loop in _declined:
         return None

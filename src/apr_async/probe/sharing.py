@@ -6,9 +6,11 @@ leader lock (:mod:`apr_async.probe.shared`):
 * **leader**: it probes as a service on its own does, publishes its tables into the shared
   table (coalesced, at most every :data:`PUBLISH_DELAY`) and applies the outcomes followers
   send to its socket as its own passive samples;
-* **follower**: it never probes. It reads the shared table at start (so its first ranking is
-  warm), whenever the generation moved on a module-level call, and every :data:`POLL` of the
-  probe interval otherwise; it records its own outcomes at once and sends them to the leader;
+* **follower**: it never probes, so its status is the leader's (published with the tables).
+  It reads the shared table at start (so its first ranking is
+  warm), soon after a module-level call saw the generation move (scheduled on the loop, never
+  inside that call, at most every :data:`APPLY_SPACING`), and every :data:`POLL` of the probe
+  interval otherwise; it records its own outcomes at once and sends them to the leader;
   and it tries the lock twice per probe interval, so it takes over within one interval of the
   leader's exit.
 """
@@ -26,10 +28,11 @@ from apr_async.core.addresses import IPAddress
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 from apr_async.core.outcomes import record_outcome
+from apr_async.core.status import ConnectivityStatus
 from apr_async.probe import shared
 from apr_async.probe import table_codec as codec
 
-__all__ = ["MAX_AGE", "POLL", "PUBLISH_DELAY", "Sharing"]
+__all__ = ["APPLY_SPACING", "MAX_AGE", "POLL", "PUBLISH_DELAY", "Sharing"]
 
 log = logging.getLogger("apr_async.probe")
 
@@ -37,6 +40,10 @@ log = logging.getLogger("apr_async.probe")
 PUBLISH_DELAY = 0.02
 #: A follower polls the shared table this often, as a fraction of the probe interval.
 POLL = 0.25
+#: A follower applies a newer shared table at most this often (seconds). The leader may
+#: publish every PUBLISH_DELAY on a busy host; applying costs ~20 us per row, so without a
+#: floor a follower with a large table would spend its loop re-applying it.
+APPLY_SPACING = 0.1
 #: Shared latency entries older than this (seconds) are not used: a remembered fastest path
 #: is a stickiness and privacy risk, so it expires.
 MAX_AGE = 3600.0
@@ -70,6 +77,10 @@ class Sharing:
         self._corrupt_warned = False
         #: Called with each outcome a follower sent (the leader's service records it).
         self.on_outcome: Callable[[codec.Outcome], None] | None = None
+        #: The leader's status, published with its tables (the leader's service sets it).
+        self.status_of: Callable[[], ConnectivityStatus] | None = None
+        #: A follower's copy of the leader's last published status.
+        self.status: ConnectivityStatus | None = None
         #: Snapshots applied and publications made (diagnostics, tests).
         self.applied = 0
         self.published = 0
@@ -152,7 +163,8 @@ class Sharing:
         if self._writer is None:
             return
         rows = shared.rows_of(self._latency, self._failures, self._clock(), time.monotonic())
-        self._writer.publish(rows, netid=self._netid, boot=self._boot)
+        status = codec.encode_status(self.status_of()) if self.status_of is not None else b""
+        self._writer.publish(rows, netid=self._netid, boot=self._boot, status=status)
         self.published += 1
 
     def _on_readable(self) -> None:
@@ -163,6 +175,17 @@ class Sharing:
                 self.on_outcome(outcome)
 
     # ----------------------------------------------------------------- follower side
+
+    def changed(self) -> bool:
+        """Whether the leader published since the last :meth:`refresh` (one 8-byte read of the
+        mapped file). A table that cannot be read says True: :meth:`refresh` reports it."""
+        reader = self._reader
+        if reader is None:
+            return False
+        try:
+            return reader.changed()
+        except (codec.TableCorruptError, shared.ShareUnavailable, OSError):
+            return True
 
     def refresh(self) -> bool:
         """Apply the shared table if its generation moved; True when the tables changed.
@@ -185,6 +208,7 @@ class Sharing:
         if snap is None or snap.netid != self._netid or snap.boot_id != self._boot:
             return False  # another network or boot: never use its history
         mono, now = time.monotonic(), self._clock()
+        self.status = snap.status
         shared.apply_snapshot(snap, self._latency, self._failures, now, mono, max_age=MAX_AGE)
         for at, src, dst, port, ok, rtt, errno in self._own:
             if at >= snap.published_at - _REPLAY_WINDOW:
