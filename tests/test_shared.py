@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from apr_async.config import Config
+from apr_async.core.status import ConnectivityStatus
 from apr_async.probe import shared
 from apr_async.probe import table_codec as codec
 from apr_async.probe.service import ProbeService
@@ -56,6 +57,30 @@ def test_codec_round_trip_is_fixed_size_and_checked() -> None:
         codec.decode(b"x" * codec.FILE_SIZE)
     with pytest.raises(ValueError, match="even"):
         codec.encode(lat, fail, generation=3, published_at=0, pid=0, netid=b"", boot_id=b"")
+
+
+def test_codec_carries_the_leaders_status_and_rejects_a_forged_one() -> None:
+    lat, fail = rows()
+    status = ConnectivityStatus(IPv4_ok=True, NAT44=True, def_gateway4="192.0.2.1",
+                                NAT64_prefix="64:ff9b::/96", changed_at=5.0, updated_at=6.5,
+                                observations=3)
+
+    def table(blob: bytes) -> bytes:
+        return codec.encode(lat, fail, generation=2, published_at=7.0, pid=1, netid=b"",
+                            boot_id=b"", status=blob)
+
+    assert codec.decode(table(codec.encode_status(status))).status == status
+    assert codec.encode_status(ConnectivityStatus()) == b""  # nothing measured: none
+    assert codec.decode(table(b"")).status is None
+    good = codec.encode_status(status)
+    for forged in (good.replace(b'"IPv4_ok":true', b'"IPv4_ok":1'),
+                   good.replace(b'"observations":3', b'"observations":-3'),
+                   good.replace(b'"192.0.2.1"', b'"' + b"x" * 65 + b'"'),
+                   good[:-1] + b',"extra":1}', b"not json", b"[]"):
+        with pytest.raises(codec.TableCorruptError, match="status"):
+            codec.decode(table(forged))
+    with pytest.raises(ValueError, match="at most"):
+        table(b" " * (codec.MAX_STATUS + 1))
 
 
 def test_codec_bounds_keep_the_newest() -> None:
@@ -242,6 +267,7 @@ LEADER_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
     from apr_async.config import Config
+from apr_async.core.status import ConnectivityStatus
     from apr_async.probe.service import ProbeService
 
     async def main():
@@ -330,6 +356,7 @@ READ_ONLY_SCRIPT = textwrap.dedent("""
     import asyncio, logging, sys
     from pathlib import Path
     from apr_async.config import Config
+from apr_async.core.status import ConnectivityStatus
     from apr_async.probe.service import ProbeService
 
     warnings = []

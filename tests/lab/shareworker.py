@@ -2,7 +2,8 @@
 
 ``shareworker.py probe CACHE TARGETS INTERVAL UNTIL``: run a sharing ProbeService with the
 given targets until ``time.monotonic()`` reaches UNTIL, print one JSON line when ready (after
-the first round or the first shared snapshot) and one with the probes sent at the end.
+the first round or the first shared snapshot) and one with the probes sent and the
+connectivity status at the end.
 
 ``shareworker.py connect CACHE TARGETS INTERVAL DNS NAME PORT [share]``: a fresh process's
 first ``apr_async.open_connection(NAME, PORT)`` through the default service; prints the time it
@@ -38,7 +39,8 @@ async def probe(cache: str, targets: str, interval: str, until: str) -> None:
             await svc.wait_ready(10)
         print(json.dumps({"ready": svc.role}), flush=True)
         await asyncio.sleep(max(0.0, float(until) - time.monotonic()))
-        print(json.dumps({"role": svc.role, **svc.probes_sent}), flush=True)
+        print(json.dumps({"role": svc.role, **svc.probes_sent,
+                          "status": svc.status().as_dict(full=True)}), flush=True)
 
 
 async def connect(*argv: str) -> None:

@@ -132,3 +132,29 @@ async def test_fresh_process_is_warm_at_its_first_connection(
     finally:
         leader.kill()
         await leader.wait()
+
+
+async def test_followers_report_the_leaders_connectivity_status(
+    healthy_lab: Lab, echo: EchoServer, tmp_path: Path
+) -> None:
+    # Followers never probe: their status() must still say what works, and what does not.
+    lab = healthy_lab
+    await lab.set_scenario(Scenario.v6_blackholed())
+    try:
+        procs = await workers(lab, 3, tmp_path, echo.port, time.monotonic() + 3 * INTERVAL + 3)
+        results = [(await lines(p))[-1] for p in procs]
+    finally:
+        await lab.set_scenario()
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_role.setdefault(result["role"], []).append(result)
+    assert sorted(by_role) == ["follower", "leader"] and len(by_role["follower"]) == 2
+    leader = by_role["leader"][0]["status"]
+    assert leader["IPv4_ok"] is True and leader["IPv6_ok"] is False and leader["GUA_ok"] is False
+    flags = {k: v for k, v in leader.items() if k not in ("changed_at", "updated_at",
+                                                          "observations")}
+    for follower in by_role["follower"]:
+        assert follower["icmp"] == follower["tcp"] == 0  # it did not measure this itself
+        status = follower["status"]
+        assert status["observations"] > 0
+        assert {k: status[k] for k in flags} == flags

@@ -174,7 +174,7 @@ class ProbeService:
                 self._share.start(loop, self.config.effective_cache_path.parent,
                                   tables=(self.latency, self.failures), clock=self._clock,
                                   fingerprint=self._snapshot.fingerprint,
-                                  on_outcome=self._on_shared_outcome)
+                                  on_outcome=self._on_shared_outcome, status_of=self.status)
             if self._share.following:
                 self._task = loop.create_task(self._follow(), name="apr_async-probe-follower")
             else:
@@ -222,7 +222,11 @@ class ProbeService:
     # ------------------------------------------------------------------ public API
 
     def status(self) -> ConnectivityStatus:
-        """The current connectivity status (derived from recent observations)."""
+        """The current connectivity status (derived from recent observations; in a follower
+        of the host's shared service, the leader's, as it last published it)."""
+        shared = self._share.leader_status
+        if shared is not None:
+            return shared
         if self._observed.dirty:
             self._derive_status()
         return self._observed.status
@@ -408,8 +412,13 @@ class ProbeService:
 
     def sync_shared(self) -> bool:
         """A follower applies the shared table if the leader published since (cheap when not:
-        one 8-byte read); True when the tables changed. Module-level calls do this."""
+        one 8-byte read); True when the tables changed."""
         return self._share.sync()
+
+    def check_shared(self) -> None:
+        """The module-level calls' check: a follower whose leader published applies the
+        table soon, on the loop, never inside the calling ranking (one 8-byte read here)."""
+        self._share.check()
 
     def _shared_refreshed(self) -> None:
         self._progress.ready.set()

@@ -184,12 +184,12 @@ class TableWriter:
             self.generation = 0
 
     def publish(self, rows: tuple[list[codec.LatencyRow], list[codec.FailureRow]], *,
-                netid: bytes, boot: bytes) -> int:
-        """Write a new generation; return it."""
+                netid: bytes, boot: bytes, status: bytes = b"") -> int:
+        """Write a new generation (``status``: :func:`~.table_codec.encode_status`); return it."""
         latency, failures = rows
         gen = self.generation + 2
         data = codec.encode(latency, failures, generation=gen, published_at=time.monotonic(),
-                            pid=os.getpid(), netid=netid, boot_id=boot)
+                            pid=os.getpid(), netid=netid, boot_id=boot, status=status)
         m = self._map
         off = codec.GENERATION_OFFSET
         # seqlock: odd while writing, so a reader that saw the same even number before and

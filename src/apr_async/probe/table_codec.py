@@ -8,13 +8,17 @@ File = header + body. The header (:data:`HEADER`) holds a magic, the layout vers
 seqlock generation (odd while the leader writes), the leader's publish time and pid, the
 record counts, a CRC-32 of the used body, the network identity the records belong to and the
 boot id (times are ``CLOCK_MONOTONIC`` seconds, which every process of one boot shares and
-no other boot does). The body holds at most :data:`MAX_LATENCY` latency records then at most
-:data:`MAX_FAILURES` failure records, fixed-size, so the file never grows.
+no other boot does). The body holds at most :data:`MAX_LATENCY` latency records, then at most
+:data:`MAX_FAILURES` failure records, fixed-size, then the leader's
+:class:`~apr_async.core.status.ConnectivityStatus` as at most :data:`MAX_STATUS` bytes of JSON
+(followers do not probe, so this is where their ``status()`` comes from); the file never grows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import json
 import math
 import struct
 import zlib
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from apr_async.core.addresses import IPAddress
+from apr_async.core.status import ConnectivityStatus
 
 if TYPE_CHECKING:
     import mmap
@@ -41,15 +46,18 @@ __all__ = [
     "TableCorruptError",
     "decode",
     "decode_outcome",
+    "decode_status",
     "encode",
     "encode_outcome",
+    "encode_status",
     "generation_of",
 ]
 
 MAGIC: Final = b"APRSHTB1"
-VERSION: Final = 1
-#: magic, version, generation, published_at, pid, n_latency, n_failures, crc, netid, boot id
-HEADER: Final = struct.Struct("<8sIQdIIII16s16s")
+VERSION: Final = 2  # 2: the status section
+#: magic, version, generation, published_at, pid, n_latency, n_failures, status bytes, crc,
+#: netid, boot id
+HEADER: Final = struct.Struct("<8sIQdIIIII16s16s")
 GENERATION_OFFSET: Final = 12
 #: family, source, destination, ewma, last, min, samples, lost bits, fill, updated
 LATENCY: Final = struct.Struct("<B16s16sdddIIHd")
@@ -58,7 +66,10 @@ FAILURE: Final = struct.Struct("<B16s16sHdI16s")
 #: Bounds of the published table: the most recently updated entries win.
 MAX_LATENCY: Final = 2048
 MAX_FAILURES: Final = 512
-FILE_SIZE: Final = HEADER.size + MAX_LATENCY * LATENCY.size + MAX_FAILURES * FAILURE.size
+#: The status as JSON: 15 fields, two gateways and a prefix fit in well under this.
+MAX_STATUS: Final = 1024
+FILE_SIZE: Final = (HEADER.size + MAX_LATENCY * LATENCY.size + MAX_FAILURES * FAILURE.size
+                    + MAX_STATUS)
 #: kind (0 attempt, 1 untried destination), family, source, destination, port, ok, rtt, errno
 OUTCOME: Final = struct.Struct("<BB16s16sHBdi")
 
@@ -105,6 +116,8 @@ class Snapshot:
     boot_id: bytes
     latency: tuple[LatencyRow, ...]
     failures: tuple[FailureRow, ...]
+    #: the leader's status; ``None`` when it published none (or an empty one)
+    status: ConnectivityStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +174,14 @@ def encode(
     pid: int,
     netid: bytes,
     boot_id: bytes,
+    status: bytes = b"",
 ) -> bytes:
-    """The file's bytes (exactly :data:`FILE_SIZE`); the newest rows beyond the bounds win."""
+    """The file's bytes (exactly :data:`FILE_SIZE`); the newest rows beyond the bounds win.
+
+    ``status`` is :func:`encode_status`'s output (empty: none).
+    """
+    if len(status) > MAX_STATUS:
+        raise ValueError(f"status of {len(status)} bytes, at most {MAX_STATUS}")
     if generation % 2:
         raise ValueError("a published generation is even (odd means 'being written')")
     lat = sorted(latency, key=lambda r: r.updated, reverse=True)[:MAX_LATENCY]
@@ -179,8 +198,9 @@ def encode(
         _, dst = _addr(f.destination)
         error = (f.error or "").encode("ascii", "replace")[:16]
         body += FAILURE.pack(fam, src, dst, f.port, f.last, min(f.count, 0xFFFFFFFF), error)
+    body += status
     header = HEADER.pack(MAGIC, VERSION, generation, published_at, pid, len(lat), len(fail),
-                         zlib.crc32(body), netid[:16].ljust(16, b"\0"),
+                         len(status), zlib.crc32(body), netid[:16].ljust(16, b"\0"),
                          boot_id[:16].ljust(16, b"\0"))
     return (header + bytes(body)).ljust(FILE_SIZE, b"\0")
 
@@ -195,18 +215,19 @@ def decode(buf: bytes | bytearray | memoryview) -> Snapshot:
     """Parse a copy of the file; :class:`TableCorruptError` for anything inconsistent."""
     if len(buf) < FILE_SIZE:
         raise TableCorruptError(f"truncated: {len(buf)} of {FILE_SIZE} bytes")
-    magic, version, gen, published, pid, n_lat, n_fail, crc, netid, boot = HEADER.unpack_from(
-        buf, 0)
+    (magic, version, gen, published, pid, n_lat, n_fail, n_status, crc, netid,
+     boot) = HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise TableCorruptError("not an apr_async shared table")
     if version != VERSION:
         raise TableCorruptError(f"layout version {version}, expected {VERSION}")
     if gen % 2:
         raise TableCorruptError("being written")
-    if n_lat > MAX_LATENCY or n_fail > MAX_FAILURES:
+    if n_lat > MAX_LATENCY or n_fail > MAX_FAILURES or n_status > MAX_STATUS:
         raise TableCorruptError("record counts beyond the bounds")
     start = HEADER.size
-    end = start + n_lat * LATENCY.size + n_fail * FAILURE.size
+    status_at = start + n_lat * LATENCY.size + n_fail * FAILURE.size
+    end = status_at + n_status
     if zlib.crc32(bytes(buf[start:end])) != crc:
         raise TableCorruptError("checksum mismatch")
     lat = []
@@ -225,8 +246,43 @@ def decode(buf: bytes | bytearray | memoryview) -> Snapshot:
         name = error.rstrip(b"\0").decode("ascii", "replace") or None
         fail.append(FailureRow(_ip(fam, src), _ip(fam, dst), port, _time(last, "last"),
                                count, name))
+    status = decode_status(bytes(buf[status_at:end])) if n_status else None
     return Snapshot(gen, _time(published, "published_at"), pid, netid, boot,
-                    tuple(lat), tuple(fail))
+                    tuple(lat), tuple(fail), status)
+
+
+_STATUS_FIELDS = {f.name: f.type for f in dataclasses.fields(ConnectivityStatus)}
+
+
+def encode_status(status: ConnectivityStatus) -> bytes:
+    """``status`` as the status section's JSON (empty when nothing was measured yet)."""
+    if not status.observations:
+        return b""
+    return json.dumps(status.as_dict(full=True), separators=(",", ":")).encode()
+
+
+def decode_status(data: bytes) -> ConnectivityStatus:
+    """The status section back; :class:`TableCorruptError` for anything but the exact
+    fields with values of their types (a gateway or prefix text at most 64 characters)."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TableCorruptError(f"status is not JSON: {exc}") from None
+    if not isinstance(raw, dict) or set(raw) != set(_STATUS_FIELDS):
+        raise TableCorruptError("status fields differ from ConnectivityStatus's")
+    for name, value in raw.items():
+        kind = _STATUS_FIELDS[name]
+        if kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "int":
+            ok = type(value) is int and value >= 0
+        elif kind == "str | None":
+            ok = value is None or (isinstance(value, str) and len(value) <= 64)
+        else:  # float | None: a time on the shared monotonic clock
+            ok = value is None or (type(value) in (int, float) and math.isfinite(value))
+        if not ok:
+            raise TableCorruptError(f"status field {name} = {value!r}")
+    return ConnectivityStatus(**raw)
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
