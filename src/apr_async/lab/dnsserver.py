@@ -268,7 +268,7 @@ class DNSServer:
         return [f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in self._hosts]
 
     async def start(self) -> None:
-        """Bind every listener (UDP, then TCP on the same port)."""
+        """Bind every listener (TCP, then UDP on the same port)."""
         if self._port is not None:
             raise RuntimeError("DNSServer already started")
         attempts = 20 if self._requested_port == 0 else 1
@@ -286,6 +286,14 @@ class DNSServer:
         loop = asyncio.get_running_loop()
         for host in self._hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            if self._tcp:
+                # TCP first: on a host busy with connections the ephemeral TCP ports are the
+                # crowded ones (TIME_WAIT), so let the kernel pick a free one there and take
+                # the same number for UDP, where it is almost always free.
+                server = await asyncio.start_server(
+                    self._serve_tcp, host, port, family=family, reuse_address=True)
+                self._listeners.tcp.append(server)
+                port = server.sockets[0].getsockname()[1]
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 sock.bind((host, port))
@@ -296,10 +304,6 @@ class DNSServer:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _UDPProtocol(self), sock=sock)
             self._listeners.udp.append(transport)
-            if self._tcp:
-                server = await asyncio.start_server(
-                    self._serve_tcp, host, port, family=family, reuse_address=True)
-                self._listeners.tcp.append(server)
         self._port = port
 
     async def stop(self) -> None:
