@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -267,7 +268,6 @@ LEADER_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
     from apr_async.config import Config
-from apr_async.core.status import ConnectivityStatus
     from apr_async.probe.service import ProbeService
 
     async def main():
@@ -356,7 +356,6 @@ READ_ONLY_SCRIPT = textwrap.dedent("""
     import asyncio, logging, sys
     from pathlib import Path
     from apr_async.config import Config
-from apr_async.core.status import ConnectivityStatus
     from apr_async.probe.service import ProbeService
 
     warnings = []
@@ -428,3 +427,67 @@ async def test_history_of_another_network_is_never_used(tmp_path: Path) -> None:
     finally:
         leader.close(loop)
         follower.close(loop)
+
+
+RECEIVER_SCRIPT = textwrap.dedent("""
+    import json, select, sys, time
+    from pathlib import Path
+    from apr_async.probe import shared
+
+    rx = shared.OutcomeReceiver(Path(sys.argv[1]))
+    print("ready", flush=True)
+    got, deadline = [], time.monotonic() + 20
+    while time.monotonic() < deadline and sys.argv[2] not in got:
+        select.select([rx.sock], [], [], 0.2)
+        got += [str(outcome.destination) for outcome in rx.drain()]
+    print(json.dumps({"accepted": got, "rejected": rx.rejected}), flush=True)
+    rx.close()
+""")
+
+SENDER_SCRIPT = textwrap.dedent("""
+    import ipaddress, sys
+    from pathlib import Path
+    from apr_async.probe import shared, table_codec as codec
+
+    V4 = ipaddress.IPv4Address
+    shared.OutcomeSender(Path(sys.argv[1])).send(
+        codec.Outcome(0, V4("127.0.0.1"), V4(sys.argv[2]), 443, False, None, 111))
+""")
+
+
+@pytest.mark.asyncio
+@pytest.mark.tools("setpriv")
+async def test_leader_drops_outcomes_sent_by_another_uid() -> None:
+    # The socket is mode 0600, but root (or a process handed a descriptor) can still reach
+    # it: the kernel's SCM_CREDENTIALS, not the file mode, is what keeps such datagrams out.
+    # The receiver runs as nobody; root's datagram must be dropped, nobody's own taken.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the leader as another user (uid 65534)")
+    import shutil
+    import tempfile
+
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    root = Path(tempfile.mkdtemp(prefix="apr_async-creds-"))
+    try:
+        os.chown(root, 65534, 65534)
+        os.chmod(root, 0o700)
+        path = root / "ns.sock"
+        receiver = await asyncio.create_subprocess_exec(
+            *as_nobody, "-c", RECEIVER_SCRIPT, str(path), "192.0.2.77",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert receiver.stdout is not None
+        assert await asyncio.wait_for(receiver.stdout.readline(), 30) == b"ready\n"
+        forged = shared.OutcomeSender(path)  # this process: uid 0, not the leader's
+        forged.send(codec.Outcome(0, V4("127.0.0.1"), V4("192.0.2.66"), 443, False, None, 111))
+        assert forged.dropped == 0  # it did reach the socket
+        forged.close()
+        sender = await asyncio.create_subprocess_exec(
+            *as_nobody, "-c", SENDER_SCRIPT, str(path), "192.0.2.77", stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(sender.communicate(), 30)
+        assert sender.returncode == 0, err.decode()
+        out, err = await asyncio.wait_for(receiver.communicate(), 30)
+        assert receiver.returncode == 0, err.decode()
+        assert json.loads(out) == {"accepted": ["192.0.2.77"], "rejected": 1}
+        assert b"dropped an outcome datagram" in err and b"uid 0" in err
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

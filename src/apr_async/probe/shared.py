@@ -9,8 +9,11 @@ in ``<cache>/apr_async/`` (mode 0700, owned by the user), named by the network n
 * ``<ns>.table``: fixed-size (:data:`~apr_async.probe.table_codec.FILE_SIZE`), written by the
   leader through ``mmap`` under a seqlock generation; followers check the generation (one
   8-byte read) and copy and parse the table only when it moved.
-* ``<ns>.sock``: a Unix datagram socket bound by the leader; followers send each connection
-  outcome to it, one fixed-size datagram, without waiting.
+* ``<ns>.sock``: a Unix datagram socket bound by the leader (mode 0600); followers send each
+  connection outcome to it, one fixed-size datagram, without waiting. The leader asks the
+  kernel for each sender's credentials (``SO_PASSCRED``) and drops every datagram whose
+  sender is not our uid, so even a process that can reach the socket (root, or one handed a
+  descriptor) cannot feed outcomes in under another user's name.
 
 Nothing here is trusted that is not a regular file owned by us and not writable by group or
 others, in a directory owned by us with no group/other access. Anything else raises
@@ -22,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import mmap
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +38,8 @@ from pathlib import Path
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 from apr_async.probe import table_codec as codec
+
+log = logging.getLogger("apr_async.probe")
 
 try:
     import fcntl
@@ -286,11 +293,21 @@ class OutcomeSender:
         self._sock.close()
 
 
+#: struct ucred: pid, uid, gid (SCM_CREDENTIALS' payload)
+_UCRED = struct.Struct("=iII")
+_SO_PASSCRED: int | None = getattr(socket, "SO_PASSCRED", None)
+_SCM_CREDENTIALS: int | None = getattr(socket, "SCM_CREDENTIALS", None)
+
+
 class OutcomeReceiver:
-    """The leader's bound datagram socket (``<ns>.sock``, mode 0600)."""
+    """The leader's bound datagram socket (``<ns>.sock``, mode 0600); only datagrams whose
+    sender the kernel says is our uid are taken (``rejected`` counts the others)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.rejected = 0
+        self._uid = os.getuid()
+        self._creds = _SO_PASSCRED is not None and _SCM_CREDENTIALS is not None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a dead leader's socket: we hold the lock, so it is ours now
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -300,6 +317,8 @@ class OutcomeReceiver:
                 sock.bind(str(path))
             finally:
                 os.umask(old)
+            if self._creds:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)  # type: ignore[arg-type]
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -307,14 +326,33 @@ class OutcomeReceiver:
         self.sock = sock
 
     def drain(self, limit: int = 256) -> Iterable[codec.Outcome]:
-        """The outcomes queued now (malformed datagrams are dropped)."""
+        """The outcomes queued now; malformed datagrams and other users' are dropped."""
+        space = socket.CMSG_SPACE(_UCRED.size) if self._creds else 0
         for _ in range(limit):
             try:
-                data = self.sock.recv(codec.OUTCOME.size + 1)
+                data, ancillary, _flags, _addr = self.sock.recvmsg(codec.OUTCOME.size + 1, space)
             except (BlockingIOError, InterruptedError):
                 return
+            if self._creds and self._sender_uid(ancillary) != self._uid:
+                self._reject(ancillary)
+                continue
             with contextlib.suppress(codec.TableCorruptError, ValueError):
                 yield codec.decode_outcome(data)
+
+    @staticmethod
+    def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+        for level, kind, payload in ancillary:
+            if (level == socket.SOL_SOCKET and kind == _SCM_CREDENTIALS
+                    and len(payload) >= _UCRED.size):
+                return int(_UCRED.unpack_from(payload)[1])
+        return None  # with SO_PASSCRED the kernel always attaches them: missing = refuse
+
+    def _reject(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        self.rejected += 1
+        if self.rejected == 1:
+            log.warning("apr_async: dropped an outcome datagram on %s from uid %s (not ours); "
+                        "later ones are dropped silently", self.path,
+                        self._sender_uid(ancillary))
 
     def close(self) -> None:
         """Close and unlink (called while the lock is still held)."""
