@@ -1,7 +1,6 @@
 """A tiny authoritative DNS server (UDP and TCP, standard library only) with a Python zone.
 
-Used inside the lab (so the client resolves over the lab network) and on loopback alone by
-resolver tests::
+Used inside the lab (the client resolves over the lab network) and on loopback by tests::
 
     zone = {"dual.example.test": ZoneEntry(a=["127.0.0.1"], aaaa=["::1"], delay_aaaa=0.2)}
     async with DNSServer(zone, "127.0.0.1", 0) as server:
@@ -272,7 +271,7 @@ class DNSServer:
         if self._port is not None:
             raise RuntimeError("DNSServer already started")
         attempts = 20 if self._requested_port == 0 else 1
-        for attempt in range(attempts):
+        for attempt in range(attempts):  # port 0: the kernel's TCP port may be taken for UDP
             try:
                 await self._bind_all(self._requested_port)
                 return
@@ -280,16 +279,13 @@ class DNSServer:
                 await self._close_listeners()
                 if attempt == attempts - 1:
                     raise
-        # unreachable: the loop returns or raises
 
     async def _bind_all(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         for host in self._hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             if self._tcp:
-                # TCP first: on a host busy with connections the ephemeral TCP ports are the
-                # crowded ones (TIME_WAIT), so let the kernel pick a free one there and take
-                # the same number for UDP, where it is almost always free.
+                # TCP first: ephemeral TCP ports are the crowded ones (TIME_WAIT)
                 server = await asyncio.start_server(
                     self._serve_tcp, host, port, family=family, reuse_address=True)
                 self._listeners.tcp.append(server)

@@ -4,7 +4,7 @@ A service owns the latency table, the failure table and the resolver that rankin
 :attr:`~ProbeService.context` is a :class:`~apr_async.resolve.pairs.PairContext`, installed as the
 package default while the service runs). In the background it probes each target from each
 usable local source in rounds (:mod:`.rounds`, :mod:`.targets`, :mod:`.prober`), records passive
-samples of the application's own attempts (:mod:`.passive`), derives a
+samples of the application's own attempts (:mod:`.recording`, :mod:`.passive`), derives a
 :class:`~apr_async.core.status.ConnectivityStatus` and a NAT64 prefix (:mod:`.observed`,
 :mod:`.nat64`), notices network changes (netlink events or polling; it then drops the failure
 table and the stale status, and probes again at once) and shares it all with the host's other
@@ -23,30 +23,27 @@ The package's lazily started default service lives in :mod:`apr_async.probe.defa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal
 
 from apr_async.config import Config
-from apr_async.core.addresses import IPAddress, parse_address
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 from apr_async.core.status import ConnectivityStatus
-from apr_async.probe import table_codec as codec
 from apr_async.probe.cache_keeper import CacheKeeper
 from apr_async.probe.host_share import HostShare
 from apr_async.probe.measure import PathMeasurement, context_for, translators_of
 from apr_async.probe.nat64 import Nat64Discovery
 from apr_async.probe.netwatch import NetWatcher
 from apr_async.probe.observed import StatusKeeper, measurements
-from apr_async.probe.passive import pair_addresses, record_passive, untried_destinations
 from apr_async.probe.plan import PlannedProbe, RecentDestinations, Target
 from apr_async.probe.prober import Prober, record_probe
 from apr_async.probe.probes import IcmpMode
 from apr_async.probe.progress import Progress
+from apr_async.probe.recording import PassiveSamples
 from apr_async.probe.registry import install, install_fallback_context, uninstall
 from apr_async.probe.rounds import RoundLoop
 from apr_async.resolve import interfaces, pairs
@@ -58,7 +55,7 @@ __all__ = ["PathMeasurement", "ProbeService", "context_for", "install_fallback_c
 log = logging.getLogger("apr_async.probe")
 
 
-class ProbeService:
+class ProbeService(PassiveSamples):
     """The background probe service; an async context manager.
 
     ``config`` defaults to ``Config.from_env()``. With ``install=True`` (default) the
@@ -274,54 +271,6 @@ class ProbeService:
         """The latest result and latency figures of every probed path, best first."""
         return measurements(self._tracker, self.latency, self._clock())
 
-    def record_attempt(
-        self, pair: object, port: int, ok: bool, rtt: float | None, errno: int | None
-    ) -> None:
-        """Passive sample: one connection attempt's outcome (see ``connect.AttemptRecorder``).
-
-        A refusal (``ok`` false with an ``rtt``) proves the path; a silent failure counts as
-        a loss. The destination joins the recently used ones, re-probed on ``port``.
-        """
-        addresses = pair_addresses(pair)
-        if addresses is None:
-            return
-        src, dst, scope = addresses
-        if self._record_passive(src, dst, scope, port, ok=ok, rtt=rtt, errno=errno):
-            self._share.report(0, src, dst, port, ok=ok, rtt=rtt, errno=errno)
-
-    def _record_passive(self, src: IPAddress, dst: IPAddress, scope: int | None, port: int, *,
-                        ok: bool, rtt: float | None, errno: int | None) -> bool:
-        if not record_passive((self.latency, self.failures), self._tracker, self._recent,
-                              self._snapshot, (src, dst, scope, port), ok=ok, rtt=rtt,
-                              errno=errno, now=self._clock()):
-            return False
-        self._observed.dirty = True
-        self._share.changed()
-        self._progress.notify()
-        return True
-
-    def record_untried(self, pairs: Sequence[object], port: int) -> None:
-        """Pairs a won connection race never tried (see ``connect_types.UntriedRecorder``):
-        their destinations join the recently used ones, due for a probe on ``port`` in the
-        next round and then rate-limited like any other. No sample: nothing was sent.
-
-        The connector gives the best untried pair of each family other than the winner's;
-        without it a family that always loses within the attempt delay would never be
-        measured, so the ranking could never learn that it is faster. At most
-        ``UNTRIED_PER_FAMILY`` per family of each call are kept, whoever the caller is.
-        """
-        now = self._clock()
-        for dst, scope in untried_destinations(pairs):
-            self._recent.note(dst, scope, port, now, measured=False)
-            if self._share.following:
-                unspecified = parse_address("::" if dst.version == 6 else "0.0.0.0")[0]
-                self._share.report(1, unspecified, dst, port, ok=False, rtt=None, errno=None)
-
-    def note_destination(self, destination: IPAddress, port: int, *, ifindex: int | None = None,
-                         now: float | None = None) -> None:
-        """Add a destination the application uses to the re-probed set (no sample)."""
-        self._recent.note(destination, ifindex, port, self._clock() if now is None else now)
-
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
@@ -423,15 +372,6 @@ class ProbeService:
     def _shared_refreshed(self) -> None:
         self._progress.ready.set()
         self._progress.notify()
-
-    def _on_shared_outcome(self, outcome: codec.Outcome) -> None:
-        if outcome.kind == 1:
-            self._recent.note(outcome.destination, None, outcome.port, self._clock(),
-                              measured=False)
-            return
-        with contextlib.suppress(ValueError, TypeError):
-            self._record_passive(outcome.source, outcome.destination, None, outcome.port,
-                                 ok=outcome.ok, rtt=outcome.rtt, errno=outcome.errno)
 
     async def _follow(self) -> None:
         try:
