@@ -1,6 +1,7 @@
 """One prober per host (issue 12): packets, hot-path cost and first connections (needs root).
 
     python benchmarks/bench_shared.py [--window 3] [--interval 0.5] [--counts 1,8,32]
+        [--sizes 200,2000] [--only packets|latency|first]
 
 Everything runs in a lab (network namespaces): worker processes start inside the client
 namespace (``ip netns exec``), probe only the lab server and resolve only through the lab DNS.
@@ -8,8 +9,9 @@ namespace (``ip netns exec``), probe only the lab server and resolve only throug
 1. Probe packets per probe interval sent by 1, 8 and 32 processes sharing a cache directory
    (an nftables counter on the client's output towards the server), once every worker is
    running, as a ratio to one process.
-2. ``apr_async.get_addr_pairs`` through the default service in the leader and in a follower
-   (the follower's hot path adds the shared-table generation check), as a ratio.
+2. ``apr_async.get_addr_pairs`` per call (p50, p99, max) through the default service in the
+   leader and in a follower while the leader publishes every 20 ms a table of 200 or 2000
+   rows; the follower applying each new table inside the call (as before) or deferred.
 3. A fresh process's first ``open_connection`` to a dual-stack name with IPv6 blackholed:
    cold host (nobody measured anything), warm host (a leader has been probing), and asyncio's
    own Happy Eyeballs (``happy_eyeballs_delay=0.25``, its getaddrinfo answered from the same
@@ -87,19 +89,67 @@ async def child(*argv: str) -> dict[str, Any]:
             await svc.wait_ready(10)
         print(json.dumps({"ready": svc.role}), flush=True)
         if mode == "latency":
-            # leader and follower measure at the same time, so they share the CPU alike
-            await asyncio.sleep(max(0.0, float(extra) - time.monotonic()))
-            samples = []
-            for _ in range(7):
-                started = time.perf_counter()
-                for _ in range(500):
-                    await apr_async.get_addr_pairs(name, int(port))
-                samples.append((time.perf_counter() - started) / 500 * 1e6)
-            return {"role": svc.role, "us": statistics.median(samples)}
+            return await hot_path(svc, name, int(port), extra)
         await asyncio.sleep(max(0.0, float(extra) - time.monotonic()))
         return {"role": svc.role}
     finally:
         await default.aclose_default()
+
+
+async def hot_path(svc: Any, name: str, port: int, extra: str) -> dict[str, Any]:
+    """Per-call ``get_addr_pairs`` times in a leader or a follower while the leader is busy.
+
+    The leader holds ``rows`` latency entries (synthetic table rows: no packet is sent for
+    them) and changes one every 5 ms, so it publishes every ``PUBLISH_DELAY`` (20 ms), the
+    worst case for followers. ``how`` is ``deferred`` (the library as it is) or ``inline``
+    (the follower applies a new table inside the call, as it did before: ``sync_shared()``
+    first, in the timed region).
+    """
+    import apr_async
+    from apr_async.core.addresses import parse_address
+
+    start, rows, how = extra.split(":")
+    leader = svc.role == "leader"
+    table = [(parse_address(f"10.200.{i // 250}.{i % 250 + 1}")[0],
+              parse_address(f"198.18.{i // 250}.{i % 250 + 1}")[0]) for i in range(int(rows))]
+    if leader:
+        for src, dst in table:
+            svc.latency.record(src, dst, 0.001, time.monotonic())
+        svc._share.changed()
+
+    async def churn() -> None:
+        i = 0
+        while True:
+            src, dst = table[i % len(table)]
+            svc.latency.record(src, dst, 0.001 + (i % 7) * 1e-4, time.monotonic())
+            svc._share.changed()
+            i += 1
+            await asyncio.sleep(0.005)
+
+    # leader and follower measure at the same time, so they share the CPU alike
+    await asyncio.sleep(max(0.0, float(start) - time.monotonic()))
+    task = asyncio.create_task(churn()) if leader and table else None
+    times = []
+    began = time.perf_counter()
+    for _ in range(3000):
+        started = time.perf_counter()
+        if how == "inline" and not leader:
+            svc.sync_shared()
+        await apr_async.get_addr_pairs(name, port)
+        times.append((time.perf_counter() - started) * 1e6)
+        await asyncio.sleep(0.001)  # spread the calls over ~4 s of publications
+    elapsed = time.perf_counter() - began
+    if task is not None:
+        await asyncio.sleep(2.0)  # go on publishing until the follower is done too
+        task.cancel()
+    times.sort()
+    sharing = svc._share.sharing
+    return {"role": "leader" if leader else "follower", "p50": times[len(times) // 2],
+            "p99": times[int(len(times) * 0.99)], "max": times[-1],
+            "applied": sharing.applied if sharing is not None else 0,
+            "apply_ms": sharing.apply_seconds * 1000 if sharing is not None else 0.0,
+            "wall": elapsed,
+            "published": sharing.published if sharing is not None else 0}
 
 
 class Bench:
@@ -156,19 +206,31 @@ async def packets_table(bench: Bench, counts: list[int], window: float) -> None:
         print(f"| {count} | {per:.1f} | {per / base:.2f}x |")
 
 
-async def latency_table(bench: Bench) -> None:
-    print("\n## get_addr_pairs through the default service (median of 7 x 500 calls)\n")
-    print("| process | us per call | ratio to leader |\n|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        start = str(time.monotonic() + 5)
-        first = await bench.spawn("latency", Path(tmp), start)
-        await asyncio.wait_for(first.stdout.readline(), 120)  # it leads
-        second = await bench.spawn("latency", Path(tmp), start)
-        results = [await bench.result(first), await bench.result(second)]
-    by_role = {r["role"]: r["us"] for r in results}
-    lead = by_role["leader"]
-    for role in ("leader", "follower"):
-        print(f"| {role} | {by_role[role]:.1f} | {by_role[role] / lead:.2f}x |")
+async def latency_table(bench: Bench, sizes: list[int]) -> None:
+    print("\n## get_addr_pairs per call through the default service, leader publishing every "
+          "20 ms (3000 calls each)\n")
+    print("| table rows | follower applies | process | p50 us | p99 us | max us | "
+          "p50 / p99 x leader | tables applied (loop time) |\n|---|---|---|---|---|---|---|---|")
+    for rows in sizes:
+        for how in ("inline", "deferred"):
+            with tempfile.TemporaryDirectory() as tmp:
+                extra = f"{time.monotonic() + 6}:{rows}:{how}"
+                first = await bench.spawn("latency", Path(tmp), extra)
+                await asyncio.wait_for(first.stdout.readline(), 120)  # it leads
+                second = await bench.spawn("latency", Path(tmp), extra)
+                results = [await bench.result(first), await bench.result(second)]
+            by_role = {r["role"]: r for r in results}
+            if set(by_role) != {"leader", "follower"}:
+                raise SystemExit(f"expected a leader and a follower, got {results}")
+            lead = by_role["leader"]
+            label = "in the call (before)" if how == "inline" else "deferred, <= 10/s (now)"
+            for role in ("leader", "follower"):
+                r = by_role[role]
+                applied = (f"{r['applied']} ({r['apply_ms']:.0f} ms in {r['wall']:.1f} s)"
+                           if role == "follower" else "-")
+                print(f"| {rows} | {label} | {role} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                      f"{r['max']:.1f} | {r['p50'] / lead['p50']:.2f}x / "
+                      f"{r['p99'] / lead['p99']:.2f}x | {applied} |")
 
 
 async def first_connection_table(bench: Bench, rounds: int) -> None:
@@ -202,10 +264,13 @@ async def main(args: argparse.Namespace) -> None:
     async with Lab() as lab:
         echo = await lab.start_echo_server()
         bench = Bench(lab, echo, args.interval)
-        await packets_table(bench, args.counts, args.window)
-        await latency_table(bench)
-        await lab.set_scenario(Scenario.v6_blackholed())
-        await first_connection_table(bench, args.rounds)
+        if args.only in (None, "packets"):
+            await packets_table(bench, args.counts, args.window)
+        if args.only in (None, "latency"):
+            await latency_table(bench, args.sizes)
+        if args.only in (None, "first"):
+            await lab.set_scenario(Scenario.v6_blackholed())
+            await first_connection_table(bench, args.rounds)
         await lab.stop_echo_server(echo)
 
 
@@ -217,6 +282,9 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=float, default=3.0)
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[200, 2000])
+    parser.add_argument("--only", choices=["packets", "latency", "first"], default=None)
     parser.add_argument("--counts", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 8, 32])
     asyncio.run(main(parser.parse_args()))

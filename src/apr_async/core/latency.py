@@ -362,10 +362,16 @@ class LatencyTable:
                 parsed.append((src, dst, ewma, last, minimum, samples, lost, fill, age))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed latency snapshot: {exc}") from None
+        self.load(parsed, now)
+
+    def load(self, rows: list[tuple[Any, ...]], now: float) -> None:
+        """Replace the contents with already checked rows ``(source, destination, ewma,
+        last, min, samples, lost bits, fill, age)`` of one address family each (a shared
+        table's, decoded and checked by its codec): :meth:`restore` without the parsing."""
         self.clear()
         # Oldest first, so that the eviction order survives the round trip.
-        parsed.sort(key=lambda row: -row[8])
-        for src, dst, ewma, last, minimum, samples, lost, fill, age in parsed:
+        rows.sort(key=lambda row: -row[8])
+        for src, dst, ewma, last, minimum, samples, lost, fill, age in rows:
             leaf = self._leaf(src, dst, (address_key(src), address_key(dst)))
             leaf.ewma = None if ewma is None else float(ewma)
             leaf.last = None if last is None else float(last)

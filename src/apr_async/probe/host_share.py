@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,9 @@ from apr_async.core.status import ConnectivityStatus
 from apr_async.probe import table_codec as codec
 from apr_async.probe.shared import ShareUnavailable
 from apr_async.probe.sharing import APPLY_SPACING, POLL, Sharing
+
+#: A follower's applies of the shared table take at most 1/APPLY_SHARE of its loop's time.
+APPLY_SHARE = 10.0
 
 __all__ = ["HostShare"]
 
@@ -35,7 +39,7 @@ class HostShare:
         self._on_refresh = on_refresh
         self._loop: asyncio.AbstractEventLoop | None = None
         self._apply: asyncio.TimerHandle | None = None
-        self._applied_at = -APPLY_SPACING
+        self._next_apply = 0.0  # loop time before which check() does not apply again
 
     @property
     def role(self) -> Literal["solo", "leader", "follower"]:
@@ -120,9 +124,14 @@ class HostShare:
         sharing = self.sharing
         if sharing is None or sharing.leader:
             return False
+        started = time.perf_counter()
+        changed = sharing.refresh()
+        cost = time.perf_counter() - started
+        sharing.apply_seconds += cost
         if self._loop is not None:
-            self._applied_at = self._loop.time()
-        if not sharing.refresh():
+            # at most every APPLY_SPACING, and never more than a tenth of the loop's time
+            self._next_apply = self._loop.time() + max(APPLY_SPACING, APPLY_SHARE * cost)
+        if not changed:
             return False
         self._on_refresh()
         return True
@@ -131,16 +140,17 @@ class HostShare:
         """The hot path (every module-level call): when the leader published, schedule
         :meth:`sync` on the loop instead of applying inside the caller's call.
 
-        Applying a table costs ~20 us per row (47 ms for 2000 rows); the caller's ranking
-        would pay it whole. Deferred, it runs between calls, coalesced and at most every
-        :data:`~apr_async.probe.sharing.APPLY_SPACING`, and the call ranks with the tables it
-        has (at most that much older): what it costs here is one 8-byte read.
+        Applying a table costs ~15-25 us per row (30-50 ms for 2000 rows); the caller's
+        ranking would pay it whole. Deferred, it runs between calls, coalesced, at most every
+        :data:`~apr_async.probe.sharing.APPLY_SPACING` and at most a tenth of the loop's time
+        (the next apply waits ten times the last one's cost), and the call ranks with the
+        tables it has: what it costs here is one 8-byte read.
         """
         sharing = self.sharing
         if (sharing is None or sharing.leader or self._apply is not None
                 or self._loop is None or not sharing.changed()):
             return
-        delay = max(0.0, self._applied_at + APPLY_SPACING - self._loop.time())
+        delay = max(0.0, self._next_apply - self._loop.time())
         self._apply = self._loop.call_later(delay, self._apply_now)
 
     def _apply_now(self) -> None:
@@ -161,7 +171,8 @@ class HostShare:
         next_try = loop.time() + interval / 2
         while self.sharing is not None:
             await asyncio.sleep(interval * POLL)
-            self.sync()
+            if loop.time() >= self._next_apply:  # the same bound on the loop's time
+                self.sync()
             if loop.time() < next_try:
                 continue
             # two attempts per interval: a takeover within one interval of the exit

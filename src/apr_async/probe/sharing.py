@@ -84,6 +84,8 @@ class Sharing:
         #: Snapshots applied and publications made (diagnostics, tests).
         self.applied = 0
         self.published = 0
+        #: Seconds spent reading and applying shared tables (a follower's cost of sharing).
+        self.apply_seconds = 0.0
 
     @property
     def leader(self) -> bool:

@@ -137,7 +137,24 @@ def _addr(ip: IPAddress) -> tuple[int, bytes]:
     return ip.version, ip.packed.ljust(16, b"\0")
 
 
+#: Address objects by their packed bytes: a follower decodes the same addresses on every
+#: publication, and building an ipaddress object is most of decoding a row. Bounded.
+_IPS: dict[tuple[int, bytes], IPAddress] = {}
+_IPS_MAX = 8192
+
+
 def _ip(family: int, raw: bytes) -> IPAddress:
+    key = (family, raw)
+    ip = _IPS.get(key)
+    if ip is None:
+        ip = _parse_ip(family, raw)
+        if len(_IPS) >= _IPS_MAX:
+            _IPS.clear()
+        _IPS[key] = ip
+    return ip
+
+
+def _parse_ip(family: int, raw: bytes) -> IPAddress:
     if family == 4:
         if raw[4:] != bytes(12):
             raise TableCorruptError("IPv4 address with trailing bytes")
