@@ -42,12 +42,12 @@ from aiohttp.helpers import ceil_timeout
 
 from apr_async.aiohttp_trace import dns_traces, protocol_of, share_winner, trace_context
 from apr_async.connect.api import AttemptRecorder, create_connection
+from apr_async.connect.integration_args import check_race_settings, own_context
 from apr_async.connect.stats import last_winner
 from apr_async.connect.svcb_race import SvcbOptions
 from apr_async.core.ranking import AddrPair
 from apr_async.probe.default import current_service
 from apr_async.resolve.pairs import PairContext, get_addr_pairs
-from apr_async.resolve.resolver import Resolver
 
 if TYPE_CHECKING:
     from aiohttp.client_proto import ResponseHandler
@@ -57,21 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["AprConnector", "AprResolver"]
 
 _NUMERIC_FLAGS = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
-
-
-def _own_context(
-    context: PairContext | None, nameservers: Sequence[str] | None
-) -> tuple[PairContext | None, bool]:
-    """The context to rank with, and whether we created its resolver (and must close it)."""
-    if context is not None and nameservers:
-        raise ValueError("pass either context or nameservers, not both")
-    if context is not None and not isinstance(context, PairContext):
-        raise TypeError(f"context must be a PairContext, not {type(context).__name__}")
-    if nameservers:
-        if isinstance(nameservers, str):
-            raise TypeError("nameservers must be a sequence of addresses, not a str")
-        return PairContext(resolver=Resolver(list(nameservers))), True
-    return context, False
 
 
 class AprConnector(aiohttp.TCPConnector):
@@ -114,11 +99,8 @@ class AprConnector(aiohttp.TCPConnector):
                     f"AprConnector does not take {name!r}: apr_async resolves and "
                     "connects (use AprResolver with a TCPConnector instead)"
                 )
-        if happy_eyeballs_delay is not None and not happy_eyeballs_delay >= 0:
-            raise ValueError("happy_eyeballs_delay must be >= 0 or None")
-        if interleave is not None and (isinstance(interleave, bool) or interleave < 1):
-            raise ValueError("interleave must be a positive int or None")
-        self._apr_context, self._owns_context = _own_context(context, nameservers)
+        check_race_settings(happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
+        self._apr_context, self._owns_context = own_context(context, nameservers)
         local_addr = kwargs.get("local_addr")
         super().__init__(use_dns_cache=False, **kwargs)
         self._apr_local_addr: tuple[str, int] | None = local_addr
@@ -238,7 +220,7 @@ class AprResolver(AbstractResolver):
     def __init__(
         self, *, context: PairContext | None = None, nameservers: Sequence[str] | None = None
     ) -> None:
-        self._context, self._owns_context = _own_context(context, nameservers)
+        self._context, self._owns_context = own_context(context, nameservers)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET

@@ -31,11 +31,11 @@ import httpx
 
 from apr_async.connect.api import AttemptRecorder, connect_socket
 from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.connect.integration_args import check_race_settings, own_context
 from apr_async.connect.stats import last_winner
 from apr_async.connect.types import PairSource
 from apr_async.httpx_stream import AprStream, StreamProtocol
 from apr_async.resolve.pairs import PairContext
-from apr_async.resolve.resolver import Resolver
 
 __all__ = ["AprNetworkBackend", "AprStream", "AprTransport", "attempts_error"]
 
@@ -76,22 +76,9 @@ class AprNetworkBackend(httpcore.AsyncNetworkBackend):
         family: int = 0,
         pair_source: PairSource | None = None,
     ) -> None:
-        if context is not None and nameservers:
-            raise ValueError("pass either context or nameservers, not both")
-        if context is not None and not isinstance(context, PairContext):
-            raise TypeError(f"context must be a PairContext, not {type(context).__name__}")
-        if isinstance(nameservers, str):
-            raise TypeError("nameservers must be a sequence of addresses, not a str")
-        if happy_eyeballs_delay is not None and not happy_eyeballs_delay >= 0:
-            raise ValueError("happy_eyeballs_delay must be >= 0 or None")
-        if interleave is not None and (isinstance(interleave, bool) or interleave < 1):
-            raise ValueError("interleave must be a positive int or None")
-        if family not in (0, socket.AF_INET, socket.AF_INET6):
-            raise ValueError("family must be 0, AF_INET or AF_INET6")
-        self._owns_context = bool(nameservers)
-        if nameservers:
-            context = PairContext(resolver=Resolver(list(nameservers)))
-        self._context = context
+        check_race_settings(happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave,
+                            family=family)
+        self._context, self._owns_context = own_context(context, nameservers)
         self._service = service
         self._delay = happy_eyeballs_delay
         self._interleave = interleave

@@ -23,7 +23,6 @@ This module is the only one that imports websockets; ``import apr_async`` never 
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -31,6 +30,7 @@ from websockets.asyncio.client import connect as _ws_connect
 from websockets.proxy import get_proxy
 
 from apr_async.connect.api import AttemptRecorder, connect_socket
+from apr_async.connect.integration_args import check_race_settings
 from apr_async.resolve.pairs import PairContext
 
 __all__ = ["connect"]
@@ -57,14 +57,8 @@ class connect(_ws_connect):  # noqa: N801 - a drop-in for websockets' own lower-
         local_addr: tuple[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        if context is not None and not isinstance(context, PairContext):
-            raise TypeError(f"context must be a PairContext, not {type(context).__name__}")
-        if happy_eyeballs_delay is not None and not happy_eyeballs_delay >= 0:
-            raise ValueError("happy_eyeballs_delay must be >= 0 or None")
-        if interleave is not None and (isinstance(interleave, bool) or interleave < 1):
-            raise ValueError("interleave must be a positive int or None")
-        if family not in (0, socket.AF_INET, socket.AF_INET6):
-            raise ValueError("family must be 0, AF_INET or AF_INET6")
+        check_race_settings(context=context, happy_eyeballs_delay=happy_eyeballs_delay,
+                            interleave=interleave, family=family)
         super().__init__(uri, **kwargs)
         self._apr: dict[str, Any] = {
             "context": context,
