@@ -7,7 +7,12 @@ connectivity status at the end.
 
 ``shareworker.py connect CACHE TARGETS INTERVAL DNS NAME PORT [share]``: a fresh process's
 first ``apr_async.open_connection(NAME, PORT)`` through the default service; prints the time it
-took and the peer. Only lab addresses are ever used (targets and DNS are arguments).
+took and the peer.
+
+``shareworker.py fail CACHE TARGETS INTERVAL ADDRESS PORT``: one refused connection (its
+failure reaches the leader). ``shareworker.py rank CACHE TARGETS INTERVAL DNS NAME PORT UNTIL``:
+ranks NAME until its first pair changes family and says when. Only lab addresses are ever used
+(targets and DNS are arguments).
 """
 
 from __future__ import annotations
@@ -63,6 +68,50 @@ async def connect(*argv: str) -> None:
         await default.aclose_default()
 
 
+async def fail(cache: str, targets: str, interval: str, address: str, port: str) -> None:
+    """One connection to a closed port: the best pair is refused at once and that failure
+    goes to the host's leader (other sources' attempts may hang in a blackhole: bounded)."""
+    default.configure(config(cache, targets, interval, autostart=True))
+    try:
+        started = time.monotonic()
+        try:
+            _reader, writer = await apr_async.open_connection(address, int(port), timeout=2.0)
+        except OSError as exc:
+            svc = default.current_service()
+            print(json.dumps({"failed_at": started, "error": type(exc).__name__,
+                              "role": svc.role if svc is not None else None}), flush=True)
+        else:
+            writer.close()
+            print(json.dumps({"failed_at": None}), flush=True)
+    finally:
+        await default.aclose_default()
+
+
+async def rank(*argv: str) -> None:
+    """Rank ``name`` every 10 ms until its first pair changes family (or ``until``)."""
+    cache, targets, interval, dns, name, port, until = argv
+    default.configure(config(cache, targets, interval, nameservers=tuple(dns.split(",")),
+                             dns_timeout=1.0, autostart=True))
+    try:
+        first = (await apr_async.get_addr_pairs(name, int(port)))[0]
+        svc = default.current_service()
+        print(json.dumps({"ready": svc.role if svc is not None else None,
+                          "first": first.destination[0]}), flush=True)
+        while time.monotonic() < float(until):
+            pairs = await apr_async.get_addr_pairs(name, int(port))
+            if pairs[0].family != first.family:
+                print(json.dumps({"changed_at": time.monotonic(),
+                                  "first": pairs[0].destination[0],
+                                  "failing": [p.destination[0] for p in pairs if p.failing]}),
+                      flush=True)
+                return
+            await asyncio.sleep(0.01)
+        print(json.dumps({"changed_at": None}), flush=True)
+    finally:
+        await default.aclose_default()
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    asyncio.run(probe(*args) if mode == "probe" else connect(*args))
+    modes = {"probe": probe, "connect": connect, "fail": fail, "rank": rank}
+    asyncio.run(modes[mode](*args))

@@ -158,3 +158,42 @@ async def test_followers_report_the_leaders_connectivity_status(
         status = follower["status"]
         assert status["observations"] > 0
         assert {k: status[k] for k in flags} == flags
+
+
+async def test_a_followers_failure_reorders_another_followers_ranking(
+    healthy_lab: Lab, echo: EchoServer, tmp_path: Path
+) -> None:
+    # Three real processes: a leader, follower B ranking the dual-stack name, and follower A
+    # whose connection to the name's IPv6 address on a closed port is refused. B's ranking
+    # for that port must put IPv4 first within one probe interval of A's failure.
+    lab = healthy_lab
+    closed = echo.port + 1
+    until = time.monotonic() + 30
+    (leader,) = await workers(lab, 1, tmp_path, echo.port, until)
+    ranker = None
+    try:
+        assert leader.stdout is not None
+        assert json.loads(await asyncio.wait_for(leader.stdout.readline(), 30)) == {
+            "ready": "leader"}
+        ranker = await lab.popen(
+            "client", sys.executable, WORKER, "rank", str(tmp_path), targets(lab, echo.port),
+            str(INTERVAL), ",".join(lab.dns_servers), lab.names.dual, str(closed),
+            str(time.monotonic() + 20), stdout=subprocess.PIPE)
+        assert ranker.stdout is not None
+        ready = json.loads(await asyncio.wait_for(ranker.stdout.readline(), 30))
+        assert ready == {"ready": "follower", "first": lab.server.v6[0]}
+        result = await lab.exec(
+            "client", sys.executable, WORKER, "fail", str(tmp_path), targets(lab, echo.port),
+            str(INTERVAL), lab.server.v6[0], str(closed), check=True)
+        failed = json.loads(result.stdout.splitlines()[-1])
+        assert failed["role"] == "follower" and failed["failed_at"] is not None, failed
+        changed = (await lines(ranker))[-1]
+        assert changed["changed_at"] is not None, "B never saw A's failure"
+        assert changed["first"] == lab.server.v4[0]
+        assert lab.server.v6[0] in changed["failing"]
+        assert changed["changed_at"] - failed["failed_at"] < INTERVAL, (changed, failed)
+    finally:
+        for proc in (leader, ranker):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
