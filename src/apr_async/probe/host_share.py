@@ -140,8 +140,8 @@ class HostShare:
         """The hot path (every module-level call): when the leader published, schedule
         :meth:`sync` on the loop instead of applying inside the caller's call.
 
-        Applying a table costs ~15-25 us per row (30-50 ms for 2000 rows); the caller's
-        ranking would pay it whole. Deferred, it runs between calls, coalesced, at most every
+        Applying a table costs ~8 us per row (16 ms for 2000 rows, more on a loaded host);
+        the caller's ranking would pay it whole. Deferred, it runs between calls, coalesced, at most every
         :data:`~apr_async.probe.sharing.APPLY_SPACING` and at most a tenth of the loop's time
         (the next apply waits ten times the last one's cost), and the call ranks with the
         tables it has: what it costs here is one 8-byte read.
