@@ -150,7 +150,9 @@ class ProbeService(PassiveSamples):
         self._loop = loop
         self._state = "running"
         try:
-            self._snapshot = interfaces.read_snapshot()
+            # a fresh read that also fills the ranking's cache: the first get_addr_pairs,
+            # which usually started this service, then does not dump the interfaces again
+            self._snapshot = interfaces.cached_view(max_age=0).snapshot
             self.context.observe_network(self._snapshot.fingerprint)
             self._prober.detect()
             if self.config.persist:
