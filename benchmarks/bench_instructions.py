@@ -100,7 +100,7 @@ async def child(client: str, port: int, count: int, inflight: int, scale: float)
 
 
 def count_instructions(
-    client: str, port: int, count: int, inflight: int, scale: float, src: str | None
+    client: str, port: int, count: int, inflight: int, *, scale: float, src: str | None
 ) -> int:
     """Instructions (callgrind ``Ir``) of one fresh child process."""
     out = Path(f"/tmp/apr-callgrind-{os.getpid()}.out")
@@ -132,8 +132,8 @@ def measure(
         for n in inflight:
             table[n] = {}
             for client in CLIENTS:
-                base = count_instructions(client, port, 0, n, scale, src)
-                full = count_instructions(client, port, count, n, scale, src)
+                base = count_instructions(client, port, 0, n, scale=scale, src=src)
+                full = count_instructions(client, port, count, n, scale=scale, src=src)
                 table[n][client] = (full - base) / count
                 print(f"{n} in flight, {client}: {table[n][client]:,.0f}", file=sys.stderr)
     finally:
@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     table = render(measure(args.count, inflight, args.clock_scale, args.src))
     note = (f"\n\ncallgrind, {args.count} connections per client after {WARMUP} warm-up ones, "
-            f"a 0-connection run subtracted; apr_async from {args.src or 'this tree'}; clock scale {args.clock_scale:g}; load average "
-            f"at the start {load[0]:.1f} (instruction counts do not depend on it).")
+            f"a 0-connection run subtracted; apr_async from {args.src or 'this tree'}; clock "
+            f"scale {args.clock_scale:g}; load average at the start {load[0]:.1f} "
+            "(instruction counts do not depend on it).")
     print(table + note)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / args.out).write_text(table + note + "\n")

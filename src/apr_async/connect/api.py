@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from apr_async.connect import general
 from apr_async.connect.errors import AttemptLog
-from apr_async.connect.fast import connect_single, fast_options, open_stream, single_pair
+from apr_async.connect.fast import fast_options, open_single, single_pair
 from apr_async.connect.options import (
     Options,
     TLSOptions,
@@ -34,7 +34,7 @@ from apr_async.connect.race import race
 from apr_async.connect.recorders import ContextRecorder
 from apr_async.connect.source import ranked_source
 from apr_async.connect.svcb_race import SvcbOptions, check_svcb, connect_via_svcb
-from apr_async.connect.tls import ProtocolT, wrap_socket
+from apr_async.connect.tls import ProtocolT
 from apr_async.connect.types import (
     AttemptRecorder,
     ConnectPair,
@@ -195,7 +195,7 @@ async def create_connection(
                       happy_eyeballs_delay, interleave, timeout, race_tls, pair_source, svcb):
         fast = _fast(host, port, family, service, context)
         if fast is not None:
-            return await wrap_socket(protocol_factory, await connect_single(*fast), None)
+            return await open_single(*fast, protocol_factory)
     shutdown, all_errors = pop_compat_kwds(dict(kwds))
     opts = _options(
         host,
@@ -261,7 +261,7 @@ async def open_connection(
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     if fast is not None:
-        transport = await open_stream(await connect_single(*fast), protocol)
+        transport, _ = await open_single(*fast, lambda: protocol)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
     transport, _ = await create_connection(
         lambda: protocol,

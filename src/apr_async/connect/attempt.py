@@ -29,27 +29,31 @@ _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 ResultT = TypeVar("ResultT")
 
-_Deferred = tuple[AttemptRecorder, Any, int, tuple[bool, float | None, int | None]]
 _deferred = threading.local()
 
 
-def _defer_record(loop: asyncio.AbstractEventLoop, item: _Deferred) -> None:
+def _defer_record(loop: asyncio.AbstractEventLoop, attempt: Connecting) -> None:
     """Record a success after the waiter's wake-up: bookkeeping once the caller has its
-    socket. Flushed at the latest when the next connection in this thread ranks its pairs."""
-    queue: list[_Deferred] | None = getattr(_deferred, "queue", None)
+    socket. One ``call_soon`` per loop turn however many connections succeed in it; flushed at
+    the latest when the next connection in this thread ranks its pairs. The attempt itself is
+    queued (it holds the pair, port, recorder and RTT): no tuple per connection."""
+    queue: list[Connecting] | None = getattr(_deferred, "queue", None)
     if queue is None:
         queue = _deferred.queue = []
     if not queue:
         loop.call_soon(flush_records)
-    queue.append(item)
+    queue.append(attempt)
 
 
 def flush_records() -> None:
     """Deliver the successes recorded in this thread but not delivered yet."""
-    queue: list[_Deferred] | None = getattr(_deferred, "queue", None)
-    while queue:
-        recorder, pair, port, outcome = queue.pop(0)
-        record_outcome(recorder, pair, port, outcome)
+    queue: list[Connecting] | None = getattr(_deferred, "queue", None)
+    if not queue:
+        return
+    # Take the batch first: a recorder that connects (and so flushes) sees only newer ones.
+    _deferred.queue = []
+    for attempt in queue:
+        attempt.record_success()
 
 
 def record_outcome(
@@ -96,6 +100,7 @@ class Connecting(asyncio.Future[socket.socket]):
         self._notify = notify
         self._fd = -1
         self._started = 0.0  # set right before connect(), so the RTT is the connect's alone
+        self._rtt = 0.0
         self._sock: socket.socket | None = None
         try:
             sock = socket.socket(pair.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -161,14 +166,23 @@ class Connecting(asyncio.Future[socket.socket]):
             self._loop_ref.remove_writer(self._fd)
             self._fd = -1
         self._sock = None
-        rtt = self._loop_ref.time() - self._started
+        self._rtt = self._loop_ref.time() - self._started
         self.set_result(sock)
         if self._notify is not None:
             self._notify()
         if self._recorder is not None:
-            _defer_record(
-                self._loop_ref, (self._recorder, self._pair, self._port, (True, rtt, None))
-            )
+            _defer_record(self._loop_ref, self)
+
+    def record_success(self) -> None:
+        """Give the recorder this attempt's success (deferred: see :func:`flush_records`)."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        try:
+            recorder.record_attempt(self._pair, self._port, True, self._rtt, None)
+        except Exception:
+            # The service's bookkeeping must never break the application's connection.
+            log.exception("record_attempt failed for %r", self._pair)
 
     def _on_writable(self) -> None:
         if self.done() or self._sock is None:

@@ -24,10 +24,11 @@ from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.connect.options import Options, check_request
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.stats import single_finished
+from apr_async.connect.tls import ProtocolT
 from apr_async.connect.types import ConnectPair
 from apr_async.resolve.pairs import PairContext, default_context
 
-__all__ = ["connect_single", "fast_options", "open_stream", "single_pair"]
+__all__ = ["fast_options", "open_single", "single_pair"]
 
 #: Call sites remembered per context (a service connecting to many places re-checks the
 #: arguments of the others; the cache is cleared when full).
@@ -109,10 +110,9 @@ def single_pair(opts: Options) -> ConnectPair | None:
     return ranked[0]
 
 
-async def connect_single(opts: Options, pair: ConnectPair) -> socket.socket:
-    """Connect to ``pair`` as a one-pair race would: the same attempt (bound to the pair's
-    source, outcome recorded) and the same error, an :class:`AllAttemptsFailedError`."""
-    attempt = Connecting(
+def _attempt(opts: Options, pair: ConnectPair) -> Connecting:
+    """The one attempt of a fast-path connection: the race's own, bound to the pair's source."""
+    return Connecting(
         asyncio.get_running_loop(),
         pair,
         port=opts.port,
@@ -120,40 +120,47 @@ async def connect_single(opts: Options, pair: ConnectPair) -> socket.socket:
         recorder=opts.recorder,
         delay_override=None,
     )
-    # claim()'s ownership rule, inline (one coroutine less per connection): a cancellation
-    # that arrives after the attempt completed closes the socket nobody will take.
+
+
+def _abandon(pair: ConnectPair, attempt: Connecting, exc: BaseException) -> None:
+    """claim()'s ownership rule, inline (one coroutine less per connection): a cancellation
+    that arrives after the attempt completed closes the socket nobody will take."""
+    single_finished(pair, exc)
+    if not attempt.done():
+        attempt.cancel()
+    elif not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
+
+
+async def open_single(
+    opts: Options, pair: ConnectPair, protocol_factory: Callable[[], ProtocolT]
+) -> tuple[asyncio.Transport, ProtocolT]:
+    """Connect to ``pair`` as a one-pair race would (the same attempt, bound to the pair's
+    source, outcome recorded, and the same error, an :class:`AllAttemptsFailedError`), then
+    ``loop.create_connection(sock=...)``, closing the socket if no transport took it (as
+    :func:`apr_async.connect.tls.wrap_socket` does without TLS). One coroutine for both: each
+    coroutine layer is a frame, a wake-up and a ``StopIteration`` per connection."""
+    attempt = _attempt(opts, pair)
     try:
         sock = await attempt
     except OSError as exc:
         single_finished(pair, exc)
         raise AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)]) from None
     except BaseException as exc:
-        single_finished(pair, exc)
-        if not attempt.done():
-            attempt.cancel()
-        elif not attempt.cancelled() and attempt.exception() is None:
-            attempt.result().close()
+        _abandon(pair, attempt, exc)
         raise
     single_finished(pair, None)
-    return sock
-
-
-async def open_stream(
-    sock: socket.socket, protocol: asyncio.StreamReaderProtocol
-) -> asyncio.Transport:
-    """``loop.create_connection(sock=sock)`` for a ready protocol, closing ``sock`` if no
-    transport took it (:func:`apr_async.connect.tls.wrap_socket` without TLS, inline)."""
     taken = False
 
-    def factory() -> asyncio.StreamReaderProtocol:
+    def factory() -> ProtocolT:
         nonlocal taken
         taken = True
-        return protocol
+        return protocol_factory()
 
     try:
-        transport, _ = await asyncio.get_running_loop().create_connection(factory, sock=sock)
+        return await attempt.get_loop().create_connection(factory, sock=sock)
     except BaseException:
+        # Once the protocol exists the loop's transport owns the socket (see wrap_socket).
         if not taken:
             sock.close()
         raise
-    return transport
