@@ -138,7 +138,9 @@ async def _burst(connect: Connect, count: int, concurrency: int) -> tuple[float,
 
 async def _clients(port: int, dns: DNSServer) -> dict[str, Connect]:
     numeric = PairContext()
-    resolver = Resolver(dns.nameservers, min_ttl=3600.0, hosts_path=None)
+    # Both families' answers stay cached (the name has no AAAA: that "no such record"
+    # answer must not expire either, or every 5 s the client is a cache miss).
+    resolver = Resolver(dns.nameservers, min_ttl=3600.0, negative_ttl=3600.0, hosts_path=None)
     named = PairContext(resolver=resolver)
     await resolver.resolve(NAME)  # warm the cache
     infos = [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]

@@ -28,7 +28,7 @@ from apr_async.connect.tls import ProtocolT
 from apr_async.connect.types import ConnectPair
 from apr_async.resolve.pairs import PairContext, default_context
 
-__all__ = ["fast_options", "open_single", "single_pair"]
+__all__ = ["fast_options", "fast_request", "open_single"]
 
 #: Call sites remembered per context (a service connecting to many places re-checks the
 #: arguments of the others; the cache is cleared when full).
@@ -38,16 +38,6 @@ _MAX = 256
 # A family is an int or the socket module's own AddressFamily (socket.AF_INET): both hash
 # and compare as the number, so they share one cache entry.
 _FAMILY_TYPES = (int, socket.AddressFamily)
-
-
-def _context_for(context: object, service: object) -> PairContext | None:
-    """The context a request would use (as :func:`check_request` picks it), or ``None`` when
-    that cannot be told cheaply (a bad argument: the general path raises the error)."""
-    if context is None:
-        context = getattr(service, "context", None)
-        if context is None:
-            return default_context()
-    return context if isinstance(context, PairContext) else None
 
 
 def fast_options(
@@ -65,8 +55,12 @@ def fast_options(
         return None  # bool ports, str ports, other int subclasses: check_request judges them
     if service is None and context is None:
         service = default_service()  # may change between calls (started, stopped)
-    ctx = _context_for(context, service)
+    # The context check_request would pick (inline: this runs on every connection); a bad
+    # one goes to the general path, which raises the error.
+    ctx = context if context is not None else getattr(service, "context", None)
     if ctx is None:
+        ctx = default_context()
+    elif not isinstance(ctx, PairContext):
         return None
     sites = ctx.call_sites
     key = (host, port, family, id(service))
@@ -97,29 +91,29 @@ def fast_options(
     return opts
 
 
-def single_pair(opts: Options) -> ConnectPair | None:
-    """The one pair to connect to when the memoised ranking has exactly one and every
-    answer is at hand (a literal, or a name still in the resolver's cache); else ``None``."""
-    flush_records()  # what the last connections taught comes before this ranking is used
-    context = opts.context
-    if opts.spec.ip is None and not context.get_resolver().cached(opts.spec, opts.family):
+def fast_request(
+    host: object,
+    port: object,
+    family: object,
+    service: object,
+    context: object,
+    *,
+    default_service: Callable[[], object | None],
+) -> tuple[Options, ConnectPair] | None:
+    """The reused options and the one pair of a default-argument request that needs no race,
+    or ``None``: take the general path. The pair is the memoised ranking's only one, and only
+    when every answer is at hand (a literal, or a name still in the resolver's cache)."""
+    opts = fast_options(host, port, family, service, context, default_service=default_service)
+    if opts is None:
         return None
-    ranked = rank_memo.get(context, opts.host, opts.port, opts.family, context.clock())
+    flush_records()  # what the last connections taught comes before this ranking is used
+    ctx = opts.context
+    if opts.spec.ip is None and not ctx.get_resolver().is_cached(opts.spec, opts.family):
+        return None
+    ranked = rank_memo.get(ctx, opts.host, opts.port, opts.family, ctx.clock())
     if ranked is None or len(ranked) != 1:
         return None
-    return ranked[0]
-
-
-def _attempt(opts: Options, pair: ConnectPair) -> Connecting:
-    """The one attempt of a fast-path connection: the race's own, bound to the pair's source."""
-    return Connecting(
-        asyncio.get_running_loop(),
-        pair,
-        port=opts.port,
-        bind_to=pair.source,
-        recorder=opts.recorder,
-        delay_override=None,
-    )
+    return opts, ranked[0]
 
 
 def _abandon(pair: ConnectPair, attempt: Connecting, exc: BaseException) -> None:
@@ -140,7 +134,14 @@ async def open_single(
     ``loop.create_connection(sock=...)``, closing the socket if no transport took it (as
     :func:`apr_async.connect.tls.wrap_socket` does without TLS). One coroutine for both: each
     coroutine layer is a frame, a wake-up and a ``StopIteration`` per connection."""
-    attempt = _attempt(opts, pair)
+    attempt = Connecting(
+        asyncio.get_running_loop(),
+        pair,
+        port=opts.port,
+        bind_to=pair.source,
+        recorder=opts.recorder,
+        delay_override=None,
+    )
     try:
         sock = await attempt
     except OSError as exc:
