@@ -87,6 +87,12 @@ class Connecting(asyncio.Future[socket.socket]):
     later), so a race that ends and a loop that stops right after leave nothing open.
     """
 
+    # Slots, not an instance dict: a subclass of the C Future keeps its attributes in a real
+    # dict, whose stores and loads the interpreter cannot specialise; one attempt per
+    # connection makes them show up in the instruction count.
+    __slots__ = ("_delay_override", "_fd", "_loop_ref", "_notify", "_pair", "_port",
+                 "_recorder", "_rtt", "_sock", "_started")
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
