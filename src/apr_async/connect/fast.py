@@ -18,7 +18,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from apr_async.connect.attempt import Connecting, flush_records
+from apr_async.connect.attempt import Connecting
 from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.connect.options import Options, check_request
 from apr_async.connect.rank_memo import rank_memo
@@ -106,7 +106,6 @@ def fast_request(
     opts = fast_options(host, port, family, service, context, default_service=default_service)
     if opts is None:
         return None
-    flush_records()  # what the last connections taught comes before this ranking is used
     ctx = opts.context
     if opts.spec.ip is None and not ctx.get_resolver().is_cached(opts.spec, opts.family):
         return None
