@@ -22,6 +22,9 @@ machine. Clients:
 ``--profile`` prints the cProfile top entries (by internal time) of 3000 sequential
 connections for apr numeric, apr cached name and asyncio.
 
+The aiohttp comparison also runs between the lab's client and server namespaces when the lab is
+available (``bench_throughput_lab.py``; ``--no-lab`` skips it).
+
 Prints the table and saves ``results/bench_throughput.md`` and ``results/bench_throughput.png``.
 """
 
@@ -101,7 +104,7 @@ async def main():
     app.router.add_get("/", ok)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    site = web.TCPSite(runner, sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1", 0, backlog=4096)
     await site.start()
     print(site._server.sockets[0].getsockname()[1], flush=True)
     await asyncio.Event().wait()
@@ -138,7 +141,9 @@ async def _burst(connect: Connect, count: int, concurrency: int) -> tuple[float,
 
 async def _clients(port: int, dns: DNSServer) -> dict[str, Connect]:
     numeric = PairContext()
-    resolver = Resolver(dns.nameservers, min_ttl=3600.0, hosts_path=None)
+    # Both families' answers stay cached (the name has no AAAA: that "no such record"
+    # answer must not expire either, or every 5 s the client is a cache miss).
+    resolver = Resolver(dns.nameservers, min_ttl=3600.0, negative_ttl=3600.0, hosts_path=None)
     named = PairContext(resolver=resolver)
     await resolver.resolve(NAME)  # warm the cache
     infos = [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
@@ -214,9 +219,8 @@ async def _requests(session: aiohttp.ClientSession, url: str, count: int, inflig
     return time.perf_counter() - start
 
 
-async def measure_aiohttp(port: int, rounds: int, per_round: int) -> dict[str, dict[str, float]]:
+async def measure_aiohttp(url: str, rounds: int, per_round: int) -> dict[str, dict[str, float]]:
     """Mode -> connector -> requests per second, interleaved rounds, 10 requests in flight."""
-    url = f"http://127.0.0.1:{port}/"
     ctx = PairContext()
     result: dict[str, dict[str, float]] = {}
     for mode, force_close in (("new connection per request", True), ("keep-alive", False)):
@@ -379,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=1500)
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--connections", type=int, default=10_000, help="for the memory table")
+    parser.add_argument("--no-lab", action="store_true", help="skip the lab aiohttp table")
     args = parser.parse_args(argv)
     _raise_fd_limit(args.connections + 1024)
     if args.memory_child:
@@ -402,14 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert http.stdout is not None
         http_port = int(http.stdout.readline())
-        rps = asyncio.run(measure_aiohttp(http_port, args.rounds, args.per_round))
+        rps = asyncio.run(
+            measure_aiohttp(f"http://127.0.0.1:{http_port}/", args.rounds, args.per_round)
+        )
     finally:
         http.kill()
         http.wait()
+    lab = None
+    if not args.no_lab:
+        import bench_throughput_lab  # here, not at the top: it imports this module
+
+        lab = bench_throughput_lab.lab_table(args.rounds, args.per_round)
     mem = memory(args.connections)
     load = os.getloadavg()
     table = render(rates, cpu) + "\n\naiohttp on loopback, 10 requests in flight:\n\n"
-    table += render_aiohttp(rps) + "\n\n" + render_memory(mem, args.connections)
+    table += render_aiohttp(rps) + "\n\n" + (lab + "\n\n" if lab else "")
+    table += render_memory(mem, args.connections)
     note = (
         f"\n\n{args.rounds} interleaved rounds of {args.per_round} connections per client; "
         f"load average at the end {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} CPUs."

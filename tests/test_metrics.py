@@ -57,7 +57,7 @@ async def _races(tmp_path: Path, service: ProbeService | None = None) -> None:
     finally:
         listener.close()
         await resolver.close()
-    await asyncio.sleep(0)  # deferred success records reach the service
+    await asyncio.sleep(0)  # (a success is recorded before the caller has its connection)
 
 
 async def test_snapshot_counts_wins_failures_fallbacks_and_errnos(tmp_path: Path) -> None:

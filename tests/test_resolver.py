@@ -306,6 +306,33 @@ async def test_answers_are_cached_for_their_ttl(resolver: Resolver, server: DNSS
     assert resolver.queries_sent == 4
 
 
+async def test_is_cached_agrees_with_cached(resolver: Resolver, server: DNSServer,
+                                            clock: Clock) -> None:
+    # The fast path's cheap question must give cached()'s answer in every case.
+    class Own(Resolver):
+        pass
+
+    def agree(res: Resolver, host: str, family: int = socket.AF_UNSPEC) -> bool:
+        spec = parse_host(host)
+        answer = res.is_cached(spec, family)
+        assert answer is (res.cached(spec, family) is not None)
+        return answer
+
+    assert agree(resolver, "192.0.2.1") and agree(resolver, "::1")
+    assert not agree(resolver, "dual.example.test")
+    await resolver.resolve("dual.example.test", socket.AF_INET)
+    assert agree(resolver, "dual.example.test", socket.AF_INET)
+    assert not agree(resolver, "dual.example.test")  # no AAAA answer yet
+    assert not agree(resolver, "dual.example.test", socket.AF_INET6)
+    await resolver.resolve("dual.example.test")
+    assert agree(resolver, "dual.example.test")
+    clock.now += 301
+    assert not agree(resolver, "dual.example.test")
+    async with Own(server.nameservers, clock=clock, hosts_path=None) as own:
+        await own.resolve("dual.example.test")
+        assert agree(own, "dual.example.test")
+
+
 async def test_ttl_is_clamped_to_floor_and_cap(server: DNSServer, clock: Clock) -> None:
     async with Resolver(server.nameservers, min_ttl=5, max_ttl=60, clock=clock,
                         hosts_path=None) as res:

@@ -61,6 +61,8 @@ DEBIAN_TOOLS: dict[str, str] = {
     "sleep": "coreutils",
     "true": "coreutils",
     "false": "coreutils",
+    # benchmarks
+    "valgrind": "valgrind",  # bench_instructions.py: instructions per connection (callgrind)
     # dev.py itself
     "apt-get": "apt",
 }

@@ -407,7 +407,7 @@ async def default_service_run(cfg: Config, host: str, port: int) -> tuple[bool, 
         line = (await reader.readline()).decode()
         writer.close()
         await writer.wait_closed()
-        await asyncio.sleep(0)  # a success is recorded one loop turn after the hand-over
+        await asyncio.sleep(0)  # (a success is recorded before the hand-over)
         svc = service.current_service()
         running = svc is not None and svc.running
         return running, line, svc.measurements() if svc is not None else []

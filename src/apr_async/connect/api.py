@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from apr_async.connect import general
 from apr_async.connect.errors import AttemptLog
-from apr_async.connect.fast import connect_single, fast_options, open_stream, single_pair
+from apr_async.connect.fast import fast_request, open_single
 from apr_async.connect.options import (
     Options,
     TLSOptions,
@@ -34,7 +34,7 @@ from apr_async.connect.race import race
 from apr_async.connect.recorders import ContextRecorder
 from apr_async.connect.source import ranked_source
 from apr_async.connect.svcb_race import SvcbOptions, check_svcb, connect_via_svcb
-from apr_async.connect.tls import ProtocolT, wrap_socket
+from apr_async.connect.tls import ProtocolT
 from apr_async.connect.types import (
     AttemptRecorder,
     ConnectPair,
@@ -72,32 +72,6 @@ def _running_default_service() -> object | None:
 
 def _options(host: object, port: object, **kwargs: Any) -> Options:
     return check_request(host, port, default_service=_running_default_service, **kwargs)
-
-
-def _only_defaults(*given: object) -> bool:
-    """Whether every optional argument of a connect call is at its default (``None``, or empty
-    ``kwds``, or a false ``race_tls``): only such a request may take the one-pair fast path.
-    ``svcb=True`` is not a default: it asks for HTTPS records, which the general path looks up.
-    """
-    # a loop, not all(generator): this runs once per connection, and a generator costs 3x
-    for value in given:  # noqa: SIM110
-        if value is not None and value is not False and value != {}:
-            return False
-    return True
-
-
-def _fast(
-    host: object, port: object, family: object, service: object, context: object
-) -> tuple[Options, ConnectPair] | None:
-    """The reused options and the one pair of a default-argument request that needs no race
-    (:mod:`apr_async.connect.fast`), or ``None``: take the general path."""
-    opts = fast_options(
-        host, port, family, service, context, default_service=_running_default_service
-    )
-    if opts is None:
-        return None
-    pair = single_pair(opts)
-    return None if pair is None else (opts, pair)
 
 
 # -- public API ---------------------------------------------------------------------------------
@@ -191,11 +165,17 @@ async def create_connection(
     """
     if not callable(protocol_factory):
         raise TypeError("protocol_factory must be callable")
-    if _only_defaults(kwds, ssl, server_hostname, ssl_handshake_timeout, local_addr,
-                      happy_eyeballs_delay, interleave, timeout, race_tls, pair_source, svcb):
-        fast = _fast(host, port, family, service, context)
+    # Every optional argument at its default: the request may take the one-pair fast path.
+    # (Inline, not a helper: this runs on every connection.) svcb=True asks for HTTPS
+    # records, which the general path looks up.
+    if (ssl is None and server_hostname is None and ssl_handshake_timeout is None
+            and local_addr is None and happy_eyeballs_delay is None and interleave is None
+            and timeout is None and pair_source is None and not kwds
+            and (race_tls is False or race_tls is None) and (svcb is None or svcb is False)):
+        fast = fast_request(host, port, family, service, context,
+                            default_service=_running_default_service)
         if fast is not None:
-            return await wrap_socket(protocol_factory, await connect_single(*fast), None)
+            return await open_single(*fast, protocol_factory)
     shutdown, all_errors = pop_compat_kwds(dict(kwds))
     opts = _options(
         host,
@@ -251,17 +231,23 @@ async def open_connection(
 
     Arguments as in :func:`create_connection`, plus ``limit`` (the StreamReader buffer limit).
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+    if type(limit) is not int and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    if limit <= 0:
         raise ValueError(f"limit must be a positive int, got {limit!r}")
     loop = asyncio.get_running_loop()
     fast = None
-    if _only_defaults(kwds, ssl, server_hostname, ssl_handshake_timeout, local_addr,
-                      happy_eyeballs_delay, interleave, timeout, race_tls, pair_source, svcb):
-        fast = _fast(host, port, family, service, context)
+    # The fast path's condition, as in create_connection.
+    if (ssl is None and server_hostname is None and ssl_handshake_timeout is None
+            and local_addr is None and happy_eyeballs_delay is None and interleave is None
+            and timeout is None and pair_source is None and not kwds
+            and (race_tls is False or race_tls is None) and (svcb is None or svcb is False)):
+        fast = fast_request(host, port, family, service, context,
+                            default_service=_running_default_service)
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     if fast is not None:
-        transport = await open_stream(await connect_single(*fast), protocol)
+        transport, _ = await open_single(*fast, lambda: protocol)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
     transport, _ = await create_connection(
         lambda: protocol,

@@ -17,17 +17,17 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import cast
 
-from apr_async.connect.attempt import Connecting, flush_records
+from apr_async.connect.attempt import Connecting
 from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.connect.options import Options, check_request
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.stats import single_finished
+from apr_async.connect.tls import ProtocolT
 from apr_async.connect.types import ConnectPair
 from apr_async.resolve.pairs import PairContext, default_context
 
-__all__ = ["connect_single", "fast_options", "open_stream", "single_pair"]
+__all__ = ["fast_options", "fast_request", "open_single"]
 
 #: Call sites remembered per context (a service connecting to many places re-checks the
 #: arguments of the others; the cache is cleared when full).
@@ -37,16 +37,6 @@ _MAX = 256
 # A family is an int or the socket module's own AddressFamily (socket.AF_INET): both hash
 # and compare as the number, so they share one cache entry.
 _FAMILY_TYPES = (int, socket.AddressFamily)
-
-
-def _context_for(context: object, service: object) -> PairContext | None:
-    """The context a request would use (as :func:`check_request` picks it), or ``None`` when
-    that cannot be told cheaply (a bad argument: the general path raises the error)."""
-    if context is None:
-        context = getattr(service, "context", None)
-        if context is None:
-            return default_context()
-    return context if isinstance(context, PairContext) else None
 
 
 def fast_options(
@@ -64,16 +54,21 @@ def fast_options(
         return None  # bool ports, str ports, other int subclasses: check_request judges them
     if service is None and context is None:
         service = default_service()  # may change between calls (started, stopped)
-    ctx = _context_for(context, service)
+    # The context check_request would pick (inline: this runs on every connection); a bad
+    # one goes to the general path, which raises the error.
+    ctx = context if context is not None else getattr(service, "context", None)
     if ctx is None:
+        ctx = default_context()
+    elif not isinstance(ctx, PairContext):
         return None
     sites = ctx.call_sites
     key = (host, port, family, id(service))
     hit = sites.get(key)
     # The options hold their service: the identity check makes an id reused by a new
     # service miss. A hit needs no other check: every other argument is at its default.
-    if hit is not None and cast(Options, hit).service is service:
-        return cast(Options, hit)
+    # (type() narrows for mypy without typing.cast, which is a call per connection)
+    if type(hit) is Options and hit.service is service:
+        return hit
     opts = check_request(
         host,
         port,
@@ -96,22 +91,48 @@ def fast_options(
     return opts
 
 
-def single_pair(opts: Options) -> ConnectPair | None:
-    """The one pair to connect to when the memoised ranking has exactly one and every
-    answer is at hand (a literal, or a name still in the resolver's cache); else ``None``."""
-    flush_records()  # what the last connections taught comes before this ranking is used
-    context = opts.context
-    if opts.spec.ip is None and not context.get_resolver().cached(opts.spec, opts.family):
+def fast_request(
+    host: object,
+    port: object,
+    family: object,
+    service: object,
+    context: object,
+    *,
+    default_service: Callable[[], object | None],
+) -> tuple[Options, ConnectPair] | None:
+    """The reused options and the one pair of a default-argument request that needs no race,
+    or ``None``: take the general path. The pair is the memoised ranking's only one, and only
+    when every answer is at hand (a literal, or a name still in the resolver's cache)."""
+    opts = fast_options(host, port, family, service, context, default_service=default_service)
+    if opts is None:
         return None
-    ranked = rank_memo.get(context, opts.host, opts.port, opts.family, context.clock())
+    ctx = opts.context
+    if opts.spec.ip is None and not ctx.get_resolver().is_cached(opts.spec, opts.family):
+        return None
+    ranked = rank_memo.get(ctx, opts.host, opts.port, opts.family, ctx.clock())
     if ranked is None or len(ranked) != 1:
         return None
-    return ranked[0]
+    return opts, ranked[0]
 
 
-async def connect_single(opts: Options, pair: ConnectPair) -> socket.socket:
-    """Connect to ``pair`` as a one-pair race would: the same attempt (bound to the pair's
-    source, outcome recorded) and the same error, an :class:`AllAttemptsFailedError`."""
+def _abandon(pair: ConnectPair, attempt: Connecting, exc: BaseException) -> None:
+    """claim()'s ownership rule, inline (one coroutine less per connection): a cancellation
+    that arrives after the attempt completed closes the socket nobody will take."""
+    single_finished(pair, exc)
+    if not attempt.done():
+        attempt.cancel()
+    elif not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
+
+
+async def open_single(
+    opts: Options, pair: ConnectPair, protocol_factory: Callable[[], ProtocolT]
+) -> tuple[asyncio.Transport, ProtocolT]:
+    """Connect to ``pair`` as a one-pair race would (the same attempt, bound to the pair's
+    source, outcome recorded, and the same error, an :class:`AllAttemptsFailedError`), then
+    ``loop.create_connection(sock=...)``, closing the socket if no transport took it (as
+    :func:`apr_async.connect.tls.wrap_socket` does without TLS). One coroutine for both: each
+    coroutine layer is a frame, a wake-up and a ``StopIteration`` per connection."""
     attempt = Connecting(
         asyncio.get_running_loop(),
         pair,
@@ -120,40 +141,26 @@ async def connect_single(opts: Options, pair: ConnectPair) -> socket.socket:
         recorder=opts.recorder,
         delay_override=None,
     )
-    # claim()'s ownership rule, inline (one coroutine less per connection): a cancellation
-    # that arrives after the attempt completed closes the socket nobody will take.
     try:
         sock = await attempt
     except OSError as exc:
         single_finished(pair, exc)
         raise AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)]) from None
     except BaseException as exc:
-        single_finished(pair, exc)
-        if not attempt.done():
-            attempt.cancel()
-        elif not attempt.cancelled() and attempt.exception() is None:
-            attempt.result().close()
+        _abandon(pair, attempt, exc)
         raise
     single_finished(pair, None)
-    return sock
-
-
-async def open_stream(
-    sock: socket.socket, protocol: asyncio.StreamReaderProtocol
-) -> asyncio.Transport:
-    """``loop.create_connection(sock=sock)`` for a ready protocol, closing ``sock`` if no
-    transport took it (:func:`apr_async.connect.tls.wrap_socket` without TLS, inline)."""
     taken = False
 
-    def factory() -> asyncio.StreamReaderProtocol:
+    def factory() -> ProtocolT:
         nonlocal taken
         taken = True
-        return protocol
+        return protocol_factory()
 
     try:
-        transport, _ = await asyncio.get_running_loop().create_connection(factory, sock=sock)
+        return await attempt.get_loop().create_connection(factory, sock=sock)
     except BaseException:
+        # Once the protocol exists the loop's transport owns the socket (see wrap_socket).
         if not taken:
             sock.close()
         raise
-    return transport

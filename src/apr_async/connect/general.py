@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from apr_async.connect.attempt import Connecting, claim, flush_records
+from apr_async.connect.attempt import Connecting, claim
 from apr_async.connect.errors import AllAttemptsFailedError, AttemptLog
 from apr_async.connect.options import Options, TLSOptions
 from apr_async.connect.race import race_attempts, untried_alternatives
@@ -70,7 +70,6 @@ class _Prepared:
 
 
 async def _prepare(opts: Options) -> _Prepared:
-    flush_records()  # what the last connections taught comes before this ranking
     families = families_for(opts.family)
     binds: dict[int, tuple[Any, ...]] = {}
     if opts.local_addr is not None:

@@ -13,7 +13,7 @@ from typing import Any
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.types import AttemptRecorder
 from apr_async.core.addresses import IPAddress
-from apr_async.core.outcomes import record_outcome
+from apr_async.core.outcomes import MAX_ATTEMPT_RTT, record_outcome
 from apr_async.resolve.pairs import PairContext
 
 __all__ = ["ContextRecorder", "ServiceRecorder", "report_untried"]
@@ -45,6 +45,11 @@ class ContextRecorder:
         # The last pair's parsed addresses: a client connecting to one place over and over
         # (the fast path's memoised pair is the same object each time) parses them once.
         self._last: tuple[Any, IPAddress | None, IPAddress | None] = (None, None, None)
+        # The pair and port of the last success record_outcome accepted: the same pair object
+        # to the same port passes its family and port checks again, so a repeated success
+        # (the fast path's steady state) goes to the tables without them.
+        self._ok_pair: Any = None
+        self._ok_port = 0
 
     def record_attempt(
         self, pair: Any, port: int, ok: bool, rtt: float | None, errno: int | None
@@ -58,10 +63,23 @@ class ContextRecorder:
         if src is None or dst is None:
             return
         ctx = self._context
+        if (
+            ok
+            and pair is self._ok_pair
+            and port == self._ok_port
+            and type(rtt) is float
+            and 0.0 <= rtt < MAX_ATTEMPT_RTT
+        ):
+            # What record_outcome does for a success with an RTT, its checks passed already.
+            ctx.latency.record(src, dst, rtt, ctx.clock())
+            ctx.failures.record_success(src, dst, port)
+            return
         recorded = record_outcome(
             ctx.latency, ctx.failures, src, dst, port, ok=ok, rtt=rtt, errno=errno, now=ctx.clock()
         )
-        if recorded and not ok:
+        if recorded and ok:
+            self._ok_pair, self._ok_port = pair, port
+        elif recorded:
             rank_memo.failure(ctx)
 
 

@@ -106,4 +106,5 @@ def single_finished(pair: Any, error: BaseException | None) -> None:
         stats.failed += 1
         return
     last_winner.set(pair)
-    stats.connections[family_name(int(pair.family))] += 1
+    family = pair.family
+    stats.connections[_FAMILY_NAMES.get(family) or family_name(int(family))] += 1

@@ -9,11 +9,11 @@ from apr_async.core.addresses import IPAddress
 from apr_async.core.failures import FailureTable
 from apr_async.core.latency import LatencyTable
 
-__all__ = ["record_outcome"]
+__all__ = ["MAX_ATTEMPT_RTT", "record_outcome"]
 
 
 #: An attempt's RTT beyond this (seconds) cannot be right: the sample is dropped.
-_MAX_ATTEMPT_RTT: Final = 3600.0
+MAX_ATTEMPT_RTT: Final = 3600.0
 
 
 def record_outcome(
@@ -38,7 +38,7 @@ def record_outcome(
     """
     valid_rtt = rtt is None or (
         (type(rtt) is float or (isinstance(rtt, int | float) and not isinstance(rtt, bool)))
-        and 0 <= rtt < _MAX_ATTEMPT_RTT
+        and 0 <= rtt < MAX_ATTEMPT_RTT
     )
     valid_port = (type(port) is int or (isinstance(port, int) and not isinstance(port, bool))) and (
         0 < port < 65536

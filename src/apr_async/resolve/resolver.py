@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 _QTYPE: dict[int, str] = {socket.AF_INET6: "AAAA", socket.AF_INET: "A"}
+#: families_of() for the valid families, as a table (is_cached runs once per connection).
+_FAMILIES_OF: dict[int, tuple[int, ...]] = {
+    f: families_of(f) for f in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6)
+}
 _RTYPE_A = pycares.QUERY_TYPE_A
 _RTYPE_AAAA = pycares.QUERY_TYPE_AAAA
 _RTYPE_CNAME = pycares.QUERY_TYPE_CNAME
@@ -178,6 +182,22 @@ class Resolver:
                 return None
             answers.append(hit)
         return Resolution(spec, tuple(answers))
+
+    def is_cached(self, spec: HostSpec, family: int = socket.AF_UNSPEC) -> bool:
+        """Whether :meth:`cached` would answer, without building its answer (the one-pair fast
+        path asks on every connection): every family in the cache is enough, else
+        :meth:`cached` itself decides (a literal, the hosts file)."""
+        name = spec.name
+        if name is not None and type(self) is Resolver:  # a subclass may answer otherwise
+            cache = self._cache
+            now = self._clock()
+            for fam in _FAMILIES_OF.get(family) or families_of(family):
+                hit = cache.get((name, fam))
+                if hit is None or now >= hit[1]:
+                    break
+            else:
+                return True
+        return self.cached(spec, family) is not None
 
     def query_dns(self, name: str, qtype: int) -> asyncio.Future[pycares.DNSResult]:
         """Send one uncached query of type ``qtype`` (``pycares.QUERY_TYPE_*``) for ``name``
