@@ -141,10 +141,10 @@ class HostShare:
         :meth:`sync` on the loop instead of applying inside the caller's call.
 
         Applying a table costs ~8 us per row (16 ms for 2000 rows, more on a loaded host);
-        the caller's ranking would pay it whole. Deferred, it runs between calls, coalesced, at most every
-        :data:`~apr_async.probe.sharing.APPLY_SPACING` and at most a tenth of the loop's time
-        (the next apply waits ten times the last one's cost), and the call ranks with the
-        tables it has: what it costs here is one 8-byte read.
+        the caller's ranking would pay it whole. Deferred, it runs between calls, coalesced,
+        at most every :data:`~apr_async.probe.sharing.APPLY_SPACING` and at most a tenth of
+        the loop's time (the next apply waits ten times the last one's cost), and the call
+        ranks with the tables it has: what it costs here is one 8-byte read.
         """
         sharing = self.sharing
         if (sharing is None or sharing.leader or self._apply is not None
