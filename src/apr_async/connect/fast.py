@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from apr_async.connect.attempt import Connecting
 from apr_async.connect.errors import AllAttemptsFailedError
+from apr_async.connect.lead import connect_lead, lead_eligible
 from apr_async.connect.options import Options, check_request
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.stats import single_finished
@@ -99,10 +100,11 @@ def fast_request(
     context: object,
     *,
     default_service: Callable[[], object | None],
-) -> tuple[Options, ConnectPair] | None:
-    """The reused options and the one pair of a default-argument request that needs no race,
-    or ``None``: take the general path. The pair is the memoised ranking's only one, and only
-    when every answer is at hand (a literal, or a name still in the resolver's cache)."""
+) -> tuple[Options, Sequence[ConnectPair]] | None:
+    """The reused options and the memoised ranking of a default-argument request that needs
+    no race up front, or ``None``: take the general path. That is a ranking of one pair, or
+    of several whose first is not failing (:mod:`apr_async.connect.lead`), and only when
+    every answer is at hand (a literal, or a name still in the resolver's cache)."""
     opts = fast_options(host, port, family, service, context, default_service=default_service)
     if opts is None:
         return None
@@ -110,9 +112,9 @@ def fast_request(
     if opts.spec.ip is None and not ctx.get_resolver().is_cached(opts.spec, opts.family):
         return None
     ranked = rank_memo.get(ctx, opts.host, opts.port, opts.family, ctx.clock())
-    if ranked is None or len(ranked) != 1:
+    if ranked is None or (len(ranked) != 1 and not lead_eligible(ranked)):
         return None
-    return opts, ranked[0]
+    return opts, ranked
 
 
 def _abandon(pair: ConnectPair, attempt: Connecting, exc: BaseException) -> None:
@@ -126,13 +128,18 @@ def _abandon(pair: ConnectPair, attempt: Connecting, exc: BaseException) -> None
 
 
 async def open_single(
-    opts: Options, pair: ConnectPair, protocol_factory: Callable[[], ProtocolT]
+    opts: Options, ranked: Sequence[ConnectPair], protocol_factory: Callable[[], ProtocolT]
 ) -> tuple[asyncio.Transport, ProtocolT]:
-    """Connect to ``pair`` as a one-pair race would (the same attempt, bound to the pair's
-    source, outcome recorded, and the same error, an :class:`AllAttemptsFailedError`), then
-    ``loop.create_connection(sock=...)``, closing the socket if no transport took it (as
-    :func:`apr_async.connect.tls.wrap_socket` does without TLS). One coroutine for both: each
-    coroutine layer is a frame, a wake-up and a ``StopIteration`` per connection."""
+    """Connect to the ranking's one pair as a one-pair race would (the same attempt, bound to
+    the pair's source, outcome recorded, and the same error, an
+    :class:`AllAttemptsFailedError`), or to its lead pair (:func:`connect_lead`) when it has
+    several, then ``loop.create_connection(sock=...)``, closing the socket if no transport
+    took it (as :func:`apr_async.connect.tls.wrap_socket` does without TLS). One coroutine
+    for both: each coroutine layer is a frame, a wake-up and a ``StopIteration`` per
+    connection."""
+    if len(ranked) != 1:
+        return await _transport(await connect_lead(opts, ranked), protocol_factory)
+    pair = ranked[0]
     attempt = Connecting(
         asyncio.get_running_loop(),
         pair,
@@ -150,6 +157,7 @@ async def open_single(
         _abandon(pair, attempt, exc)
         raise
     single_finished(pair, None)
+    # inline, not _transport(): a coroutine layer less on the most common connection
     taken = False
 
     def factory() -> ProtocolT:
@@ -159,6 +167,26 @@ async def open_single(
 
     try:
         return await attempt.get_loop().create_connection(factory, sock=sock)
+    except BaseException:
+        # Once the protocol exists the loop's transport owns the socket (see wrap_socket).
+        if not taken:
+            sock.close()
+        raise
+
+
+async def _transport(
+    sock: socket.socket, protocol_factory: Callable[[], ProtocolT]
+) -> tuple[asyncio.Transport, ProtocolT]:
+    """``sock``'s transport, as at the end of :func:`open_single` (the lead path's)."""
+    taken = False
+
+    def factory() -> ProtocolT:
+        nonlocal taken
+        taken = True
+        return protocol_factory()
+
+    try:
+        return await asyncio.get_running_loop().create_connection(factory, sock=sock)
     except BaseException:
         # Once the protocol exists the loop's transport owns the socket (see wrap_socket).
         if not taken:

@@ -30,7 +30,7 @@ from apr_async.connect.types import ConnectPair, families_for
 from apr_async.core.schedule import Schedule
 from apr_async.resolve import pairs
 
-__all__ = ["create_transport", "race_sockets", "with_timeout"]
+__all__ = ["create_transport", "race_pairs", "race_sockets", "with_timeout"]
 
 ResultT = TypeVar("ResultT")
 
@@ -157,6 +157,25 @@ async def race_sockets(opts: Options, log: AttemptLog, *, all_errors: bool) -> s
     return await _race_prepared(
         opts, prepared, prepared.connect, _close_socket, log, all_errors=all_errors
     )
+
+
+async def race_pairs(
+    opts: Options, log: AttemptLog, pairs: Sequence[ConnectPair]
+) -> socket.socket:
+    """Race ``pairs`` (every answer at hand, in the order to try them) with ``opts``'s
+    settings: the general path's race without the resolution and ranking before it."""
+    loop = asyncio.get_running_loop()
+
+    def connect(
+        pair: ConnectPair, notify: Callable[[], None] | None
+    ) -> asyncio.Future[socket.socket]:
+        return Connecting(loop, pair, port=opts.port, bind_to=pair.source,
+                          recorder=opts.recorder, delay_override=opts.happy_eyeballs_delay,
+                          notify=notify)
+
+    prepared = _Prepared(families_for(opts.family), None, connect,
+                         (socket.AF_UNSPEC, list(pairs)))
+    return await _race_prepared(opts, prepared, connect, _close_socket, log, all_errors=False)
 
 
 async def _race_prepared(

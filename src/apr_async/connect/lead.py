@@ -1,0 +1,173 @@
+"""Several ranked pairs, the first one healthy: its attempt alone, the race only if needed.
+
+A host with two sources of one family (a public and a private IPv4 address, a GUA and a ULA)
+ranks two pairs for every destination, so the one-pair fast path never applied there and
+every connection paid for the schedule, the race and its log, although the first attempt
+answers long before anything else would start. What RFC 8305 asks for in that time is
+nothing but the first attempt: the next one starts only when it failed or its Connection
+Attempt Delay passed. So the lead pair is connected with the race's own :class:`Connecting`
+attempt and a timer; only when the timer fires or the attempt fails do the remaining pairs
+race (:func:`apr_async.connect.general.race_pairs`), in the order the full schedule would
+have tried them, with the lead attempt, if still in flight, racing on beside them. The
+outcome, the error (every attempt's failure, in order), the metrics and the report of
+untried families to a probe service are those of the general path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Sequence
+
+from apr_async.connect import general
+from apr_async.connect.attempt import Connecting
+from apr_async.connect.errors import AllAttemptsFailedError, AttemptLog
+from apr_async.connect.options import Options
+from apr_async.connect.recorders import report_untried
+from apr_async.connect.stats import race_finished
+from apr_async.connect.types import UNTRIED_PER_FAMILY, ConnectPair
+from apr_async.core.schedule import attempt_delay
+
+__all__ = ["connect_lead", "lead_eligible"]
+
+
+def lead_eligible(ranked: Sequence[ConnectPair]) -> bool:
+    """Whether the first of several pairs is the one the schedule starts with: a pair known
+    to be failing is skipped by the schedule, so such a ranking takes the general path."""
+    return len(ranked) > 1 and not ranked[0].failing
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.socket:
+    """Connect ``ranked[0]``; race the others only after its failure or attempt delay."""
+    loop = asyncio.get_running_loop()
+    lead = ranked[0]
+    log = AttemptLog()
+    log.started(lead)
+    waiter: asyncio.Future[None] = loop.create_future()
+    attempt = Connecting(loop, lead, port=opts.port, bind_to=lead.source,
+                         recorder=opts.recorder, delay_override=None,
+                         notify=lambda: _wake(waiter))
+    timer = loop.call_later(attempt_delay(lead), _wake, waiter)
+    try:
+        await waiter
+    except BaseException as exc:
+        _abandon(attempt)
+        race_finished(log, exc)
+        raise
+    finally:
+        timer.cancel()
+    if not attempt.done():
+        return await _with_lead_in_flight(opts, log, ranked, attempt)
+    failure = attempt.exception()
+    if failure is None:
+        race_finished(log, None)
+        _report_untried(opts, ranked, lead)
+        return attempt.result()
+    assert isinstance(failure, OSError)  # Connecting fails with OSError only
+    log.failed(lead, failure)
+    try:
+        sock = await general.race_pairs(opts, log, _after(ranked, lead))
+    except AllAttemptsFailedError as error:
+        race_finished(log, error)
+        raise AllAttemptsFailedError.from_attempts(
+            opts.host, opts.port, [(lead, failure), *error.attempts]) from None
+    except BaseException as error:
+        race_finished(log, error)
+        raise
+    race_finished(log, None)
+    return sock
+
+
+async def _with_lead_in_flight(
+    opts: Options, log: AttemptLog, ranked: Sequence[ConnectPair], attempt: Connecting
+) -> socket.socket:
+    """The lead's attempt delay passed: the others race, the lead attempt goes on; the first
+    connected socket wins and everything else is closed."""
+    lead = ranked[0]
+    rest = asyncio.ensure_future(general.race_pairs(opts, log, _after(ranked, lead)))
+    lead_error: OSError | None = None
+    try:
+        while True:
+            pending = {f for f in (attempt, rest) if not f.done()}
+            if pending:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if attempt.done() and lead_error is None and attempt.exception() is None:
+                await _cancel(rest)
+                for pair in log.unfinished:
+                    if pair is not lead:
+                        log.dropped(pair)
+                race_finished(log, None)
+                return attempt.result()
+            if attempt.done() and lead_error is None:
+                error = attempt.exception()
+                assert isinstance(error, OSError)
+                lead_error = error
+                log.failed(lead, error)
+            if rest.done():
+                rest_error = rest.exception()
+                if rest_error is None:
+                    _abandon(attempt)
+                    log.dropped(lead)
+                    race_finished(log, None)
+                    return rest.result()
+                if not isinstance(rest_error, AllAttemptsFailedError):
+                    raise rest_error
+                if lead_error is not None:
+                    failed = [(lead, lead_error), *rest_error.attempts]
+                    raise AllAttemptsFailedError.from_attempts(opts.host, opts.port, failed)
+    except BaseException as exc:
+        _abandon(attempt)
+        await _cancel(rest)
+        race_finished(log, exc)
+        raise
+
+
+def _after(ranked: Sequence[ConnectPair], lead: ConnectPair) -> list[ConnectPair]:
+    """The other pairs in the order the schedule tries them once the lead has started: with
+    one attempt per family first (RFC 8305's First Address Family Count of 1), the best
+    usable pair of another family comes next, then rank order (a fresh schedule over this
+    list picks exactly the pairs the full schedule would have picked after the lead)."""
+    rest = list(ranked[1:])
+    for index, pair in enumerate(rest):
+        if pair.family != lead.family and not pair.failing:
+            return [pair, *rest[:index], *rest[index + 1:]]
+    return rest
+
+
+def _report_untried(opts: Options, ranked: Sequence[ConnectPair], winner: ConnectPair) -> None:
+    """As after a won race: the best pairs of the other families, never measured."""
+    if not callable(getattr(opts.recorder, "record_untried", None)):
+        return
+    taken: dict[int, int] = {}
+    untried = []
+    for pair in ranked:
+        family = pair.family
+        if family != winner.family and taken.get(family, 0) < UNTRIED_PER_FAMILY:
+            taken[family] = taken.get(family, 0) + 1
+            untried.append(pair)
+    report_untried(opts.recorder, untried, opts.port)
+
+
+def _abandon(attempt: Connecting) -> None:
+    """The attempt lost or its caller left: cancel it, or close the socket nobody takes."""
+    if not attempt.done():
+        attempt.cancel()
+    elif not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
+
+
+async def _cancel(task: asyncio.Future[socket.socket]) -> None:
+    """Cancel the race of the others and wait for it (it closes its own attempts); a socket
+    it won in the same loop turn is closed."""
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await task
+    if task.done() and not task.cancelled() and task.exception() is None:
+        task.result().close()
