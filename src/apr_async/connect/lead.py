@@ -25,7 +25,7 @@ from apr_async.connect.attempt import Connecting
 from apr_async.connect.errors import AllAttemptsFailedError, AttemptLog
 from apr_async.connect.options import Options
 from apr_async.connect.recorders import report_untried
-from apr_async.connect.stats import race_finished
+from apr_async.connect.stats import race_finished, single_finished
 from apr_async.connect.types import UNTRIED_PER_FAMILY, ConnectPair
 from apr_async.core.schedule import attempt_delay
 
@@ -47,8 +47,6 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
     """Connect ``ranked[0]``; race the others only after its failure or attempt delay."""
     loop = asyncio.get_running_loop()
     lead = ranked[0]
-    log = AttemptLog()
-    log.started(lead)
     waiter: asyncio.Future[None] = loop.create_future()
     attempt = Connecting(loop, lead, port=opts.port, bind_to=lead.source,
                          recorder=opts.recorder, delay_override=None,
@@ -58,17 +56,20 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
         await waiter
     except BaseException as exc:
         _abandon(attempt)
-        race_finished(log, exc)
+        single_finished(lead, exc)
         raise
     finally:
         timer.cancel()
-    if not attempt.done():
-        return await _with_lead_in_flight(opts, log, ranked, attempt)
-    failure = attempt.exception()
-    if failure is None:
-        race_finished(log, None)
+    failure = attempt.exception() if attempt.done() else None
+    if attempt.done() and failure is None:
+        # the common case, counted as the one-attempt race it was (no attempt log needed)
+        single_finished(lead, None)
         _report_untried(opts, ranked, lead)
         return attempt.result()
+    log = AttemptLog()  # the others race: from here on, as the general path logs a race
+    log.started(lead)
+    if failure is None:
+        return await _with_lead_in_flight(opts, log, ranked, attempt)
     assert isinstance(failure, OSError)  # Connecting fails with OSError only
     log.failed(lead, failure)
     try:
