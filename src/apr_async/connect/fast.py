@@ -138,46 +138,27 @@ async def open_single(
     for both: each coroutine layer is a frame, a wake-up and a ``StopIteration`` per
     connection."""
     if len(ranked) != 1:
-        return await _transport(await connect_lead(opts, ranked), protocol_factory)
-    pair = ranked[0]
-    attempt = Connecting(
-        asyncio.get_running_loop(),
-        pair,
-        port=opts.port,
-        bind_to=pair.source,
-        recorder=opts.recorder,
-        delay_override=None,
-    )
-    try:
-        sock = await attempt
-    except OSError as exc:
-        single_finished(pair, exc)
-        raise AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(pair, exc)]) from None
-    except BaseException as exc:
-        _abandon(pair, attempt, exc)
-        raise
-    single_finished(pair, None)
-    # inline, not _transport(): a coroutine layer less on the most common connection
-    taken = False
-
-    def factory() -> ProtocolT:
-        nonlocal taken
-        taken = True
-        return protocol_factory()
-
-    try:
-        return await attempt.get_loop().create_connection(factory, sock=sock)
-    except BaseException:
-        # Once the protocol exists the loop's transport owns the socket (see wrap_socket).
-        if not taken:
-            sock.close()
-        raise
-
-
-async def _transport(
-    sock: socket.socket, protocol_factory: Callable[[], ProtocolT]
-) -> tuple[asyncio.Transport, ProtocolT]:
-    """``sock``'s transport, as at the end of :func:`open_single` (the lead path's)."""
+        sock = await connect_lead(opts, ranked)
+    else:
+        pair = ranked[0]
+        attempt = Connecting(
+            asyncio.get_running_loop(),
+            pair,
+            port=opts.port,
+            bind_to=pair.source,
+            recorder=opts.recorder,
+            delay_override=None,
+        )
+        try:
+            sock = await attempt
+        except OSError as exc:
+            single_finished(pair, exc)
+            raise AllAttemptsFailedError.from_attempts(
+                opts.host, opts.port, [(pair, exc)]) from None
+        except BaseException as exc:
+            _abandon(pair, attempt, exc)
+            raise
+        single_finished(pair, None)
     taken = False
 
     def factory() -> ProtocolT:
