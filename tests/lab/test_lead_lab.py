@@ -127,8 +127,8 @@ async def test_blackholed_lead_falls_back_after_its_attempt_delay(
     assert lead == lab.server.v6[0]  # nothing measured yet: IPv6 leads
     assert peer == lab.server.v4[0]
     # the next family starts at the lead's attempt delay (250 ms, nothing measured), not
-    # after a second delay, as a race over all the pairs would have started it
-    assert 0.25 <= elapsed < 0.45, elapsed
+    # after a second one (a bound, not a figure: 500 ms would mean two delays)
+    assert 0.25 <= elapsed < 0.5, elapsed
     assert used == ["race_pairs"]
     assert leaked == []
 
@@ -157,7 +157,7 @@ async def test_refused_lead_falls_back_at_once(
         await lab.set_scenario()
         await lab.stop_echo_server(echo)
     assert peer == lab.server.v4[0]
-    assert elapsed < 0.2, elapsed  # no attempt delay waited after a refusal
+    assert elapsed < 0.25, elapsed  # less than one attempt delay: none waited after the refusal
     assert used == ["race_pairs"]
 
 
