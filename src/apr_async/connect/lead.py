@@ -10,7 +10,10 @@ attempt and a timer; only when the timer fires or the attempt fails do the remai
 race (:func:`apr_async.connect.general.race_pairs`), in the order the full schedule would
 have tried them, with the lead attempt, if still in flight, racing on beside them. The
 outcome, the error (every attempt's failure, in order), the metrics and the report of
-untried families to a probe service are those of the general path.
+untried families to a probe service are those of the general path. One difference, in that
+rare case only: when the lead, still in flight, fails after the others started, their race
+does not hear of it, so their next attempt waits for its own delay where the full schedule
+would have started it at once.
 """
 
 from __future__ import annotations
