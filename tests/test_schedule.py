@@ -593,3 +593,26 @@ async def test_loop_cancel_cleans_up() -> None:
         await task
     assert sorted(world.cancelled) == ["a", "b"]
     assert len(asyncio.all_tasks()) == before
+
+
+# -- pairs that a refusal makes pointless -----------------------------------------------------
+
+
+def test_dropped_untried_pairs_are_never_started_and_the_schedule_gives_up() -> None:
+    sched: Schedule[Pair] = Schedule()
+    lead, doubtful, other = four("public"), four("private"), six("gua")
+    actions = sched.answers_all([lead, doubtful, other], 0.0)
+    assert started(actions) == ["public"]
+    assert sched.drop_untried(lambda p: p.name in ("private", "gua")) == (doubtful, other)
+    assert sched.untried == ()
+    actions = sched.attempt_failed(lead, 0.001)
+    assert started(actions) == []
+    assert any(isinstance(a, GiveUp) for a in actions)
+
+
+def test_dropping_nothing_leaves_the_order() -> None:
+    sched: Schedule[Pair] = Schedule()
+    sched.answers_all([four("a"), four("b"), six("c")], 0.0)
+    assert sched.drop_untried(lambda p: False) == ()
+    assert [p.name for p in sched.untried] == ["b", "c"]
+    assert started(sched.attempt_failed(sched.in_flight[0], 0.001)) == ["c"]

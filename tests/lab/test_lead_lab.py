@@ -221,3 +221,64 @@ async def test_cancelled_while_the_others_race_leaks_nothing(healthy_lab: Lab) -
     assert leaked == []
     assert tasks == 0
 
+
+
+@pytest.mark.parametrize("family", [4, 6])
+async def test_a_closed_port_fails_at_once_despite_a_doubtful_source(
+    healthy_lab: Lab, family: int
+) -> None:
+    # The good source's SYN is refused by the server; the doubtful one (the RFC 1918 address
+    # without NAT44, the ULA without NPTv6) would be dropped by the router, and trying it made
+    # a closed port cost the kernel's SYN timeout. Both paths: the race (first call) and the
+    # lead path (the memo filled by it).
+    lab = healthy_lab
+    host = lab.server.v4[0] if family == 4 else lab.server.v6[0]
+
+    async def client() -> tuple[list[float], list[list[str]], int, list[tuple[str, str]]]:
+        ctx = PairContext()
+        ranked = await get_addr_pairs(host, 9, context=ctx)
+        before = open_fds()
+        took, tried = [], []
+        for _ in range(2):
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(api.open_connection(host, 9, context=ctx), 10)
+            except AllAttemptsFailedError as exc:
+                assert isinstance(exc, ConnectionRefusedError), exc
+                tried.append([pair.source[0] for pair, _ in exc.attempts])
+            took.append(time.monotonic() - started)
+        await asyncio.sleep(0.05)
+        return took, tried, len(ranked), sorted(open_fds() - before)
+
+    took, tried, pairs, leaked = await lab.run_in("client", client)
+    good = lab.client.v4 if family == 4 else lab.client.gua
+    assert pairs == 2  # the good source and the doubtful one
+    assert tried == [[good], [good]]  # the doubtful pair was not attempted
+    assert max(took) < 1.0, took  # a refusal, not a SYN timeout (the bound is generous)
+    assert leaked == []
+
+
+async def test_a_closed_port_of_a_name_not_cached_fails_at_once(healthy_lab: Lab) -> None:
+    # The same through the streaming path: each call resolves again (a new resolver, the
+    # same tables), so the pairs come per family as the answers arrive.
+    lab = healthy_lab
+    name = lab.names.v4_only
+
+    async def client() -> tuple[list[float], list[list[str]]]:
+        ctx = PairContext()
+        took, tried = [], []
+        for _ in range(2):
+            fresh = PairContext(latency=ctx.latency, failures=ctx.failures,
+                                resolver=Resolver(lab.dns_servers, timeout=1.0))
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(api.open_connection(name, 9, context=fresh), 10)
+            except AllAttemptsFailedError as exc:
+                tried.append([pair.source[0] for pair, _ in exc.attempts])
+            took.append(time.monotonic() - started)
+            await fresh.get_resolver().close()
+        return took, tried
+
+    took, tried = await lab.run_in("client", client)
+    assert tried == [[lab.client.v4], [lab.client.v4]]
+    assert max(took) < 1.0, took

@@ -23,10 +23,11 @@ from apr_async.connect.options import Options, TLSOptions
 from apr_async.connect.race import race_attempts, untried_alternatives
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.recorders import report_untried
-from apr_async.connect.source import filtered, ranked_source
+from apr_async.connect.source import filtered, ranked_source, refused_by
 from apr_async.connect.stats import race_finished
 from apr_async.connect.tls import HandshakeHolder, ProtocolT, abort_holder, wrap_socket
 from apr_async.connect.types import ConnectPair, families_for
+from apr_async.core.reach import without_pointless
 from apr_async.core.schedule import Schedule
 from apr_async.resolve import pairs
 
@@ -97,6 +98,9 @@ async def _prepare(opts: Options) -> _Prepared:
                 )
             )
             rank_memo.put(opts.context, (opts.host, opts.port, family), ranked, now)
+        # After a refusal the refused pair is failing, so the schedule would try a doubted
+        # source first, whose SYN hangs: drop those (see core.reach.pointless_after_refusal).
+        ranked = list(without_pointless(ranked, refused_by(opts.context, opts.port)))
         first = (socket.AF_UNSPEC, [p for p in ranked if p.family in families])
     else:
         source = opts.pair_source or ranked_source(opts.context)

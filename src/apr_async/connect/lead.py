@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ from apr_async.connect.options import Options
 from apr_async.connect.recorders import report_untried
 from apr_async.connect.stats import race_finished, single_finished
 from apr_async.connect.types import UNTRIED_PER_FAMILY, ConnectPair
+from apr_async.core.reach import pointless_after_refusal
 from apr_async.core.schedule import attempt_delay
 
 __all__ = ["connect_lead", "lead_eligible"]
@@ -75,8 +77,14 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
         return await _with_lead_in_flight(opts, log, ranked, attempt)
     assert isinstance(failure, OSError)  # Connecting fails with OSError only
     log.failed(lead, failure)
+    rest = _after(ranked, lead)
+    if failure.errno == errno.ECONNREFUSED:  # as the race drops them (see race.py)
+        rest = [p for p in rest if not pointless_after_refusal(lead, p)]
+    if not rest:
+        race_finished(log, failure)
+        raise AllAttemptsFailedError.from_attempts(opts.host, opts.port, [(lead, failure)])
     try:
-        sock = await general.race_pairs(opts, log, _after(ranked, lead))
+        sock = await general.race_pairs(opts, log, rest)
     except AllAttemptsFailedError as error:
         race_finished(log, error)
         raise AllAttemptsFailedError.from_attempts(

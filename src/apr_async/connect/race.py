@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -18,6 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from apr_async.connect.errors import AllAttemptsFailedError, AttemptLog
 from apr_async.connect.types import UNTRIED_PER_FAMILY
+from apr_async.core.reach import pointless_after_refusal
 from apr_async.core.schedule import GiveUp, SchedulablePair, Schedule, StartAttempt, Succeeded
 
 __all__ = ["race", "race_attempts", "untried_alternatives", "wait_cancelled"]
@@ -256,6 +259,8 @@ class _Race(Generic[SchedT, ResultT]):
             # until the timeout) would only hide this answer.
             self._rejected = error
             return True
+        if error.errno == errno.ECONNREFUSED:
+            self._schedule.drop_untried(functools.partial(pointless_after_refusal, pair))
         return self._carry_out(self._schedule.attempt_failed(pair, now))
 
     # -- phases ----------------------------------------------------------------------------

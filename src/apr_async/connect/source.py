@@ -5,14 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from apr_async.connect.race import wait_cancelled
 from apr_async.connect.types import ConnectPair, PairSource, families_for
+from apr_async.core.addresses import parse_address
+from apr_async.core.reach import without_pointless
 from apr_async.resolve import pairs
 from apr_async.resolve.pairs import PairContext
 
-__all__ = ["filtered", "ranked_source"]
+__all__ = ["filtered", "ranked_source", "refused_by"]
+
+
+def refused_by(context: PairContext, port: int) -> Callable[[ConnectPair], bool]:
+    """Whether a pair's recorded failure on ``port`` is a refusal (its destination answered:
+    the port is closed there), for :func:`apr_async.core.reach.without_pointless`."""
+
+    def refused(pair: ConnectPair) -> bool:
+        source = pair.source
+        if source is None:
+            return False
+        failure = context.failures.failure(parse_address(source[0])[0],
+                                           parse_address(pair.destination[0])[0], port,
+                                           context.clock())
+        return failure is not None and failure.error == "ECONNREFUSED"
+
+    return refused
 
 
 def ranked_source(context: PairContext) -> PairSource:
@@ -29,11 +47,10 @@ def ranked_source(context: PairContext) -> PairSource:
     ) -> AsyncIterator[tuple[int, Sequence[ConnectPair]]]:
         families = families_for(family)
         resolver = context.get_resolver()
+        refused = refused_by(context, port)
         if resolver.cached(host, family) is not None:
-            yield (
-                socket.AF_UNSPEC,
-                await pairs.get_addr_pairs(host, port, family=family, context=context),
-            )
+            ranked = await pairs.get_addr_pairs(host, port, family=family, context=context)
+            yield socket.AF_UNSPEC, without_pointless(ranked, refused)
             return
         loop = asyncio.get_running_loop()
         lookups = {
@@ -63,7 +80,7 @@ def ranked_source(context: PairContext) -> PairSource:
                             host, port, family=family, context=context
                         )
                     found = found or bool(ranked)
-                    yield fam, ranked
+                    yield fam, without_pointless(ranked, refused)
             if not found:
                 errors.sort(key=lambda e: e.errno != socket.EAI_NONAME)
                 if errors:

@@ -4,8 +4,9 @@ which probably cannot (sans-IO). Depends on the addresses alone, so its results 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal, NamedTuple, TypeVar
 
 from apr_async.core.addr_pair import Translator
 from apr_async.core.addresses import AddressKind, IPAddress, Scope, kind_of, scope_of
@@ -29,6 +30,38 @@ _ULA_BLOCKED_KINDS: Final = frozenset(
 )
 _ULA_TRANSLATORS: Final = frozenset({Translator.NPTV6.value, Translator.NAT66.value})
 _PRIVATE_V4_KINDS: Final = frozenset({AddressKind.RFC1918, AddressKind.CGN})
+_DOUBTS: Final = (_DOUBT_LOOPBACK, _DOUBT_ULA, _DOUBT_PRIVATE_V4)
+P = TypeVar("P")
+
+
+def doubted(reason: str) -> bool:
+    """Whether a pair's reason says level 1 doubts its source reaches the destination (a
+    private source with no translator seen, a ULA towards global IPv6...; ranked last)."""
+    return any(doubt in reason for doubt in _DOUBTS)
+
+
+def without_pointless(
+    ranked: Sequence[P], refused: Callable[[P], bool]
+) -> Sequence[P]:
+    """``ranked`` without the pairs a recent refusal made pointless: ``refused(pair)`` says
+    whether a (failing) pair's destination refused it; only failing pairs are asked, so a
+    ranking with no failure costs one pass."""
+    gone = [p for p in ranked if getattr(p, "failing", False) and refused(p)]
+    if not gone:
+        return ranked
+    return [p for p in ranked if not any(pointless_after_refusal(r, p) for r in gone)]
+
+
+def pointless_after_refusal(refused: object, pair: object) -> bool:
+    """Whether ``pair`` cannot change the answer of ``refused``, whose destination refused the
+    connection: it goes to that same destination from a source the ranking doubted (ranked
+    last: a private address with no NAT44 seen, a ULA with no NPTv6). The destination host
+    answered, so the port is closed there; such a source's SYN is most likely dropped on the
+    way, and trying it would make a closed port cost the kernel's SYN timeout (about two
+    minutes) instead of the refusal asyncio reports at once."""
+    destination = getattr(refused, "destination", None)
+    return (destination is not None and getattr(pair, "destination", None) == destination
+            and doubted(str(getattr(pair, "reason", ""))))
 
 
 class _Dest(NamedTuple):

@@ -32,7 +32,7 @@ Rules (RFC 8305, improved by what the ranking knows):
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -278,6 +278,14 @@ class Schedule(Generic[P]):
         actions: list[Action[P]] = [Succeeded(pair)]
         self._set_timer(None, actions)
         return actions
+
+    def drop_untried(self, drop: Callable[[P], bool]) -> tuple[P, ...]:
+        """Remove the untried pairs ``drop`` says will not be attempted; return them. The
+        next action (after :meth:`attempt_failed`, say) sees the shorter list."""
+        dropped = tuple(p for p in self._untried if drop(p))
+        if dropped:
+            self._untried = [p for p in self._untried if p not in dropped]
+        return dropped
 
     def timer(self, now: float) -> list[Action[P]]:
         """The timer fired (early or late firings are harmless)."""
