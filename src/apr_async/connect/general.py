@@ -100,12 +100,20 @@ async def _prepare(opts: Options) -> _Prepared:
             rank_memo.put(opts.context, (opts.host, opts.port, family), ranked, now)
         # After a refusal the refused pair is failing, so the schedule would try a doubted
         # source first, whose SYN hangs: drop those (see core.reach.pointless_after_refusal).
-        ranked = list(without_pointless(ranked, refused_by(opts.context, opts.port)))
-        first = (socket.AF_UNSPEC, [p for p in ranked if p.family in families])
+        usable = without_pointless(ranked, refused_by(opts.context, opts.port))
+        first = (socket.AF_UNSPEC, [p for p in usable if p.family in families])
     else:
         source = opts.pair_source or ranked_source(opts.context)
         answers = filtered(source(opts.host, opts.port, family), families)
 
+    return _Prepared(families, answers, _connector(opts, binds), first)
+
+
+def _connector(
+    opts: Options, binds: dict[int, tuple[Any, ...]]
+) -> Callable[[ConnectPair, Callable[[], None] | None], asyncio.Future[socket.socket]]:
+    """Start one attempt of a race: bound to ``binds``' address of its family (``local_addr``)
+    or, without any, to the pair's own source."""
     loop = asyncio.get_running_loop()
 
     def connect(
@@ -121,7 +129,7 @@ async def _prepare(opts: Options) -> _Prepared:
             notify=notify,
         )
 
-    return _Prepared(families, answers, connect, first)
+    return connect
 
 
 def _schedule_for(opts: Options, families: tuple[int, ...]) -> Schedule[ConnectPair]:
@@ -168,15 +176,7 @@ async def race_pairs(
 ) -> socket.socket:
     """Race ``pairs`` (every answer at hand, in the order to try them) with ``opts``'s
     settings: the general path's race without the resolution and ranking before it."""
-    loop = asyncio.get_running_loop()
-
-    def connect(
-        pair: ConnectPair, notify: Callable[[], None] | None
-    ) -> asyncio.Future[socket.socket]:
-        return Connecting(loop, pair, port=opts.port, bind_to=pair.source,
-                          recorder=opts.recorder, delay_override=opts.happy_eyeballs_delay,
-                          notify=notify)
-
+    connect = _connector(opts, {})
     prepared = _Prepared(families_for(opts.family), None, connect,
                          (socket.AF_UNSPEC, list(pairs)))
     return await _race_prepared(opts, prepared, connect, _close_socket, log, all_errors=False)
