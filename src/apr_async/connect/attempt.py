@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from apr_async.connect.types import AttemptRecorder, ConnectPair
 from apr_async.core.schedule import attempt_delay
 
-__all__ = ["Connecting", "claim", "record_outcome"]
+__all__ = ["Connecting", "claim", "dispose", "record_outcome"]
 
 log = logging.getLogger("apr_async.connect")
 
@@ -190,9 +190,14 @@ async def claim(attempt: asyncio.Future[ResultT], discard: Callable[[ResultT], o
     try:
         return await attempt
     except BaseException:
-        if attempt.done():
-            if not attempt.cancelled() and attempt.exception() is None:
-                discard(attempt.result())
-        else:
-            attempt.cancel()
+        dispose(attempt, discard)
         raise
+
+
+def dispose(attempt: asyncio.Future[ResultT], discard: Callable[[ResultT], object]) -> None:
+    """Nobody will take ``attempt``'s result: cancel it if it still runs, else ``discard``
+    what it produced (close the socket)."""
+    if not attempt.done():
+        attempt.cancel()
+    elif not attempt.cancelled() and attempt.exception() is None:
+        discard(attempt.result())

@@ -18,7 +18,7 @@ import asyncio
 import socket
 from collections.abc import Callable, Sequence
 
-from apr_async.connect.attempt import Connecting
+from apr_async.connect.attempt import Connecting, dispose
 from apr_async.connect.errors import AllAttemptsFailedError
 from apr_async.connect.lead import connect_lead, lead_eligible
 from apr_async.connect.options import Options, check_request
@@ -121,10 +121,7 @@ def _abandon(pair: ConnectPair, attempt: Connecting, exc: BaseException) -> None
     """claim()'s ownership rule, inline (one coroutine less per connection): a cancellation
     that arrives after the attempt completed closes the socket nobody will take."""
     single_finished(pair, exc)
-    if not attempt.done():
-        attempt.cancel()
-    elif not attempt.cancelled() and attempt.exception() is None:
-        attempt.result().close()
+    dispose(attempt, socket.socket.close)
 
 
 async def open_single(

@@ -25,12 +25,13 @@ import socket
 from collections.abc import Sequence
 
 from apr_async.connect import general
-from apr_async.connect.attempt import Connecting
+from apr_async.connect.attempt import Connecting, dispose
 from apr_async.connect.errors import AllAttemptsFailedError, AttemptLog
 from apr_async.connect.options import Options
+from apr_async.connect.race import best_of_other_families
 from apr_async.connect.recorders import report_untried
 from apr_async.connect.stats import race_finished, single_finished
-from apr_async.connect.types import UNTRIED_PER_FAMILY, ConnectPair
+from apr_async.connect.types import ConnectPair
 from apr_async.core.reach import pointless_after_refusal
 from apr_async.core.schedule import attempt_delay
 
@@ -154,24 +155,13 @@ def _after(ranked: Sequence[ConnectPair], lead: ConnectPair) -> list[ConnectPair
 
 def _report_untried(opts: Options, ranked: Sequence[ConnectPair], winner: ConnectPair) -> None:
     """As after a won race: the best pairs of the other families, never measured."""
-    if not callable(getattr(opts.recorder, "record_untried", None)):
-        return
-    taken: dict[int, int] = {}
-    untried = []
-    for pair in ranked:
-        family = pair.family
-        if family != winner.family and taken.get(family, 0) < UNTRIED_PER_FAMILY:
-            taken[family] = taken.get(family, 0) + 1
-            untried.append(pair)
-    report_untried(opts.recorder, untried, opts.port)
+    if callable(getattr(opts.recorder, "record_untried", None)):
+        report_untried(opts.recorder, best_of_other_families(ranked, winner), opts.port)
 
 
 def _abandon(attempt: Connecting) -> None:
     """The attempt lost or its caller left: cancel it, or close the socket nobody takes."""
-    if not attempt.done():
-        attempt.cancel()
-    elif not attempt.cancelled() and attempt.exception() is None:
-        attempt.result().close()
+    dispose(attempt, socket.socket.close)
 
 
 async def _cancel(task: asyncio.Future[socket.socket]) -> None:

@@ -23,7 +23,8 @@ from apr_async.connect.types import UNTRIED_PER_FAMILY
 from apr_async.core.reach import pointless_after_refusal
 from apr_async.core.schedule import GiveUp, SchedulablePair, Schedule, StartAttempt, Succeeded
 
-__all__ = ["race", "race_attempts", "untried_alternatives", "wait_cancelled"]
+__all__ = ["best_of_other_families", "race", "race_attempts", "untried_alternatives",
+           "wait_cancelled"]
 
 SchedT = TypeVar("SchedT", bound=SchedulablePair)
 ResultT = TypeVar("ResultT")
@@ -80,11 +81,19 @@ def untried_alternatives(
     faster.
     """
     winner = schedule.winner
-    if winner is None or per_family <= 0:
+    if winner is None:
         return []
+    return best_of_other_families((*schedule.in_flight, *schedule.untried), winner, per_family)
+
+
+def best_of_other_families(
+    pairs: Iterable[SchedT], winner: SchedT, per_family: int = UNTRIED_PER_FAMILY
+) -> list[SchedT]:
+    """The first ``per_family`` of ``pairs`` (in their order) of each family but the
+    winner's: what a won race reports as never measured."""
     taken: dict[int, int] = {}
     out: list[SchedT] = []
-    for pair in (*schedule.in_flight, *schedule.untried):
+    for pair in pairs if per_family > 0 else ():
         family = pair.family
         if family == winner.family or pair == winner:
             continue
