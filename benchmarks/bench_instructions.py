@@ -44,17 +44,6 @@ CLIENTS = ("asyncio", "apr numeric", "apr cached name")
 NAME = "lo.bench.test"
 WARMUP = 300
 
-# A blocking accept-and-close loop in its own process, not counted.
-_SERVER = """
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 0))
-s.listen(4096)
-print(s.getsockname()[1], flush=True)
-while True:
-    s.accept()[0].close()
-"""
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -126,6 +115,10 @@ def measure(
     count: int, inflight: tuple[int, ...], scale: float, src: str | None
 ) -> dict[int, dict[str, float]]:
     """In-flight -> client -> instructions per connection (start-up subtracted)."""
+    # bench_throughput's accept-and-close server; imported here, in the parent only, so the
+    # callgrind children do not count bench_throughput's imports.
+    from bench_throughput import _SERVER
+
     server = subprocess.Popen([sys.executable, "-c", _SERVER], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
