@@ -154,9 +154,9 @@ async def test_cancelled_fast_connections_leave_nothing_open(server: int) -> Non
 def test_options_cache_keeps_no_context_alive() -> None:
     ctx = PairContext()
     ref = weakref.ref(ctx)
-    opts = fast.fast_options("127.0.0.1", 80, 0, None, ctx, default_service=lambda: None)
+    opts = fast.fast_options("127.0.0.1", 80, 0, None, ctx, default_service=lambda *_: None)
     assert opts is not None and opts.context is ctx
-    again = fast.fast_options("127.0.0.1", 80, 0, None, ctx, default_service=lambda: None)
+    again = fast.fast_options("127.0.0.1", 80, 0, None, ctx, default_service=lambda *_: None)
     assert again is opts  # reused, not re-checked
     assert isinstance(opts.recorder, ContextRecorder)
     del ctx, opts, again
@@ -173,8 +173,8 @@ def test_options_cache_follows_the_service() -> None:
             pass
 
     a, b = Service(), Service()
-    opts_a = fast.fast_options("127.0.0.1", 80, 0, None, None, default_service=lambda: a)
-    opts_b = fast.fast_options("127.0.0.1", 80, 0, None, None, default_service=lambda: b)
+    opts_a = fast.fast_options("127.0.0.1", 80, 0, None, None, default_service=lambda *_: a)
+    opts_b = fast.fast_options("127.0.0.1", 80, 0, None, None, default_service=lambda *_: b)
     assert opts_a is not None and opts_b is not None
     assert opts_a.context is a.context and opts_b.context is b.context
 

@@ -7,6 +7,7 @@ RFC 6724 and the kernel's routes, and later calls see what the probes measured.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -104,3 +105,32 @@ async def test_autostart_off_starts_nothing(lab: Lab, echo: EchoServer) -> None:
     assert running is None
     # no service, yet the configured nameservers (the lab's DNS) answered the name
     assert set(destinations) == {lab.server.v4[0], lab.server.v6[0]}
+
+
+async def first_connection_queries(cfg: Config, name: str, port: int) -> dict[str, int]:
+    service.configure(cfg)
+    try:
+        connecting = asyncio.ensure_future(apr_async.open_connection(name, port))
+        # One loop turn: the call's first step has run (it created and started the default
+        # service) and the lookup tasks it made have not run yet.
+        await asyncio.sleep(0)
+        svc = service.current_service()
+        assert svc is not None
+        sent_at_start = svc.resolver.queries_sent
+        _reader, writer = await connecting
+        writer.close()
+        await writer.wait_closed()
+        return {"at_start": sent_at_start, "in_all": svc.resolver.queries_sent}
+    finally:
+        await service.aclose_default()
+        service.configure()
+
+
+async def test_the_first_connection_sends_its_queries_before_the_service_starts(
+    lab: Lab, echo: EchoServer
+) -> None:
+    # The service's start-up reads the interfaces and the shared table (~1.5 ms): the
+    # answers to the call's AAAA and A queries travel meanwhile instead of after it.
+    cfg = lab_only_config(lab, echo.port, autostart=True)
+    out = await lab.run_in("client", first_connection_queries, cfg, lab.names.dual, echo.port)
+    assert out == {"at_start": 2, "in_all": 2}  # sent during the first step, then joined

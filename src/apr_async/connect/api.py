@@ -64,10 +64,11 @@ _DEFAULT_LIMIT = 2**16
 ResultT = TypeVar("ResultT")
 
 
-def _running_default_service() -> object | None:
+def _running_default_service(host: str | None = None, family: object = 0) -> object | None:
     """The package's default probe service for this loop: started now, in the background,
-    when its configuration allows (``autostart``); ``None`` otherwise."""
-    return implicit_service()
+    when its configuration allows (``autostart``); ``None`` otherwise. ``host`` is the name
+    about to be connected to (see :func:`apr_async.probe.default.default_service`)."""
+    return implicit_service(host, family)
 
 
 def _options(host: object, port: object, **kwargs: Any) -> Options:
@@ -176,6 +177,36 @@ async def create_connection(
                             default_service=_running_default_service)
         if fast is not None:
             return await open_single(*fast, protocol_factory)
+    return await _create_general(
+        protocol_factory, host, port, ssl=ssl, server_hostname=server_hostname,
+        ssl_handshake_timeout=ssl_handshake_timeout, local_addr=local_addr, family=family,
+        happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave, timeout=timeout,
+        service=service, race_tls=race_tls, pair_source=pair_source, context=context,
+        svcb=svcb, **kwds)
+
+
+async def _create_general(
+    protocol_factory: Callable[[], ProtocolT],
+    host: str,
+    port: int,
+    *,
+    ssl: ssl_module.SSLContext | bool | None,
+    server_hostname: str | None,
+    ssl_handshake_timeout: float | None,
+    local_addr: tuple[str, int] | None,
+    family: int,
+    happy_eyeballs_delay: float | None,
+    interleave: int | None,
+    timeout: float | None,  # noqa: ASYNC109 - asyncio-compatible API
+    service: AttemptRecorder | None,
+    race_tls: bool,
+    pair_source: PairSource | None,
+    context: PairContext | None,
+    svcb: bool | SvcbOptions | None,
+    **kwds: Any,
+) -> tuple[asyncio.Transport, ProtocolT]:
+    """:func:`create_connection` past its fast-path check: every request the fast path did
+    not take (options, a name to resolve, a race to run)."""
     shutdown, all_errors = pop_compat_kwds(dict(kwds))
     opts = _options(
         host,
@@ -249,7 +280,9 @@ async def open_connection(
     if fast is not None:
         transport, _ = await open_single(*fast, lambda: protocol)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
-    transport, _ = await create_connection(
+    # The fast path was asked above: straight to the general path, not create_connection,
+    # which would ask it again.
+    transport, _ = await _create_general(
         lambda: protocol,
         host,
         port,

@@ -47,14 +47,16 @@ def fast_options(
     service: object,
     context: object,
     *,
-    default_service: Callable[[], object | None],
+    default_service: Callable[[str, object], object | None],
 ) -> Options | None:
     """The checked options of a default-argument request, reused across calls; ``None`` when
     the arguments are of a kind the cache does not take (the general path checks them)."""
     if type(host) is not str or type(port) is not int or type(family) not in _FAMILY_TYPES:
         return None  # bool ports, str ports, other int subclasses: check_request judges them
     if service is None and context is None:
-        service = default_service()  # may change between calls (started, stopped)
+        # May change between calls (started, stopped). Given the request, a service
+        # created now sends its DNS queries before its start-up work.
+        service = default_service(host, family)
     # The context check_request would pick (inline: this runs on every connection); a bad
     # one goes to the general path, which raises the error.
     ctx = context if context is not None else getattr(service, "context", None)
@@ -99,7 +101,7 @@ def fast_request(
     service: object,
     context: object,
     *,
-    default_service: Callable[[], object | None],
+    default_service: Callable[[str, object], object | None],
 ) -> tuple[Options, Sequence[ConnectPair]] | None:
     """The reused options and the memoised ranking of a default-argument request that needs
     no race up front, or ``None``: take the general path. That is a ranking of one pair, or

@@ -127,9 +127,13 @@ def current_service() -> ProbeService | None:
     return service if service is not None and service.running else None
 
 
-def default_service() -> ProbeService:
+def default_service(host: str | None = None, family: int = 0) -> ProbeService:
     """The default service of the running event loop, created (and, unless the config says
-    ``autostart=False``, started) on first use. Needs a running event loop."""
+    ``autostart=False``, started) on first use. Needs a running event loop.
+
+    ``host`` (with ``family``) is the name the caller is about to connect to: a service
+    created now sends its DNS queries before it starts, so the answer travels while the
+    start reads the interfaces and the shared table (about 1.5 ms of CPU) instead of after."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -144,14 +148,17 @@ def default_service() -> ProbeService:
         service = ProbeService(config, share=True)
         _defaults[loop] = service
     if config.autostart:
+        if host is not None:
+            service.resolver.prefetch(host, family)
         service.start_nowait()
     return service
 
 
-def implicit_service() -> ProbeService | None:
+def implicit_service(host: str | None = None, family: object = 0) -> ProbeService | None:
     """The running loop's default service for module-level calls, started now (in the
     background: this never waits for the network) unless the configuration says
-    ``autostart=False``. ``None`` outside an event loop or when autostart is off.
+    ``autostart=False``. ``None`` outside an event loop or when autostart is off. ``host``
+    and ``family`` as in :func:`default_service`.
 
     Called on every ``get_addr_pairs``/``open_connection`` without an explicit context, so the
     common path is one dictionary lookup; the configuration is read once per loop.
@@ -171,7 +178,7 @@ def implicit_service() -> ProbeService | None:
     if not current_config().autostart:
         _declined.add(loop)
         return None
-    service = default_service()
+    service = default_service(host, family if isinstance(family, int) else 0)
     return service if service.running else None
 
 

@@ -165,6 +165,25 @@ class Resolver:
                 pending.append(self._query(spec.name, fam))
         return AnswerStream(ready, pending)
 
+    def prefetch(self, host: str, family: int = socket.AF_UNSPEC) -> None:
+        """Send now the queries a later :meth:`lookup` of ``host`` would send (it then joins
+        them), so the answer travels while the caller does other work; nothing for a literal,
+        a hosts-file name, a cached answer, or input :meth:`lookup` would reject (it raises
+        the error then). Needs a running event loop."""
+        try:
+            spec = parse_host(host)
+            families = families_of(family)
+        except (TypeError, ValueError):
+            return
+        if spec.name is None or self._closed:
+            return
+        if local_answers(spec, families, self._hosts, self._clock) is not None:
+            return
+        now = self._clock()
+        for fam in families:
+            if self._cache_get(spec.name, fam, now) is None:
+                self._query(spec.name, fam)
+
     def cached(self, host: str | bytes | HostSpec,
                family: int = socket.AF_UNSPEC) -> Resolution | None:
         """The answer if it can be given without waiting (literal, hosts, cache), else None."""
