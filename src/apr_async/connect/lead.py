@@ -6,9 +6,10 @@ every connection paid for the schedule, the race and its log, although the first
 answers long before anything else would start. What RFC 8305 asks for in that time is
 nothing but the first attempt: the next one starts only when it failed or its Connection
 Attempt Delay passed. So the lead pair is connected with the race's own :class:`Connecting`
-attempt and a timer; only when the timer fires or the attempt fails do the remaining pairs
-race (:func:`apr_async.connect.general.race_pairs`), in the order the full schedule would
-have tried them, with the lead attempt, if still in flight, racing on beside them. The
+attempt and a timer (on the loop's shared :mod:`~apr_async.connect.alarms` clock); only when
+the timer fires or the attempt fails do the remaining pairs race
+(:func:`apr_async.connect.general.race_pairs`), in the order the full schedule would have
+tried them, with the lead attempt, if still in flight, racing on beside them. The
 outcome, the error (every attempt's failure, in order), the metrics and the report of
 untried families to a probe service are those of the general path. One difference, in that
 rare case only: when the lead, still in flight, fails after the others started, their race
@@ -21,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import socket
 from collections.abc import Sequence
 
 from apr_async.connect import general
+from apr_async.connect.alarms import alarm_clock
 from apr_async.connect.attempt import Connecting, dispose
 from apr_async.connect.errors import AllAttemptsFailedError, AttemptLog
 from apr_async.connect.options import Options
@@ -56,8 +59,11 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
     waiter: asyncio.Future[None] = loop.create_future()
     attempt = Connecting(loop, lead, port=opts.port, bind_to=lead.source,
                          recorder=opts.recorder, delay_override=None,
-                         notify=lambda: _wake(waiter))
-    timer = loop.call_later(attempt_delay(lead), _wake, waiter)
+                         notify=functools.partial(_wake, waiter))
+    # The attempt delay on the loop's shared alarm clock, not a timer of its own: see
+    # apr_async.connect.alarms for why (this runs on every such connection).
+    clock = alarm_clock(loop)
+    clock.wake(loop, attempt_delay(lead), waiter)
     try:
         await waiter
     except BaseException as exc:
@@ -65,7 +71,7 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
         single_finished(lead, exc)
         raise
     finally:
-        timer.cancel()
+        clock.release()
     failure = attempt.exception() if attempt.done() else None
     if attempt.done() and failure is None:
         # the common case, counted as the one-attempt race it was (no attempt log needed)
