@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from apr_async.connect.attempt import Connecting, dispose
 from apr_async.connect.errors import AllAttemptsFailedError
-from apr_async.connect.lead import connect_lead, lead_eligible
+from apr_async.connect.lead import connect_lead
 from apr_async.connect.options import Options, check_request
 from apr_async.connect.rank_memo import rank_memo
 from apr_async.connect.stats import single_finished
@@ -114,7 +114,8 @@ def fast_request(
     if opts.spec.ip is None and not ctx.get_resolver().is_cached(opts.spec, opts.family):
         return None
     ranked = rank_memo.get(ctx, opts.host, opts.port, opts.family, ctx.clock())
-    if ranked is None or (len(ranked) != 1 and not lead_eligible(ranked)):
+    # (lead_eligible(ranked), inline)
+    if ranked is None or (len(ranked) != 1 and (not ranked or ranked[0].failing)):
         return None
     return opts, ranked
 

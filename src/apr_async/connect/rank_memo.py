@@ -50,10 +50,11 @@ class RankMemo:
         if hit is None:
             return None
         ref, expires, epoch, (failures, version), ranked = hit
+        current = self._epochs.get(id(context))  # self._epoch(context), inline
         if (
             ref() is not context
             or now >= expires
-            or epoch != self._epoch(context)
+            or epoch != (current[1] if current is not None and current[0]() is context else 0)
             or context.failures is not failures
             or failures.version != version
         ):

@@ -22,6 +22,10 @@ class Translator(StrEnum):
     NAT66 = "nat66"
 
 
+#: The extras of a pair built without them (``_replace``, ``_make``).
+_NO_META: tuple[Any, float | None, bool] = ("", None, False)
+
+
 class _AddrPairFields(NamedTuple):
     family: int
     source: SockAddr
@@ -64,7 +68,7 @@ class AddrPair(_AddrPairFields):
         raise AttributeError(f"AddrPair is immutable: cannot delete {name!r}")
 
     def _get_meta(self) -> tuple[Any, float | None, bool]:
-        meta: tuple[Any, float | None, bool] = self.__dict__.get("_meta", ("", None, False))
+        meta: tuple[Any, float | None, bool] = self.__dict__.get("_meta", _NO_META)
         return meta
 
     @property
@@ -81,12 +85,16 @@ class AddrPair(_AddrPairFields):
     @property
     def rtt(self) -> float | None:
         """Measured or inherited round-trip time in seconds, or ``None``."""
-        return self._get_meta()[1]
+        # (the dictionary read inline, not _get_meta(): the fast path reads rtt and failing
+        # on every connection, and a call each is measurable there)
+        meta: tuple[Any, float | None, bool] = self.__dict__.get("_meta", _NO_META)
+        return meta[1]
 
     @property
     def failing(self) -> bool:
         """True if this pair failed recently (it was moved after the others)."""
-        return self._get_meta()[2]
+        meta: tuple[Any, float | None, bool] = self.__dict__.get("_meta", _NO_META)
+        return meta[2]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
