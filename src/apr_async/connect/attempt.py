@@ -25,6 +25,10 @@ log = logging.getLogger("apr_async.connect")
 
 #: Linux value of IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h) for Pythons lacking it.
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+#: Where the platform has it, the socket is created non-blocking: no setblocking() syscall
+#: per attempt (Python's socket object knows it is non-blocking then; its ``type`` hides it).
+_SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM = socket.SOCK_STREAM | _SOCK_NONBLOCK
 
 ResultT = TypeVar("ResultT")
 
@@ -80,7 +84,7 @@ class Connecting(asyncio.Future[socket.socket]):
         self._started = 0.0  # set right before connect(), so the RTT is the connect's alone
         self._sock: socket.socket | None = None
         try:
-            sock = socket.socket(pair.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sock = socket.socket(pair.family, _STREAM, socket.IPPROTO_TCP)
         except OSError as exc:
             # No descriptor left (EMFILE, ENFILE) or no such family here: a local failure that
             # says nothing about the path, so the attempt fails without a record.
@@ -90,7 +94,8 @@ class Connecting(asyncio.Future[socket.socket]):
             return
         self._sock = sock
         try:
-            sock.setblocking(False)
+            if not _SOCK_NONBLOCK:
+                sock.setblocking(False)
             if bind_to is not None:
                 if bind_to[1] == 0:
                     # Let connect() pick the port with the full 4-tuple in mind, so many
