@@ -195,6 +195,10 @@ def read_links(nl: Netlink) -> dict[int, Interface]:
         for attr, value in _attrs(payload, _IFINFOMSG.size, len(payload)):
             if attr == _IFLA_IFNAME:
                 name = bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
+                # The name is all we read, and the kernel puts it first: the rest of a link
+                # message (statistics, queues, ~40 attributes) costs a fresh process's first
+                # ranking a parse of every attribute otherwise.
+                break
         links[index] = Interface(
             index=index,
             name=name,
