@@ -91,7 +91,9 @@ async def test_connect_timeline_with_ipv6_blackholed(healthy_lab: Lab, echo: Ech
     data = as_json(res)
     assert data["connected"] and data["winner"]["source"] == lab.client.v4
     answers = {e["family"] for e in data["events"] if e["kind"] == "answer"}
-    assert answers == {"IPv4", "IPv6"}
+    # Each family's answer, or one event for both when they landed in the same loop turn
+    # (then ranked together).
+    assert answers in ({"IPv4", "IPv6"}, {"both"})
     winner = [e for e in data["events"] if e["kind"] == "attempt" and e["ok"]]
     assert len(winner) == 1 and winner[0]["family"] == "IPv4"
     # the table for people names the winner

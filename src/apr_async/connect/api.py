@@ -64,7 +64,7 @@ _DEFAULT_LIMIT = 2**16
 ResultT = TypeVar("ResultT")
 
 
-def _running_default_service(host: str | None = None, family: object = 0) -> object | None:
+def running_default_service(host: str | None = None, family: object = 0) -> object | None:
     """The package's default probe service for this loop: started now, in the background,
     when its configuration allows (``autostart``); ``None`` otherwise. ``host`` is the name
     about to be connected to (see :func:`apr_async.probe.default.default_service`)."""
@@ -72,7 +72,7 @@ def _running_default_service(host: str | None = None, family: object = 0) -> obj
 
 
 def _options(host: object, port: object, **kwargs: Any) -> Options:
-    return check_request(host, port, default_service=_running_default_service, **kwargs)
+    return check_request(host, port, default_service=running_default_service, **kwargs)
 
 
 # -- public API ---------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ async def create_connection(
             and timeout is None and pair_source is None and not kwds
             and (race_tls is False or race_tls is None) and (svcb is None or svcb is False)):
         fast = fast_request(host, port, family, service, context,
-                            default_service=_running_default_service)
+                            default_service=running_default_service)
         if fast is not None:
             return await open_single(*fast, protocol_factory)
     return await _create_general(
@@ -274,7 +274,7 @@ async def open_connection(
             and timeout is None and pair_source is None and not kwds
             and (race_tls is False or race_tls is None) and (svcb is None or svcb is False)):
         fast = fast_request(host, port, family, service, context,
-                            default_service=_running_default_service)
+                            default_service=running_default_service)
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     if fast is not None:

@@ -76,7 +76,10 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
     if attempt.done() and failure is None:
         # the common case, counted as the one-attempt race it was (no attempt log needed)
         single_finished(lead, None)
-        _report_untried(opts, ranked, lead)
+        # As after a won race: the best pairs of the other families, never measured (the
+        # recorder check inline: this runs on every such connection).
+        if callable(getattr(opts.recorder, "record_untried", None)):
+            report_untried(opts.recorder, best_of_other_families(ranked, lead), opts.port)
         return attempt.result()
     log = AttemptLog()  # the others race: from here on, as the general path logs a race
     log.started(lead)
@@ -157,12 +160,6 @@ def _after(ranked: Sequence[ConnectPair], lead: ConnectPair) -> list[ConnectPair
         if pair.family != lead.family and not pair.failing:
             return [pair, *rest[:index], *rest[index + 1:]]
     return rest
-
-
-def _report_untried(opts: Options, ranked: Sequence[ConnectPair], winner: ConnectPair) -> None:
-    """As after a won race: the best pairs of the other families, never measured."""
-    if callable(getattr(opts.recorder, "record_untried", None)):
-        report_untried(opts.recorder, best_of_other_families(ranked, winner), opts.port)
 
 
 def _abandon(attempt: Connecting) -> None:
