@@ -52,8 +52,15 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.socket:
-    """Connect ``ranked[0]``; race the others only after its failure or attempt delay."""
+async def connect_lead(
+    opts: Options, ranked: Sequence[ConnectPair]
+) -> tuple[socket.socket, ConnectPair | None]:
+    """Connect ``ranked[0]``; race the others only after its failure or attempt delay.
+
+    Returns the socket and, when the lead won alone, the lead: the caller counts that win
+    (:func:`~apr_async.connect.stats.single_finished`) once its transport exists, as the
+    general path counts a race after its transport (see :func:`apr_async.connect.fast.
+    open_single` for why). ``None`` when a race decided, already counted."""
     loop = asyncio.get_running_loop()
     lead = ranked[0]
     waiter: asyncio.Future[None] = loop.create_future()
@@ -74,17 +81,16 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
         clock.release()
     failure = attempt.exception() if attempt.done() else None
     if attempt.done() and failure is None:
-        # the common case, counted as the one-attempt race it was (no attempt log needed)
-        single_finished(lead, None)
+        # The common case, a one-attempt race (no attempt log needed; counted by the caller).
         # As after a won race: the best pairs of the other families, never measured (the
         # recorder check inline: this runs on every such connection).
         if callable(getattr(opts.recorder, "record_untried", None)):
             report_untried(opts.recorder, best_of_other_families(ranked, lead), opts.port)
-        return attempt.result()
+        return attempt.result(), lead
     log = AttemptLog()  # the others race: from here on, as the general path logs a race
     log.started(lead)
     if failure is None:
-        return await _with_lead_in_flight(opts, log, ranked, attempt)
+        return await _with_lead_in_flight(opts, log, ranked, attempt), None
     assert isinstance(failure, OSError)  # Connecting fails with OSError only
     log.failed(lead, failure)
     rest = _after(ranked, lead)
@@ -103,7 +109,7 @@ async def connect_lead(opts: Options, ranked: Sequence[ConnectPair]) -> socket.s
         race_finished(log, error)
         raise
     race_finished(log, None)
-    return sock
+    return sock, None
 
 
 async def _with_lead_in_flight(
