@@ -220,7 +220,10 @@ async def _requests(session: aiohttp.ClientSession, url: str, count: int, inflig
 
 
 async def measure_aiohttp(url: str, rounds: int, per_round: int) -> dict[str, dict[str, float]]:
-    """Mode -> connector -> requests per second, interleaved rounds, 10 requests in flight."""
+    """Mode -> connector -> requests per second, interleaved rounds, 10 requests in flight;
+    and ``"<mode>, CPU"`` -> connector -> the client thread's CPU microseconds per request
+    (``time.thread_time``: the server, another process, is not in it, so this is steadier
+    than the rate when both share the CPUs)."""
     ctx = PairContext()
     result: dict[str, dict[str, float]] = {}
     for mode, force_close in (("new connection per request", True), ("keep-alive", False)):
@@ -233,28 +236,39 @@ async def measure_aiohttp(url: str, rounds: int, per_round: int) -> dict[str, di
             ),
         }
         spent = dict.fromkeys(sessions, 0.0)
+        cpu = dict.fromkeys(sessions, 0.0)
         try:
             for session in sessions.values():
                 await _requests(session, url, 200, 10)
             for rnd in range(rounds):
                 order = list(sessions.items())
                 for name, session in order if rnd % 2 == 0 else order[::-1]:
+                    before = time.thread_time()
                     spent[name] += await _requests(session, url, per_round, 10)
+                    cpu[name] += time.thread_time() - before
                     await asyncio.sleep(0.05)
         finally:
             for session in sessions.values():
                 await session.close()
         result[mode] = {k: rounds * per_round / v for k, v in spent.items()}
+        result[f"{mode}, CPU"] = {k: v / (rounds * per_round) * 1e6 for k, v in cpu.items()}
     return result
 
 
 def render_aiohttp(rps: dict[str, dict[str, float]]) -> str:
-    lines = ["| connector | " + " | ".join(f"{m}: req/s (x TCPConnector)" for m in rps) + " |"]
-    lines.append("|---" * (len(rps) + 1) + "|")
+    """The aiohttp table: rates as x TCPConnector, CPU per request as TCPConnector / it (so
+    above 1.00x is better in both)."""
+    heads = [f"{m[:-5]}: client CPU us/req (TCPConnector / it)" if m.endswith(", CPU")
+             else f"{m}: req/s (x TCPConnector)" for m in rps]
+    lines = ["| connector | " + " | ".join(heads) + " |", "|---" * (len(rps) + 1) + "|"]
     for name in next(iter(rps.values())):
-        cells = [
-            f"{r[name]:,.0f} ({r[name] / r['aiohttp TCPConnector']:.2f}x)" for r in rps.values()
-        ]
+        cells = []
+        for mode, r in rps.items():
+            tcp = r["aiohttp TCPConnector"]
+            if mode.endswith(", CPU"):
+                cells.append(f"{r[name]:,.0f} ({tcp / r[name]:.2f}x)")
+            else:
+                cells.append(f"{r[name]:,.0f} ({r[name] / tcp:.2f}x)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
