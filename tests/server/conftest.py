@@ -114,15 +114,27 @@ async def wait_closed_by_server(reader: asyncio.StreamReader, within: float) -> 
             out += chunk
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, table: str) -> bool:
+    """Whether something listens on ``port`` in ``table`` (/proc/net/tcp or tcp6)."""
     hexport = f":{port:04X} "
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                if (cols[1] + " ").endswith(hexport) and cols[3] == "0A":
-                    return True
+    with contextlib.suppress(FileNotFoundError), open(table) as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if (cols[1] + " ").endswith(hexport) and cols[3] == "0A":
+                return True
     return False
+
+
+def _expected_listeners(config: str, ports: list[int]) -> list[tuple[int, str]]:
+    """Each port in the table of every family the config binds it on: HAProxy binds its
+    listeners one after another, so one family listening does not mean the other does."""
+    wanted = []
+    for port in ports:
+        if f"127.0.0.1:{port}" in config or f"*:{port}" in config:
+            wanted.append((port, "/proc/net/tcp"))
+        if f"::1:{port}" in config or f"[::1]:{port}" in config:
+            wanted.append((port, "/proc/net/tcp6"))
+    return wanted or [(port, "/proc/net/tcp") for port in ports]
 
 
 @contextlib.contextmanager
@@ -137,7 +149,8 @@ def run_haproxy(config: str, tmp_path: Path, ports: list[int]) -> Iterator[subpr
     proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 10
-        while not all(_listening(p) for p in ports):
+        wanted = _expected_listeners(config, ports)
+        while not all(_listening(port, table) for port, table in wanted):
             assert proc.poll() is None, (tmp_path / "haproxy.log").read_text()
             assert time.monotonic() < deadline, "haproxy did not start listening"
             time.sleep(0.02)
