@@ -182,7 +182,7 @@ class AprConnector(aiohttp.TCPConnector):
                                     default_service=running_default_service)
             async with ceil_timeout(timeout.sock_connect, ceil_threshold=timeout.ceil_threshold):
                 if fast is not None:
-                    transport, protocol = await open_single(*fast, self._factory)
+                    transport, protocol = await open_single(*fast, self._factory, self._loop)
                 else:
                     transport, protocol = await create_connection(
                         self._factory,

@@ -176,7 +176,7 @@ async def create_connection(
         fast = fast_request(host, port, family, service, context,
                             default_service=running_default_service)
         if fast is not None:
-            return await open_single(*fast, protocol_factory)
+            return await open_single(*fast, protocol_factory, asyncio.get_running_loop())
     return await _create_general(
         protocol_factory, host, port, ssl=ssl, server_hostname=server_hostname,
         ssl_handshake_timeout=ssl_handshake_timeout, local_addr=local_addr, family=family,
@@ -278,7 +278,7 @@ async def open_connection(
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     if fast is not None:
-        transport, _ = await open_single(*fast, lambda: protocol)
+        transport, _ = await open_single(*fast, lambda: protocol, loop)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
     # The fast path was asked above: straight to the general path, not create_connection,
     # which would ask it again.

@@ -128,7 +128,10 @@ def _abandon(pair: ConnectPair, attempt: Connecting, exc: BaseException) -> None
 
 
 async def open_single(
-    opts: Options, ranked: Sequence[ConnectPair], protocol_factory: Callable[[], ProtocolT]
+    opts: Options,
+    ranked: Sequence[ConnectPair],
+    protocol_factory: Callable[[], ProtocolT],
+    loop: asyncio.AbstractEventLoop,
 ) -> tuple[asyncio.Transport, ProtocolT]:
     """Connect to the ranking's one pair as a one-pair race would (the same attempt, bound to
     the pair's source, outcome recorded, and the same error, an
@@ -136,17 +139,18 @@ async def open_single(
     several, then ``loop.create_connection(sock=...)``, closing the socket if no transport
     took it (as :func:`apr_async.connect.tls.wrap_socket` does without TLS). One coroutine
     for both: each coroutine layer is a frame, a wake-up and a ``StopIteration`` per
-    connection."""
+    connection. ``loop`` is the running loop, passed in: in Python 3.11 every
+    ``asyncio.get_running_loop()`` is a ``getpid()`` system call."""
     # The success is counted once the transport exists, not when connect() is answered: the
     # count sets the last-winner ContextVar, and a transport made after that would copy the
     # changed context into its reader callback, holding ~100 bytes per open connection that
     # asyncio does not (the general path counts after its transport too, in with_timeout).
     if len(ranked) != 1:
-        sock, won = await connect_lead(opts, ranked)
+        sock, won = await connect_lead(opts, ranked, loop)
     else:
         won = ranked[0]
         attempt = Connecting(
-            asyncio.get_running_loop(),
+            loop,
             won,
             port=opts.port,
             bind_to=won.source,
@@ -170,7 +174,7 @@ async def open_single(
         return protocol_factory()
 
     try:
-        made = await asyncio.get_running_loop().create_connection(factory, sock=sock)
+        made = await loop.create_connection(factory, sock=sock)
     except BaseException as exc:
         # Once the protocol exists the loop's transport owns the socket (see wrap_socket).
         if not taken:

@@ -53,15 +53,15 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 async def connect_lead(
-    opts: Options, ranked: Sequence[ConnectPair]
+    opts: Options, ranked: Sequence[ConnectPair], loop: asyncio.AbstractEventLoop
 ) -> tuple[socket.socket, ConnectPair | None]:
     """Connect ``ranked[0]``; race the others only after its failure or attempt delay.
 
     Returns the socket and, when the lead won alone, the lead: the caller counts that win
     (:func:`~apr_async.connect.stats.single_finished`) once its transport exists, as the
     general path counts a race after its transport (see :func:`apr_async.connect.fast.
-    open_single` for why). ``None`` when a race decided, already counted."""
-    loop = asyncio.get_running_loop()
+    open_single` for why). ``None`` when a race decided, already counted. ``loop`` is the
+    running loop."""
     lead = ranked[0]
     waiter: asyncio.Future[None] = loop.create_future()
     attempt = Connecting(loop, lead, port=opts.port, bind_to=lead.source,
