@@ -114,7 +114,8 @@ def fast_request(
     if opts.spec.ip is None and not ctx.get_resolver().is_cached(opts.spec, opts.family):
         return None
     ranked = rank_memo.get(ctx, opts.host, opts.port, opts.family, ctx.clock())
-    # (lead_eligible(ranked), inline)
+    # Several pairs take the lead path unless the first is failing: the schedule skips a
+    # failing pair, so the lead would not be the first attempt (the general path then).
     if ranked is None or (len(ranked) != 1 and (not ranked or ranked[0].failing)):
         return None
     return opts, ranked

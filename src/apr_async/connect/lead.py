@@ -38,13 +38,7 @@ from apr_async.connect.types import ConnectPair
 from apr_async.core.reach import pointless_after_refusal
 from apr_async.core.schedule import attempt_delay
 
-__all__ = ["connect_lead", "lead_eligible"]
-
-
-def lead_eligible(ranked: Sequence[ConnectPair]) -> bool:
-    """Whether the first of several pairs is the one the schedule starts with: a pair known
-    to be failing is skipped by the schedule, so such a ranking takes the general path."""
-    return len(ranked) > 1 and not ranked[0].failing
+__all__ = ["connect_lead"]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

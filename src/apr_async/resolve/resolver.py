@@ -182,7 +182,13 @@ class Resolver:
         now = self._clock()
         for fam in families:
             if self._cache_get(spec.name, fam, now) is None:
-                self._query(spec.name, fam)
+                try:
+                    self._query(spec.name, fam)
+                except Exception:  # an optimisation only
+                    # (a channel that cannot be made, a name c-ares refuses): the lookup
+                    # that follows sends the query itself and raises the error where the
+                    # caller expects it
+                    return
 
     def cached(self, host: str | bytes | HostSpec,
                family: int = socket.AF_UNSPEC) -> Resolution | None:
