@@ -14,6 +14,8 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
+
 from apr_async.connect.source import ranked_source
 from apr_async.connect.types import ConnectPair
 from apr_async.core.failures import FailureTable
@@ -126,3 +128,15 @@ async def test_prefetch_sends_the_queries_a_lookup_then_joins() -> None:
             await resolver.close()
         resolver.prefetch("other.test")  # closed: nothing sent, nothing raised
         assert resolver.queries_sent == 2
+
+
+async def test_prefetch_leaves_a_failure_to_the_lookup() -> None:
+    class Broken(Resolver):
+        def _channel(self, loop: object, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            raise RuntimeError("no channel")
+
+    resolver = Broken(["127.0.0.1:9"], hosts_path=None)
+    resolver.prefetch("dual.test")  # quietly nothing: only an optimisation
+    with pytest.raises(RuntimeError, match="no channel"):
+        await resolver.lookup("dual.test")  # the caller's own call reports it
+    await resolver.close()
