@@ -63,6 +63,7 @@ DEBIAN_TOOLS: dict[str, str] = {
     "false": "coreutils",
     # benchmarks
     "valgrind": "valgrind",  # bench_instructions.py: instructions per connection (callgrind)
+    "strace": "strace",  # bench_syscalls.py: system calls per connection (strace -c)
     # dev.py itself
     "apt-get": "apt",
 }
