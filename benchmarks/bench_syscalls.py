@@ -25,6 +25,7 @@ import asyncio
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,17 +110,25 @@ def render(title: str, rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-async def loopback(count: int) -> str:
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SERVER, stdout=subprocess.PIPE)
+async def measure_with(server: asyncio.subprocess.Process, prefix: list[str],
+                       kinds: tuple[str, str], target: Callable[[bytes], str],
+                       count: int) -> dict[str, dict[str, float]]:
+    """Each client kind's calls per operation against ``server`` (its first output line,
+    the port, made into the clients' target by ``target``); the server is killed after."""
     try:
         assert server.stdout is not None
-        port = (await server.stdout.readline()).decode().strip()
-        rows = {kind: await per_operation([], kind, port, count)
-                for kind in ("asyncio", "apr_async")}
+        where = target(await server.stdout.readline())
+        return {kind: await per_operation(prefix, kind, where, count) for kind in kinds}
     finally:
         server.kill()
         await server.wait()
+
+
+async def loopback(count: int) -> str:
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVER, stdout=subprocess.PIPE)
+    rows = await measure_with(server, [], ("asyncio", "apr_async"),
+                              lambda line: line.decode().strip(), count)
     return render(f"Loopback, one connection at a time, system calls per connection ({count} - "
                   f"{BASE} connections):", rows)
 
@@ -129,16 +138,10 @@ async def lab_aiohttp(count: int) -> str:
         await lab.set_scenario(Scenario.healthy())
         server = await lab.popen(
             "server", sys.executable, "-c", _HTTP_SERVER, "0.0.0.0", stdout=subprocess.PIPE)
-        try:
-            assert server.stdout is not None
-            port = int(await server.stdout.readline())
-            url = f"http://{lab.topology.server.v4[0]}:{port}/"
-            prefix = [resolve_tool("ip"), "netns", "exec", lab.netns("client")]
-            rows = {kind: await per_operation(prefix, kind, url, count)
-                    for kind in ("TCPConnector", "AprConnector")}
-        finally:
-            server.kill()
-            await server.wait()
+        prefix = [resolve_tool("ip"), "netns", "exec", lab.netns("client")]
+        host = lab.topology.server.v4[0]
+        rows = await measure_with(server, prefix, ("TCPConnector", "AprConnector"),
+                                  lambda line: f"http://{host}:{int(line)}/", count)
     return render(f"aiohttp in the lab, a new connection per request, 10 in flight, system "
                   f"calls per request ({count} - {BASE} requests):", rows)
 
