@@ -171,24 +171,13 @@ class Resolver:
         a hosts-file name, a cached answer, or input :meth:`lookup` would reject (it raises
         the error then). Needs a running event loop."""
         try:
-            spec = parse_host(host)
-            families = families_of(family)
-        except (TypeError, ValueError):
+            # What answers() sends, with its stream dropped: the queries still complete and
+            # fill the cache (see answers()).
+            self.answers(host, family)
+        except Exception:  # an optimisation only
+            # (bad input, a closed resolver, a channel that cannot be made): the lookup that
+            # follows raises the error where the caller expects it
             return
-        if spec.name is None or self._closed:
-            return
-        if local_answers(spec, families, self._hosts, self._clock) is not None:
-            return
-        now = self._clock()
-        for fam in families:
-            if self._cache_get(spec.name, fam, now) is None:
-                try:
-                    self._query(spec.name, fam)
-                except Exception:  # an optimisation only
-                    # (a channel that cannot be made, a name c-ares refuses): the lookup
-                    # that follows sends the query itself and raises the error where the
-                    # caller expects it
-                    return
 
     def cached(self, host: str | bytes | HostSpec,
                family: int = socket.AF_UNSPEC) -> Resolution | None:
